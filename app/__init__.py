@@ -1,0 +1,1 @@
+"""Coffer: a self-hosted file sync and share service (web app, API, storage)."""

@@ -1,0 +1,1 @@
+"""Accounts, browser sessions and device tokens."""

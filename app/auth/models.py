@@ -1,0 +1,44 @@
+"""Users, browser sessions and device tokens. Tokens are stored only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from beanie import Document, PydanticObjectId
+from pymongo import ASCENDING, IndexModel
+
+
+class User(Document):
+    username: str
+    username_key: str  # casefolded: "Alice" and "alice" are one account
+    password_hash: str
+    quota_bytes: int = 0  # 0 = unlimited
+    usage_bytes: int = 0
+    created_at: datetime
+
+    class Settings:
+        name = "users"
+        indexes = [IndexModel([("username_key", ASCENDING)], unique=True)]
+
+
+class BrowserSession(Document):
+    id: str  # sha256 of the cookie value
+    user_id: PydanticObjectId
+    csrf_token: str
+    created_at: datetime
+    expires_at: datetime
+
+    class Settings:
+        name = "sessions"
+        indexes = [IndexModel([("user_id", ASCENDING)])]
+
+
+class ApiToken(Document):
+    id: str  # sha256 of the bearer token
+    user_id: PydanticObjectId
+    device_name: str
+    created_at: datetime
+
+    class Settings:
+        name = "api_tokens"
+        indexes = [IndexModel([("user_id", ASCENDING)])]

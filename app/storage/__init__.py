@@ -1,0 +1,1 @@
+"""Blob storage of chunks: one interface, a local-disk and an S3 implementation."""

@@ -1,0 +1,68 @@
+"""The local blob store's signed chunk URLs: PUT streams a chunk in, GET serves one.
+
+These routes are public: the HMAC signature in the URL is the authorization, bound to
+owner, chunk hash, size and expiry. Only this route lifts the request body limit.
+"""
+
+from __future__ import annotations
+
+import re
+
+from beanie import PydanticObjectId
+from litestar import Request, Response, get, put
+
+from app.errors import BadRequest, Forbidden, NotFound
+from app.files.service import read_verified_chunk, record_stored_chunk
+from app.settings import Settings, get_settings
+from app.storage.base import BlobStore
+from app.storage.local import LocalBlobStore
+from app.storage.signing import verify_blob_signature
+
+OWNER_RE = re.compile(r"^[0-9a-f]{24}$")
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+PUBLIC = {"public": True}
+
+
+def _check(settings: Settings, op: str, owner: str, sha: str, size: int, exp: int, sig: str) -> None:
+    if not (OWNER_RE.fullmatch(owner) and SHA_RE.fullmatch(sha)) or not verify_blob_signature(
+        settings.resolved_secret_key(), op, owner, sha, size, exp, sig
+    ):
+        raise Forbidden("invalid or expired chunk URL; register the upload again", code="bad_signature")
+
+
+@put(
+    "/api/blob/{owner:str}/{sha:str}",
+    opt=PUBLIC,
+    status_code=201,
+    request_max_body_size=get_settings().max_chunk_size,
+    tags=["storage"],
+    include_in_schema=True,
+)
+async def put_chunk(
+    request: Request, owner: str, sha: str, size: int, exp: int, sig: str,
+    settings: Settings, store: BlobStore,
+) -> dict[str, object]:
+    _check(settings, "put", owner, sha, size, exp, sig)
+    if not isinstance(store, LocalBlobStore):
+        raise NotFound("this server stores chunks in S3; use the presigned URL")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) != size:
+        raise BadRequest(
+            f"chunk has {declared} bytes, {size} were registered", code="size_mismatch"
+        )
+    await store.write(owner, sha, size, request.stream())
+    await record_stored_chunk(PydanticObjectId(owner), sha, size, verified=True)
+    return {"sha256": sha, "size": size}
+
+
+@get("/api/blob/{owner:str}/{sha:str}", opt=PUBLIC, tags=["storage"])
+async def get_chunk(
+    owner: str, sha: str, size: int, exp: int, sig: str, settings: Settings, store: BlobStore
+) -> Response[bytes]:
+    _check(settings, "get", owner, sha, size, exp, sig)
+    data = await read_verified_chunk(store, PydanticObjectId(owner), sha, size)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+    )

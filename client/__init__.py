@@ -1,0 +1,1 @@
+"""The coffer client: API access, chunked transfers, and (later) folder sync."""

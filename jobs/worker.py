@@ -1,0 +1,76 @@
+"""arq worker: the jobs and cron schedule, and their shared start-up (MongoDB, blob store).
+
+Jobs are idempotent: any may run twice or be interrupted and re-run by the next sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+
+from app.db import connect
+from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession
+from app.files.service import finish_all_pending_ops
+from app.settings import get_settings
+from app.storage.factory import open_store
+
+log = logging.getLogger("coffer.worker")
+settings = get_settings()
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    ctx["mongo"] = await connect(settings)
+    ctx["store"] = await open_store(settings)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["store"].close()
+    await ctx["mongo"].close()
+
+
+async def finish_interrupted_ops(ctx: dict[str, Any]) -> int:
+    """Complete folder moves/trashes a crashed web process left half done."""
+    return await finish_all_pending_ops()
+
+
+async def expire_uploads(ctx: dict[str, Any]) -> int:
+    """Drop upload sessions past their expiry, with their never-committed versions.
+
+    The chunks they stored stay: they are owned, deduplicated data that a later upload
+    may reuse, and only garbage collection decides when nothing references them.
+    """
+    expired = 0
+    async for session in UploadSession.find(UploadSession.expires_at < datetime.now(UTC)):
+        version = await FileVersion.get(session.version_id)
+        if version is not None and version.state == "pending":
+            await ChunkMapPage.find(ChunkMapPage.version_id == version.id).delete()
+            await version.delete()
+        node = await FileNode.get(session.file_id)
+        if node is not None and not node.committed:
+            others = await UploadSession.find(
+                UploadSession.file_id == node.id, UploadSession.id != session.id
+            ).count()
+            if not others:
+                await node.delete()
+        await session.delete()
+        expired += 1
+    return expired
+
+
+class WorkerSettings:
+    functions = [finish_interrupted_ops, expire_uploads]
+    cron_jobs = [
+        cron(finish_interrupted_ops, second={0, 30}, run_at_startup=True),
+        cron(expire_uploads, minute={7, 37}, second=0),
+    ]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(settings.redis)
+    poll_delay = settings.arq_poll_delay
+    max_jobs = 20
+    job_timeout = 3600
+    keep_result = 60

@@ -1,0 +1,98 @@
+"""Shared fixtures: one real Coffer stack per test session, and helpers to use its API."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.stack import Stack
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    with tempfile.TemporaryDirectory(prefix="coffer-test-") as tmp:
+        s = Stack(Path(tmp)).start_all()
+        try:
+            yield s
+        finally:
+            s.stop_all()
+
+
+@pytest.fixture(scope="session")
+def base_url(stack: Stack) -> str:
+    return stack.url()
+
+
+def unique_name(prefix: str = "user") -> str:
+    return f"{prefix}{os.getpid()}x{next(_names)}"
+
+
+class User:
+    """A registered user with a device token and an HTTP client that sends it."""
+
+    def __init__(self, base_url: str, username: str | None = None, password: str = "correct horse") -> None:
+        self.username = username or unique_name()
+        self.password = password
+        self.base_url = base_url
+        r = httpx.post(f"{base_url}/api/auth/register", json={"username": self.username, "password": password})
+        assert r.status_code == 201, r.text
+        self.id = r.json()["id"]
+        r = httpx.post(
+            f"{base_url}/api/auth/token",
+            json={"username": self.username, "password": password, "device_name": "pytest"},
+        )
+        assert r.status_code == 201, r.text
+        self.token = r.json()["token"]
+        self.http = httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
+
+    def upload(self, path: str, data: bytes, chunk_size: int = 64 * 1024, **extra) -> dict:
+        """Register, PUT every missing chunk, commit; returns the committed file object."""
+        reg = self.register(path, data, chunk_size, **extra)
+        assert reg.status_code == 201, reg.text
+        body = reg.json()
+        for m in body["missing"]:
+            start = m["index"] * chunk_size
+            put = httpx.put(m["url"], content=data[start : start + m["size"]])
+            assert put.status_code == 201, put.text
+        r = self.http.post(f"/api/file/{body['file_id']}/commit", json={"upload_id": body["upload_id"]})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def register(self, path: str, data: bytes, chunk_size: int = 64 * 1024, **extra) -> httpx.Response:
+        return self.http.post("/api/file", json={"path": path, **manifest(data, chunk_size), **extra})
+
+
+def manifest(data: bytes, chunk_size: int = 64 * 1024) -> dict:
+    chunks = [
+        {"sha256": hashlib.sha256(data[i : i + chunk_size]).hexdigest(), "size": len(data[i : i + chunk_size])}
+        for i in range(0, len(data), chunk_size)
+    ]
+    return {"size": len(data), "chunks": chunks}
+
+
+def content_hash(data: bytes, chunk_size: int = 64 * 1024) -> str:
+    h = hashlib.sha256()
+    for i in range(0, len(data), chunk_size):
+        h.update(hashlib.sha256(data[i : i + chunk_size]).digest())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def alice(base_url: str) -> User:
+    return User(base_url)
+
+
+@pytest.fixture
+def bob(base_url: str) -> User:
+    return User(base_url)

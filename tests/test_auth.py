@@ -1,0 +1,109 @@
+"""Accounts, sessions, device tokens, CSRF: against the real running stack."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import User, unique_name
+
+
+def test_register_login_me_logout(base_url: str) -> None:
+    name = unique_name()
+    r = httpx.post(f"{base_url}/api/auth/register", json={"username": name, "password": "password1"})
+    assert r.status_code == 201
+    assert r.json()["username"] == name and len(r.json()["id"]) == 24
+
+    with httpx.Client(base_url=base_url) as browser:
+        r = browser.post("/api/auth/login", json={"username": name, "password": "password1"})
+        assert r.status_code == 200
+        set_cookie = r.headers.get_list("set-cookie")
+        session = next(c for c in set_cookie if c.startswith("coffer_session="))
+        assert "HttpOnly" in session and "SameSite=lax" in session.replace("Lax", "lax")
+        csrf = r.json()["csrf_token"]
+
+        me = browser.get("/api/me")
+        assert me.status_code == 200
+        assert me.json() == {"id": me.json()["id"], "username": name, "usage_bytes": 0, "quota_bytes": None}
+
+        # Cookie-authenticated unsafe requests need the CSRF token.
+        assert browser.post("/api/folder", json={"path": "/x"}).status_code == 403
+        ok = browser.post("/api/folder", json={"path": "/x"}, headers={"X-CSRF-Token": csrf})
+        assert ok.status_code == 201
+
+        assert browser.post("/api/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+        assert browser.get("/api/me").status_code == 401
+
+
+def test_register_rejects_bad_input(base_url: str) -> None:
+    url = f"{base_url}/api/auth/register"
+    name = unique_name()
+    assert httpx.post(url, json={"username": name, "password": "password1"}).status_code == 201
+    taken = httpx.post(url, json={"username": name.upper(), "password": "password1"})
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "username_taken"
+    for bad in ["a", "has space", "../etc", "x" * 40, "-dash", "nul\x00"]:
+        r = httpx.post(url, json={"username": bad, "password": "password1"})
+        assert r.status_code == 400, bad
+        assert r.json()["error"]["code"] == "invalid_username"
+    r = httpx.post(url, json={"username": unique_name(), "password": "short"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_password"
+    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(url, json={"username": unique_name()})
+    assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(url, json={"username": 5, "password": "password1"})
+    assert r.status_code == 400
+
+
+def test_device_token_lifecycle(base_url: str) -> None:
+    user = User(base_url)
+    assert user.http.get("/api/me").json()["username"] == user.username
+
+    wrong = httpx.post(
+        f"{base_url}/api/auth/token",
+        json={"username": user.username, "password": "wrong-password", "device_name": "x"},
+    )
+    assert wrong.status_code == 401
+    unknown = httpx.post(
+        f"{base_url}/api/auth/token",
+        json={"username": unique_name(), "password": "whatever1", "device_name": "x"},
+    )
+    assert unknown.status_code == 401
+    assert wrong.json()["error"] == unknown.json()["error"]  # no username enumeration
+
+    assert user.http.delete("/api/auth/token").status_code == 204
+    assert user.http.get("/api/me").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/me"),
+        ("GET", "/api/file"),
+        ("POST", "/api/file"),
+        ("GET", "/api/file/000000000000000000000000"),
+        ("GET", "/api/file/000000000000000000000000/content"),
+        ("PATCH", "/api/file/000000000000000000000000"),
+        ("DELETE", "/api/file/000000000000000000000000"),
+        ("POST", "/api/file/000000000000000000000000/commit"),
+        ("POST", "/api/folder"),
+        ("DELETE", "/api/auth/token"),
+        ("POST", "/api/auth/logout"),
+    ],
+)
+def test_api_requires_credentials(base_url: str, method: str, path: str) -> None:
+    r = httpx.request(method, base_url + path, json={})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthorized"
+    bad = httpx.request(method, base_url + path, json={}, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+
+
+def test_health_and_openapi(base_url: str) -> None:
+    assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{base_url}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    schema = httpx.get(f"{base_url}/schema/openapi.json").json()
+    for path in ["/api/auth/register", "/api/auth/token", "/api/file", "/api/file/{file_id}/commit",
+                 "/api/file/{file_id}/content", "/api/folder", "/api/me"]:
+        assert path in schema["paths"], path
