@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from arq import cron
+from beanie import PydanticObjectId
 from arq.connections import RedisSettings
 
 from app.db import connect
@@ -45,14 +46,14 @@ async def expire_uploads(ctx: dict[str, Any]) -> int:
     """
     expired = 0
     async for session in UploadSession.find(UploadSession.expires_at < datetime.now(UTC)):
-        version = await FileVersion.get(session.version_id)
+        version = await FileVersion.get(PydanticObjectId(session.version_id))
         if version is not None and version.state == "pending":
-            await ChunkMapPage.find(ChunkMapPage.version_id == version.id).delete()
+            await ChunkMapPage.find(ChunkMapPage.version_id == session.version_id).delete()
             await version.delete()
-        node = await FileNode.get(session.file_id)
+        node = await FileNode.get(PydanticObjectId(session.file_id))
         if node is not None and not node.committed:
             others = await UploadSession.find(
-                UploadSession.file_id == node.id, UploadSession.id != session.id
+                UploadSession.file_id == session.file_id, UploadSession.id != session.id
             ).count()
             if not others:
                 await node.delete()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from beanie import Document, PydanticObjectId
+from beanie import Document
 from pymongo import ASCENDING, IndexModel
 
 
@@ -23,7 +23,7 @@ class User(Document):
 
 class BrowserSession(Document):
     id: str  # sha256 of the cookie value
-    user_id: PydanticObjectId
+    user_id: str
     csrf_token: str
     created_at: datetime
     expires_at: datetime
@@ -35,7 +35,7 @@ class BrowserSession(Document):
 
 class ApiToken(Document):
     id: str  # sha256 of the bearer token
-    user_id: PydanticObjectId
+    user_id: str
     device_name: str
     created_at: datetime
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from argon2 import PasswordHasher
+from beanie import PydanticObjectId
 from argon2.exceptions import InvalidHashError, VerificationError
 from pymongo.errors import DuplicateKeyError
 
@@ -101,7 +102,7 @@ async def start_session(settings: Settings, user: User) -> tuple[str, BrowserSes
     raw = secrets.token_urlsafe(32)
     session = BrowserSession(
         id=token_hash(raw),
-        user_id=user.id,
+        user_id=str(user.id),
         csrf_token=secrets.token_urlsafe(24),
         created_at=now(),
         expires_at=now() + timedelta(seconds=settings.session_ttl_seconds),
@@ -117,7 +118,7 @@ async def issue_token(user: User, device_name: object) -> str:
         raise BadRequest("device_name must be 1-100 characters", code="invalid_device_name")
     raw = "cft_" + secrets.token_urlsafe(32)
     await ApiToken(
-        id=token_hash(raw), user_id=user.id, device_name=device_name, created_at=now()
+        id=token_hash(raw), user_id=str(user.id), device_name=device_name, created_at=now()
     ).insert()
     return raw
 
@@ -126,7 +127,7 @@ async def resolve_bearer(raw: str) -> Principal | None:
     token = await ApiToken.get(token_hash(raw))
     if token is None:
         return None
-    user = await User.get(token.user_id)
+    user = await User.get(PydanticObjectId(token.user_id))
     if user is None:
         return None
     return Principal(user, "token", token.id, device_name=token.device_name)
@@ -136,7 +137,7 @@ async def resolve_session(raw: str) -> Principal | None:
     session = await BrowserSession.get(token_hash(raw))
     if session is None or session.expires_at < now():
         return None
-    user = await User.get(session.user_id)
+    user = await User.get(PydanticObjectId(session.user_id))
     if user is None:
         return None
     return Principal(user, "session", session.id, csrf_token=session.csrf_token)

@@ -3,6 +3,9 @@
 Rules that shape these documents (see DESIGN.md):
 - nx-27017 gives no transactions, so every state change is one single-document write that
   is the commit point, and anything before it is invisible or harmless when left behind.
+- References to other documents (owner_id, parent_id, ...) are hex strings, not ObjectIds:
+  nx-27017 0.8 fails to match equality on ObjectId fields other than `_id` (checked:
+  `find({"owner_id": oid})` returns nothing), while strings match and index correctly.
 - A file's chunk list can be 12,800+ entries: it lives in `ChunkMapPage` documents of
   `PAGE_SIZE` entries, written once and never rewritten in place.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from beanie import Document, PydanticObjectId
+from beanie import Document
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 PAGE_SIZE = 1024
@@ -21,8 +24,8 @@ PAGE_SIZE = 1024
 class FileNode(Document):
     """One file or folder in an owner's tree."""
 
-    owner_id: PydanticObjectId
-    parent_id: PydanticObjectId | None = None  # None: at the root
+    owner_id: str
+    parent_id: str | None = None  # None: at the root
     name: str
     name_key: str  # casefolded name: sort key and case-insensitive uniqueness
     path: str
@@ -36,13 +39,13 @@ class FileNode(Document):
     size: int = 0
     content_hash: str | None = None
     version: int = 0
-    head_version_id: PydanticObjectId | None = None
+    head_version_id: str | None = None
     # Bumped by every change: the compare-and-set token for concurrent writers.
     rev: int = 0
     created_at: datetime
     modified_at: datetime
     deleted_at: datetime | None = None
-    trash_root_id: PydanticObjectId | None = None
+    trash_root_id: str | None = None
     # A folder move or trash still being applied to the folder's descendants.
     pending_op: dict[str, str] | None = None
 
@@ -58,8 +61,8 @@ class FileNode(Document):
 
 
 class FileVersion(Document):
-    file_id: PydanticObjectId
-    owner_id: PydanticObjectId
+    file_id: str
+    owner_id: str
     version: int | None = None  # assigned when committed
     state: Literal["pending", "committed"] = "pending"
     size: int
@@ -78,7 +81,7 @@ class ChunkMapPage(Document):
     """Entries [page*PAGE_SIZE, (page+1)*PAGE_SIZE) of a version's ordered chunk list."""
 
     id: str  # "<version_id>:<page>"
-    version_id: PydanticObjectId
+    version_id: str
     page: int
     start_offset: int  # byte offset in the file of this page's first chunk
     chunks: list[tuple[str, int]]  # (sha256 hex, size)
@@ -92,7 +95,7 @@ class StoredChunk(Document):
     """A chunk held by the blob store for one owner (dedup never crosses owners)."""
 
     id: str  # "<owner_id>:<sha256>"
-    owner_id: PydanticObjectId
+    owner_id: str
     sha256: str
     size: int
     state: Literal["stored", "corrupt", "missing"] = "stored"
@@ -105,9 +108,9 @@ class StoredChunk(Document):
 
 
 class UploadSession(Document):
-    owner_id: PydanticObjectId
-    file_id: PydanticObjectId
-    version_id: PydanticObjectId
+    owner_id: str
+    file_id: str
+    version_id: str
     path: str
     size: int
     content_hash: str

@@ -100,9 +100,8 @@ class FileService:
     device: str | None = None
 
     @property
-    def owner(self) -> PydanticObjectId:
-        assert self.user.id is not None
-        return self.user.id
+    def owner(self) -> str:
+        return str(self.user.id)
 
     # ---------------------------------------------------------------- lookups
 
@@ -144,7 +143,7 @@ class FileService:
         t = now()
         node = FileNode(
             owner_id=self.owner,
-            parent_id=parent.id if parent else None,
+            parent_id=str(parent.id) if parent else None,
             name=name,
             name_key=name.casefold(),
             path=path,
@@ -186,7 +185,7 @@ class FileService:
                 raise NotFound(f"{path} does not exist")
             if folder.kind != "folder":
                 raise BadRequest(f"{path} is a file, not a folder", code="not_a_folder")
-            parent_id = folder.id
+            parent_id = str(folder.id)
         limit = max(1, min(limit, 1000))
         query: dict[str, Any] = {
             "owner_id": self.owner,
@@ -259,7 +258,7 @@ class FileService:
 
         session = await UploadSession.find_one(
             UploadSession.owner_id == self.owner,
-            UploadSession.file_id == node.id,
+            UploadSession.file_id == str(node.id),
             UploadSession.content_hash == content_hash,
             UploadSession.committed == False,  # noqa: E712 - a query, not a comparison
             UploadSession.expires_at > now(),
@@ -283,7 +282,7 @@ class FileService:
         t = now()
         node = FileNode(
             owner_id=self.owner,
-            parent_id=parent.id if parent else None,
+            parent_id=str(parent.id) if parent else None,
             name=name,
             name_key=name.casefold(),
             path=path,
@@ -312,7 +311,7 @@ class FileService:
         content_hash: str,
     ) -> UploadSession:
         version = FileVersion(
-            file_id=node.id,
+            file_id=str(node.id),
             owner_id=self.owner,
             size=req.size,
             content_hash=content_hash,
@@ -328,7 +327,7 @@ class FileService:
             pages.append(
                 ChunkMapPage(
                     id=f"{version.id}:{page_no}",
-                    version_id=version.id,
+                    version_id=str(version.id),
                     page=page_no,
                     start_offset=offset,
                     chunks=entries,
@@ -339,8 +338,8 @@ class FileService:
             await ChunkMapPage.insert_many(pages)
         session = UploadSession(
             owner_id=self.owner,
-            file_id=node.id,
-            version_id=version.id,
+            file_id=str(node.id),
+            version_id=str(version.id),
             path=path,
             size=req.size,
             content_hash=content_hash,
@@ -421,16 +420,18 @@ class FileService:
             session = await UploadSession.get(PydanticObjectId(upload_id))
         except (InvalidId, TypeError, ValueError):
             session = None
-        if session is None or session.owner_id != self.owner or session.file_id != node.id:
+        if session is None or session.owner_id != self.owner or session.file_id != str(node.id):
             raise NotFound("no such upload for this file", code="upload_not_found")
-        version = await FileVersion.get(session.version_id)
+        version = await FileVersion.get(PydanticObjectId(session.version_id))
         if session.committed or version is None:
             return await self.get_node(file_id)  # a retried commit: it already happened
 
         chunk_sizes: dict[str, int] = {}
         first_index: dict[str, int] = {}
         index = 0
-        async for page in ChunkMapPage.find(ChunkMapPage.version_id == version.id).sort("+page"):
+        async for page in ChunkMapPage.find(ChunkMapPage.version_id == str(version.id)).sort(
+            "+page"
+        ):
             for sha, size in page.chunks:
                 chunk_sizes.setdefault(sha, size)
                 first_index.setdefault(sha, index)
@@ -465,7 +466,7 @@ class FileService:
                     "$set": {
                         "committed": True,
                         "version": new_version,
-                        "head_version_id": version.id,
+                        "head_version_id": str(version.id),
                         "size": version.size,
                         "content_hash": version.content_hash,
                         "modified_at": t,
@@ -483,14 +484,12 @@ class FileService:
             {"$set": {"version": new_version, "state": "committed", "committed_at": t}},
         )
         if version.size != old_size:
-            await User.get_pymongo_collection().update_one(
-                {"_id": self.owner}, {"$inc": {"usage_bytes": version.size - old_size}}
-            )
+            await _add_usage(self.owner, version.size - old_size)
         await _close_session(session)
         return await self.get_node(file_id)
 
     async def _drop_pending(self, session: UploadSession, version: FileVersion) -> None:
-        await ChunkMapPage.find(ChunkMapPage.version_id == version.id).delete()
+        await ChunkMapPage.find(ChunkMapPage.version_id == str(version.id)).delete()
         await version.delete()
         await _close_session(session)
 
@@ -499,7 +498,11 @@ class FileService:
     async def head_version(self, node: FileNode) -> FileVersion:
         if node.kind != "file":
             raise BadRequest(f"{node.path} is a folder", code="is_a_folder")
-        version = await FileVersion.get(node.head_version_id) if node.head_version_id else None
+        version = (
+            await FileVersion.get(PydanticObjectId(node.head_version_id))
+            if node.head_version_id
+            else None
+        )
         if version is None:
             raise NotFound("no such file")
         return version
@@ -516,7 +519,7 @@ class FileService:
         owner = str(self.owner)
         if offset < end:
             async for page in ChunkMapPage.find(
-                ChunkMapPage.version_id == version.id,
+                ChunkMapPage.version_id == str(version.id),
                 ChunkMapPage.page >= offset // PAGE_SIZE,
                 ChunkMapPage.page <= (end - 1) // PAGE_SIZE,
             ).sort("+page"):
@@ -563,7 +566,7 @@ class FileService:
                     "live_key": new_key,
                     "name": name,
                     "name_key": name.casefold(),
-                    "parent_id": parent.id if parent else None,
+                    "parent_id": str(parent.id) if parent else None,
                     "pending_op": op,
                 },
             )
@@ -582,7 +585,7 @@ class FileService:
             {
                 "deleted_at": t,
                 "live_key": f"trash:{node.id}",
-                "trash_root_id": node.id,
+                "trash_root_id": str(node.id),
                 "pending_op": op,
             },
         )
@@ -613,7 +616,7 @@ async def _close_session(session: UploadSession) -> None:
 
 
 async def record_stored_chunk(
-    owner: PydanticObjectId, sha256: str, size: int, *, verified: bool
+    owner: str, sha256: str, size: int, *, verified: bool
 ) -> None:
     await StoredChunk.get_pymongo_collection().update_one(
         {"_id": f"{owner}:{sha256}"},
@@ -625,10 +628,10 @@ async def record_stored_chunk(
     )
 
 
-async def _add_usage(owner: PydanticObjectId, delta: int) -> None:
+async def _add_usage(owner: str, delta: int) -> None:
     if delta:
         await User.get_pymongo_collection().update_one(
-            {"_id": owner}, {"$inc": {"usage_bytes": delta}}
+            {"_id": PydanticObjectId(owner)}, {"$inc": {"usage_bytes": delta}}
         )
 
 
@@ -679,7 +682,7 @@ async def finish_pending_op(folder: FileNode) -> None:
                         "$set": {
                             "deleted_at": folder.deleted_at,
                             "live_key": f"trash:{doc['_id']}",
-                            "trash_root_id": folder.id,
+                            "trash_root_id": str(folder.id),
                         }
                     },
                 )
@@ -690,13 +693,14 @@ async def finish_pending_op(folder: FileNode) -> None:
         if batch:
             await col.bulk_write(batch, ordered=False)
         await _add_usage(folder.owner_id, -freed)
-    await col.update_one({"_id": folder.id, "pending_op": op}, {"$set": {"pending_op": None}})
+    # Clear the marker unless the folder changed again since (then its new op stands).
+    await col.update_one({"_id": folder.id, "rev": folder.rev}, {"$set": {"pending_op": None}})
 
 
 async def finish_all_pending_ops() -> int:
     """Complete every folder operation a crash left half done. Returns how many."""
     count = 0
-    async for node in FileNode.find({"pending_op": {"$ne": None}}):
+    async for node in FileNode.find({"pending_op.op": {"$in": ["move", "trash"]}}):
         await finish_pending_op(node)
         count += 1
     return count
@@ -708,7 +712,8 @@ def _encode_cursor(name_key: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("invalid cursor", code="invalid_cursor") from exc
 
@@ -743,8 +748,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
             start, end = max(0, size - n), size - 1
         else:
             start = int(first)
-            end = int(last) if last else size - 1
-            end = min(end, size - 1)
+            end = int(last) if last else max(start, size - 1)
             if start < 0 or end < start:
                 raise ValueError
     except ValueError:
@@ -754,11 +758,11 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
             f"range starts beyond the file's {size} bytes",
             headers={"Content-Range": f"bytes */{size}"},
         )
-    return ByteRange(start, end)
+    return ByteRange(start, min(end, size - 1))
 
 
 async def read_verified_chunk(
-    store: BlobStore, owner: PydanticObjectId, sha256: str, size: int
+    store: BlobStore, owner: str, sha256: str, size: int
 ) -> bytes:
     """The chunk's bytes, verified against its hash; a mismatch is refused and recorded."""
     buf = bytearray()
@@ -774,7 +778,7 @@ async def read_verified_chunk(
     return bytes(buf)
 
 
-async def _mark_chunk(owner: PydanticObjectId, sha256: str, state: str) -> None:
+async def _mark_chunk(owner: str, sha256: str, state: str) -> None:
     await StoredChunk.get_pymongo_collection().update_one(
         {"_id": f"{owner}:{sha256}"}, {"$set": {"state": state}}
     )
@@ -785,7 +789,8 @@ async def chunk_spans(
 ) -> AsyncIterator[tuple[str, int, int, int]]:
     """(sha, size, skip, take) for every chunk overlapping the range, in order."""
     first = await ChunkMapPage.find(
-        ChunkMapPage.version_id == version.id, ChunkMapPage.start_offset <= byte_range.start
+        ChunkMapPage.version_id == str(version.id),
+        ChunkMapPage.start_offset <= byte_range.start,
     ).sort("-start_offset").limit(1).to_list()
     if not first:
         return

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 
-from beanie import PydanticObjectId
 from litestar import Request, Response, get, put
 
-from app.errors import BadRequest, Forbidden, NotFound
+from app.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from app.files.service import read_verified_chunk, record_stored_chunk
 from app.settings import Settings, get_settings
 from app.storage.base import BlobStore
@@ -47,11 +46,10 @@ async def put_chunk(
         raise NotFound("this server stores chunks in S3; use the presigned URL")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) != size:
-        raise BadRequest(
-            f"chunk has {declared} bytes, {size} were registered", code="size_mismatch"
-        )
+        error = PayloadTooLarge if int(declared) > size else BadRequest
+        raise error(f"chunk has {declared} bytes, {size} were registered", code="size_mismatch")
     await store.write(owner, sha, size, request.stream())
-    await record_stored_chunk(PydanticObjectId(owner), sha, size, verified=True)
+    await record_stored_chunk(owner, sha, size, verified=True)
     return {"sha256": sha, "size": size}
 
 
@@ -60,7 +58,7 @@ async def get_chunk(
     owner: str, sha: str, size: int, exp: int, sig: str, settings: Settings, store: BlobStore
 ) -> Response[bytes]:
     _check(settings, "get", owner, sha, size, exp, sig)
-    data = await read_verified_chunk(store, PydanticObjectId(owner), sha, size)
+    data = await read_verified_chunk(store, owner, sha, size)
     return Response(
         data,
         media_type="application/octet-stream",
