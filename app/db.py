@@ -10,8 +10,14 @@ from app.files.models import ChunkMapPage, FileNode, FileVersion, StoredChunk, U
 from app.settings import Settings
 
 DOCUMENT_MODELS = [
-    User, BrowserSession, ApiToken,
-    FileNode, FileVersion, ChunkMapPage, StoredChunk, UploadSession,
+    User,
+    BrowserSession,
+    ApiToken,
+    FileNode,
+    FileVersion,
+    ChunkMapPage,
+    StoredChunk,
+    UploadSession,
 ]
 
 

@@ -77,12 +77,16 @@ class CofferClient:
             base_url=base_url,
             headers=headers,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=parallel + 4, max_keepalive_connections=parallel + 4),
+            limits=httpx.Limits(
+                max_connections=parallel + 4, max_keepalive_connections=parallel + 4
+            ),
         )
         # Chunk URLs may point at another host (S3): a plain client without our token.
         self.blob_http = httpx.AsyncClient(
             timeout=timeout,
-            limits=httpx.Limits(max_connections=parallel + 4, max_keepalive_connections=parallel + 4),
+            limits=httpx.Limits(
+                max_connections=parallel + 4, max_keepalive_connections=parallel + 4
+            ),
         )
         self.parallel = parallel
         self.stats = TransferStats()
@@ -107,11 +111,14 @@ class CofferClient:
     # ------------------------------------------------------------- accounts
 
     async def register(self, username: str, password: str) -> dict[str, Any]:
-        return await self.request("POST", "/api/auth/register", json={"username": username, "password": password})
+        return await self.request(
+            "POST", "/api/auth/register", json={"username": username, "password": password}
+        )
 
     async def login_token(self, username: str, password: str, device_name: str) -> str:
         body = await self.request(
-            "POST", "/api/auth/token",
+            "POST",
+            "/api/auth/token",
             json={"username": username, "password": password, "device_name": device_name},
         )
         token = body["token"]
@@ -164,7 +171,9 @@ class CofferClient:
             await self._put_chunks(local, reg["missing"], offsets, progress)
             try:
                 return await self.request(
-                    "POST", f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
+                    "POST",
+                    f"/api/file/{reg['file_id']}/commit",
+                    json={"upload_id": reg["upload_id"]},
                 )
             except ApiError as exc:
                 if exc.code != "missing_chunks":
@@ -210,7 +219,7 @@ class CofferClient:
             if resp.status_code >= 400:
                 await resp.aread()
                 raise_for_error(resp)
-            with open(dest, "wb") as out:
+            with open(dest, "wb") as out:  # noqa: ASYNC230 - page-cache writes
                 async for piece in resp.aiter_bytes(1024 * 1024):
                     out.write(piece)
                     n += len(piece)

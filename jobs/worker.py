@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from arq import cron
-from beanie import PydanticObjectId
 from arq.connections import RedisSettings
+from beanie import PydanticObjectId
 
 from app.db import connect
 from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession

@@ -19,8 +19,10 @@ _names = itertools.count()
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
+    # COFFER_TEST_DIR=dir keeps the stack's data and logs there for a post-mortem.
+    keep = os.environ.get("COFFER_TEST_DIR")
     with tempfile.TemporaryDirectory(prefix="coffer-test-") as tmp:
-        s = Stack(Path(tmp)).start_all()
+        s = Stack(Path(tempfile.mkdtemp(dir=keep) if keep else tmp)).start_all()
         try:
             yield s
         finally:
@@ -39,11 +41,15 @@ def unique_name(prefix: str = "user") -> str:
 class User:
     """A registered user with a device token and an HTTP client that sends it."""
 
-    def __init__(self, base_url: str, username: str | None = None, password: str = "correct horse") -> None:
+    def __init__(
+        self, base_url: str, username: str | None = None, password: str = "correct horse"
+    ) -> None:
         self.username = username or unique_name()
         self.password = password
         self.base_url = base_url
-        r = httpx.post(f"{base_url}/api/auth/register", json={"username": self.username, "password": password})
+        r = httpx.post(
+            f"{base_url}/api/auth/register", json={"username": self.username, "password": password}
+        )
         assert r.status_code == 201, r.text
         self.id = r.json()["id"]
         r = httpx.post(
@@ -65,17 +71,26 @@ class User:
             start = m["index"] * chunk_size
             put = httpx.put(m["url"], content=data[start : start + m["size"]])
             assert put.status_code == 201, put.text
-        r = self.http.post(f"/api/file/{body['file_id']}/commit", json={"upload_id": body["upload_id"]})
+        r = self.http.post(
+            f"/api/file/{body['file_id']}/commit", json={"upload_id": body["upload_id"]}
+        )
         assert r.status_code == 200, r.text
         return r.json()
 
-    def register(self, path: str, data: bytes, chunk_size: int = 64 * 1024, **extra) -> httpx.Response:
-        return self.http.post("/api/file", json={"path": path, **manifest(data, chunk_size), **extra})
+    def register(
+        self, path: str, data: bytes, chunk_size: int = 64 * 1024, **extra
+    ) -> httpx.Response:
+        return self.http.post(
+            "/api/file", json={"path": path, **manifest(data, chunk_size), **extra}
+        )
 
 
 def manifest(data: bytes, chunk_size: int = 64 * 1024) -> dict:
     chunks = [
-        {"sha256": hashlib.sha256(data[i : i + chunk_size]).hexdigest(), "size": len(data[i : i + chunk_size])}
+        {
+            "sha256": hashlib.sha256(data[i : i + chunk_size]).hexdigest(),
+            "size": len(data[i : i + chunk_size]),
+        }
         for i in range(0, len(data), chunk_size)
     ]
     return {"size": len(data), "chunks": chunks}

@@ -34,8 +34,12 @@ class Proc:
     def start(self) -> Proc:
         fh = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.popen = subprocess.Popen(
-            self.cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=ROOT,
+            self.cmd,
+            env=self.env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
         )
         fh.close()
         if self.port:
@@ -87,7 +91,9 @@ class Stack:
             **self.env,
         }
 
-    def _proc(self, name: str, cmd: list[str], port: int | None, env: dict[str, str] | None = None) -> Proc:
+    def _proc(
+        self, name: str, cmd: list[str], port: int | None, env: dict[str, str] | None = None
+    ) -> Proc:
         proc = Proc(name, cmd, env or self.env, self.root / "logs" / f"{name}.log", port)
         self.procs[name] = proc
         return proc
@@ -151,6 +157,11 @@ def start_moto(root: Path) -> Proc:
     """A real S3-protocol server (moto) on a free port."""
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
-    proc = Proc("moto", [str(exe), "-H", "127.0.0.1", "-p", str(port)], dict(os.environ),
-                root / "moto.log", port)
+    proc = Proc(
+        "moto",
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        dict(os.environ),
+        root / "moto.log",
+        port,
+    )
     return proc.start()

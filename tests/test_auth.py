@@ -10,7 +10,9 @@ from tests.conftest import User, unique_name
 
 def test_register_login_me_logout(base_url: str) -> None:
     name = unique_name()
-    r = httpx.post(f"{base_url}/api/auth/register", json={"username": name, "password": "password1"})
+    r = httpx.post(
+        f"{base_url}/api/auth/register", json={"username": name, "password": "password1"}
+    )
     assert r.status_code == 201
     assert r.json()["username"] == name and len(r.json()["id"]) == 24
 
@@ -24,7 +26,12 @@ def test_register_login_me_logout(base_url: str) -> None:
 
         me = browser.get("/api/me")
         assert me.status_code == 200
-        assert me.json() == {"id": me.json()["id"], "username": name, "usage_bytes": 0, "quota_bytes": None}
+        assert me.json() == {
+            "id": me.json()["id"],
+            "username": name,
+            "usage_bytes": 0,
+            "quota_bytes": None,
+        }
 
         # Cookie-authenticated unsafe requests need the CSRF token.
         assert browser.post("/api/folder", json={"path": "/x"}).status_code == 403
@@ -104,6 +111,13 @@ def test_health_and_openapi(base_url: str) -> None:
     ready = httpx.get(f"{base_url}/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     schema = httpx.get(f"{base_url}/schema/openapi.json").json()
-    for path in ["/api/auth/register", "/api/auth/token", "/api/file", "/api/file/{file_id}/commit",
-                 "/api/file/{file_id}/content", "/api/folder", "/api/me"]:
+    for path in [
+        "/api/auth/register",
+        "/api/auth/token",
+        "/api/file",
+        "/api/file/{file_id}/commit",
+        "/api/file/{file_id}/content",
+        "/api/folder",
+        "/api/me",
+    ]:
         assert path in schema["paths"], path

@@ -35,9 +35,12 @@ def test_upload_list_download_roundtrip(alice: User) -> None:
     assert r.headers["etag"] == f'"{f["content_hash"]}"'
     assert r.headers["content-length"] == str(len(data))
     assert 'filename="report.bin"' in r.headers["content-disposition"]
-    assert alice.http.get(
-        f"/api/file/{f['id']}/content", headers={"If-None-Match": r.headers["etag"]}
-    ).status_code == 304
+    assert (
+        alice.http.get(
+            f"/api/file/{f['id']}/content", headers={"If-None-Match": r.headers["etag"]}
+        ).status_code
+        == 304
+    )
     assert alice.http.get("/api/me").json()["usage_bytes"] == len(data)
 
 
@@ -77,7 +80,9 @@ def test_identical_content_sends_nothing_and_is_no_new_version(alice: User) -> N
     first = alice.upload("/same.bin", data)
     again = alice.register("/same.bin", data)
     assert again.status_code == 201 and again.json()["missing"] == []
-    r = alice.http.post(f"/api/file/{first['id']}/commit", json={"upload_id": again.json()["upload_id"]})
+    r = alice.http.post(
+        f"/api/file/{first['id']}/commit", json={"upload_id": again.json()["upload_id"]}
+    )
     assert r.status_code == 200 and r.json()["version"] == 1
     # The same content under another name also needs no bytes (dedup within the owner).
     copy = alice.register("/copy.bin", data)
@@ -92,7 +97,9 @@ def test_new_version_uploads_only_changed_chunks(alice: User) -> None:
     assert [m["index"] for m in reg["missing"]] == [3]
     for m in reg["missing"]:
         httpx.put(m["url"], content=bytes(data[3 * CHUNK : 4 * CHUNK])).raise_for_status()
-    f2 = alice.http.post(f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}).json()
+    f2 = alice.http.post(
+        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
+    ).json()
     assert f2["id"] == f1["id"] and f2["version"] == 2
     assert alice.http.get(f"/api/file/{f1['id']}/content").content == bytes(data)
 
@@ -121,7 +128,9 @@ def test_resume_returns_only_missing_chunks(alice: User) -> None:
 
     # Not visible before commit.
     assert alice.http.get("/api/file", params={"path": "/big"}).json()["items"] == []
-    early = alice.http.post(f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]})
+    early = alice.http.post(
+        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
+    )
     assert early.status_code == 409 and early.json()["error"]["code"] == "missing_chunks"
     assert [m["index"] for m in early.json()["error"]["missing"]] == [4, 5]
 
@@ -130,10 +139,14 @@ def test_resume_returns_only_missing_chunks(alice: User) -> None:
     assert [m["index"] for m in again["missing"]] == [4, 5]
     for m in again["missing"]:
         httpx.put(m["url"], content=data[m["index"] * CHUNK :][: m["size"]]).raise_for_status()
-    done = alice.http.post(f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]})
+    done = alice.http.post(
+        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
+    )
     assert done.status_code == 200
     # A retried commit (lost answer) is answered the same way, not 404.
-    retry = alice.http.post(f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]})
+    retry = alice.http.post(
+        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
+    )
     assert retry.status_code == 200 and retry.json()["version"] == 1
     assert alice.http.get(f"/api/file/{reg['file_id']}/content").content == data
 
@@ -154,7 +167,7 @@ def test_chunk_put_is_verified(alice: User, stack: Stack) -> None:
     assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "hash_mismatch"
     short = httpx.put(m["url"], content=data[: CHUNK - 1])
     assert short.status_code == 400 and short.json()["error"]["code"] == "size_mismatch"
-    long = httpx.put(m["url"], content=data[: CHUNK] + b"x")
+    long = httpx.put(m["url"], content=data[:CHUNK] + b"x")
     assert long.status_code in (400, 413)
     assert not blob.exists()
 
@@ -180,8 +193,19 @@ def test_oversized_chunk_body_is_refused(alice: User) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["relative.txt", "/a/../etc/passwd", "/..", "/a/./b", "/nul\x00byte", "/" + "n" * 10_000,
-     "/a/" + "x" * 300, "/back\\slash", "/ctl\x07", "", "/"],
+    [
+        "relative.txt",
+        "/a/../etc/passwd",
+        "/..",
+        "/a/./b",
+        "/nul\x00byte",
+        "/" + "n" * 10_000,
+        "/a/" + "x" * 300,
+        "/back\\slash",
+        "/ctl\x07",
+        "",
+        "/",
+    ],
 )
 def test_bad_paths_are_rejected(alice: User, path: str) -> None:
     r = alice.register(path, b"x" * 10)
@@ -196,7 +220,10 @@ def test_bad_manifests_are_rejected(alice: User) -> None:
         {**good, "size": good["size"] + 1},  # sizes do not add up
         {**good, "size": -1},
         {"size": 10, "chunks": [{"sha256": "zz", "size": 10}]},
-        {"size": 2 * 1024, "chunks": [{"sha256": "a" * 64, "size": 1024}, {"sha256": "b" * 64, "size": 1024}]},
+        {
+            "size": 2 * 1024,
+            "chunks": [{"sha256": "a" * 64, "size": 1024}, {"sha256": "b" * 64, "size": 1024}],
+        },
         {"size": 17 * 1024 * 1024, "chunks": [{"sha256": "a" * 64, "size": 17 * 1024 * 1024}]},
         {"size": 16385 * CHUNK, "chunks": [{"sha256": "a" * 64, "size": CHUNK}] * 16385},
     ]
@@ -215,23 +242,36 @@ def test_folders_move_and_trash(alice: User) -> None:
     assert again.status_code == 409  # names are case-insensitive, like Dropbox
     a = alice.upload("/Projects/2024/a.txt", b"a" * 1000)
     b = alice.upload("/Projects/2024/sub/b.txt", b"b" * 1000)
-    project = next(i for i in alice.http.get("/api/file").json()["items"] if i["name"] == "Projects")
+    project = next(
+        i for i in alice.http.get("/api/file").json()["items"] if i["name"] == "Projects"
+    )
 
     moved = alice.http.patch(f"/api/file/{project['id']}", json={"path": "/Archive/Old Projects"})
     assert moved.status_code == 200 and moved.json()["path"] == "/Archive/Old Projects"
-    assert alice.http.get(f"/api/file/{a['id']}").json()["path"] == "/Archive/Old Projects/2024/a.txt"
-    assert alice.http.get(f"/api/file/{b['id']}").json()["path"] == "/Archive/Old Projects/2024/sub/b.txt"
+    assert (
+        alice.http.get(f"/api/file/{a['id']}").json()["path"] == "/Archive/Old Projects/2024/a.txt"
+    )
+    assert (
+        alice.http.get(f"/api/file/{b['id']}").json()["path"]
+        == "/Archive/Old Projects/2024/sub/b.txt"
+    )
     assert alice.http.get(f"/api/file/{b['id']}/content").content == b"b" * 1000
-    listing = alice.http.get("/api/file", params={"path": "/Archive/Old Projects/2024"}).json()["items"]
+    listing = alice.http.get("/api/file", params={"path": "/Archive/Old Projects/2024"}).json()[
+        "items"
+    ]
     assert sorted(i["name"] for i in listing) == ["a.txt", "sub"]
     assert alice.http.get("/api/file", params={"path": "/Projects"}).status_code == 404
 
-    into_itself = alice.http.patch(f"/api/file/{project['id']}", json={"path": "/Archive/Old Projects/2024/x"})
+    into_itself = alice.http.patch(
+        f"/api/file/{project['id']}", json={"path": "/Archive/Old Projects/2024/x"}
+    )
     assert into_itself.status_code == 400
     alice.upload("/taken.txt", b"t" * 10)
     clash = alice.http.patch(f"/api/file/{a['id']}", json={"path": "/TAKEN.txt"})
     assert clash.status_code == 409
-    case_only = alice.http.patch(f"/api/file/{a['id']}", json={"path": "/Archive/Old Projects/2024/A.txt"})
+    case_only = alice.http.patch(
+        f"/api/file/{a['id']}", json={"path": "/Archive/Old Projects/2024/A.txt"}
+    )
     assert case_only.status_code == 200 and case_only.json()["name"] == "A.txt"
 
     assert alice.http.delete(f"/api/file/{project['id']}").status_code == 204
@@ -297,7 +337,9 @@ def test_other_users_files_are_invisible(alice: User, bob: User) -> None:
         assert r.status_code == 404, (method, url, r.text)
     # Bob's own upload id cannot commit Alice's file either.
     bob_reg = bob.register("/mine.bin", os.urandom(CHUNK)).json()
-    r = bob.http.post(f"/api/file/{reg['file_id']}/commit", json={"upload_id": bob_reg["upload_id"]})
+    r = bob.http.post(
+        f"/api/file/{reg['file_id']}/commit", json={"upload_id": bob_reg["upload_id"]}
+    )
     assert r.status_code == 404
     assert bob.http.get("/api/file").json()["items"] == []
     # No cross-user dedup: Bob must send bytes Alice already stored.
@@ -307,7 +349,9 @@ def test_other_users_files_are_invisible(alice: User, bob: User) -> None:
 
 def test_quota_is_enforced_at_register(alice: User, stack: Stack) -> None:
     with MongoClient(stack.env["MONGODB_URL"]) as mongo:
-        mongo.coffer.users.update_one({"username": alice.username}, {"$set": {"quota_bytes": 3 * CHUNK}})
+        mongo.coffer.users.update_one(
+            {"username": alice.username}, {"$set": {"quota_bytes": 3 * CHUNK}}
+        )
     alice.upload("/q1.bin", os.urandom(2 * CHUNK))
     r = alice.register("/q2.bin", os.urandom(2 * CHUNK))
     assert r.status_code == 507 and r.json()["error"]["code"] == "quota_exceeded"
@@ -324,20 +368,32 @@ def test_fifty_gib_file(alice: User) -> None:
     started = time.monotonic()
     reg = alice.http.post(
         "/api/file",
-        json={"path": "/huge/50g.bin", "size": size, "chunks": [{"sha256": sha, "size": chunk_size}] * count},
+        json={
+            "path": "/huge/50g.bin",
+            "size": size,
+            "chunks": [{"sha256": sha, "size": chunk_size}] * count,
+        },
     )
     assert reg.status_code == 201, reg.text
     body = reg.json()
     assert [m["index"] for m in body["missing"]] == [0]
     httpx.put(body["missing"][0]["url"], content=block, timeout=60).raise_for_status()
-    f = alice.http.post(f"/api/file/{body['file_id']}/commit", json={"upload_id": body["upload_id"]})
+    f = alice.http.post(
+        f"/api/file/{body['file_id']}/commit", json={"upload_id": body["upload_id"]}
+    )
     assert f.status_code == 200 and f.json()["size"] == 50 * 1024**3
     start = size - chunk_size - 100
-    r = alice.http.get(f"/api/file/{body['file_id']}/content", headers={"Range": f"bytes={start}-{start + 199}"})
+    r = alice.http.get(
+        f"/api/file/{body['file_id']}/content", headers={"Range": f"bytes={start}-{start + 199}"}
+    )
     assert r.status_code == 206
     assert r.content == block[-100:] + block[:100]
-    manifest_tail = alice.http.get(f"/api/file/{body['file_id']}", params={"chunk_offset": count - 1}).json()
-    assert manifest_tail["chunk_count"] == count and manifest_tail["chunks"][0]["index"] == count - 1
+    manifest_tail = alice.http.get(
+        f"/api/file/{body['file_id']}", params={"chunk_offset": count - 1}
+    ).json()
+    assert (
+        manifest_tail["chunk_count"] == count and manifest_tail["chunks"][0]["index"] == count - 1
+    )
     assert time.monotonic() - started < 30
 
 
@@ -352,6 +408,8 @@ def test_upload_resumes_after_server_kill(alice: User, stack: Stack, tmp_path: P
     assert [m["index"] for m in again["missing"]] == [3, 4, 5]
     for m in again["missing"]:
         httpx.put(m["url"], content=data[m["index"] * CHUNK :][: m["size"]]).raise_for_status()
-    r = alice.http.post(f"/api/file/{again['file_id']}/commit", json={"upload_id": again["upload_id"]})
+    r = alice.http.post(
+        f"/api/file/{again['file_id']}/commit", json={"upload_id": again["upload_id"]}
+    )
     assert r.status_code == 200
     assert alice.http.get(f"/api/file/{again['file_id']}/content").content == data

@@ -31,13 +31,23 @@ class AuthController(Controller):
             SessionOut(id=str(user.id), username=user.username, csrf_token=session.csrf_token),
             cookies=[
                 Cookie(
-                    key=SESSION_COOKIE, value=raw, httponly=True, samesite="lax",
-                    secure=settings.cookie_secure, max_age=max_age, path="/",
+                    key=SESSION_COOKIE,
+                    value=raw,
+                    httponly=True,
+                    samesite="lax",
+                    secure=settings.cookie_secure,
+                    max_age=max_age,
+                    path="/",
                 ),
                 # Readable by the page's JavaScript, which echoes it in X-CSRF-Token.
                 Cookie(
-                    key=CSRF_COOKIE, value=session.csrf_token, httponly=False, samesite="lax",
-                    secure=settings.cookie_secure, max_age=max_age, path="/",
+                    key=CSRF_COOKIE,
+                    value=session.csrf_token,
+                    httponly=False,
+                    samesite="lax",
+                    secure=settings.cookie_secure,
+                    max_age=max_age,
+                    path="/",
                 ),
             ],
         )

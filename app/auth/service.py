@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from argon2 import PasswordHasher
-from beanie import PydanticObjectId
 from argon2.exceptions import InvalidHashError, VerificationError
+from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.auth.models import ApiToken, BrowserSession, User

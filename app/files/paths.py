@@ -14,7 +14,7 @@ from app.errors import BadRequest
 MAX_NAME_BYTES = 255
 MAX_PATH_CHARS = 4096
 MAX_DEPTH = 64
-_FORBIDDEN = set('\\') | {chr(c) for c in range(32)} | {"\x7f"}
+_FORBIDDEN = set("\\") | {chr(c) for c in range(32)} | {"\x7f"}
 
 
 def normalize_path(raw: object) -> str:

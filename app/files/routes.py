@@ -84,7 +84,9 @@ class FileController(Controller):
         # Read (and verify) the first chunk before answering, so damaged data is refused
         # with a clear error instead of a truncated 200.
         first = await anext(body)
-        return Stream(_prepend(first, body), status_code=status, headers=headers, media_type=media_type)
+        return Stream(
+            _prepend(first, body), status_code=status, headers=headers, media_type=media_type
+        )
 
     @patch("/{file_id:str}")
     async def move(self, file_id: str, data: PathRequest, files: FileService) -> FileOut:

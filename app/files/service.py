@@ -323,7 +323,10 @@ class FileService:
         pages = []
         offset = 0
         for page_no, start in enumerate(range(0, len(hashes), PAGE_SIZE)):
-            entries = [(hashes[i], req.chunks[i].size) for i in range(start, min(start + PAGE_SIZE, len(hashes)))]
+            entries = [
+                (hashes[i], req.chunks[i].size)
+                for i in range(start, min(start + PAGE_SIZE, len(hashes)))
+            ]
             pages.append(
                 ChunkMapPage(
                     id=f"{version.id}:{page_no}",
@@ -371,7 +374,9 @@ class FileService:
         if probe_store and not self.store.verifies_on_write:
             # A resumed upload to S3: chunks PUT earlier are in the bucket but not yet
             # verified; verify them now so they are not sent again.
-            have |= await self._verify_in_store(set(hashes) - have, dict(zip(hashes, (c.size for c in chunks), strict=True)))
+            have |= await self._verify_in_store(
+                set(hashes) - have, dict(zip(hashes, (c.size for c in chunks), strict=True))
+            )
         missing = []
         seen: set[str] = set()
         for i, sha in enumerate(hashes):
@@ -615,9 +620,7 @@ async def _close_session(session: UploadSession) -> None:
     )
 
 
-async def record_stored_chunk(
-    owner: str, sha256: str, size: int, *, verified: bool
-) -> None:
+async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: bool) -> None:
     await StoredChunk.get_pymongo_collection().update_one(
         {"_id": f"{owner}:{sha256}"},
         {
@@ -761,9 +764,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, min(end, size - 1))
 
 
-async def read_verified_chunk(
-    store: BlobStore, owner: str, sha256: str, size: int
-) -> bytes:
+async def read_verified_chunk(store: BlobStore, owner: str, sha256: str, size: int) -> bytes:
     """The chunk's bytes, verified against its hash; a mismatch is refused and recorded."""
     buf = bytearray()
     try:
@@ -788,10 +789,15 @@ async def chunk_spans(
     version: FileVersion, byte_range: ByteRange
 ) -> AsyncIterator[tuple[str, int, int, int]]:
     """(sha, size, skip, take) for every chunk overlapping the range, in order."""
-    first = await ChunkMapPage.find(
-        ChunkMapPage.version_id == str(version.id),
-        ChunkMapPage.start_offset <= byte_range.start,
-    ).sort("-start_offset").limit(1).to_list()
+    first = (
+        await ChunkMapPage.find(
+            ChunkMapPage.version_id == str(version.id),
+            ChunkMapPage.start_offset <= byte_range.start,
+        )
+        .sort("-start_offset")
+        .limit(1)
+        .to_list()
+    )
     if not first:
         return
     page_no, offset = first[0].page, first[0].start_offset
@@ -820,7 +826,9 @@ async def stream_content(
     current: tuple[str, int, int, int] | None = None
     try:
         async for span in spans:
-            task = asyncio.create_task(read_verified_chunk(store, version.owner_id, span[0], span[1]))
+            task = asyncio.create_task(
+                read_verified_chunk(store, version.owner_id, span[0], span[1])
+            )
             if pending is not None and current is not None:
                 data = await pending
                 yield data[current[2] : current[2] + current[3]]

@@ -49,20 +49,20 @@ class LocalBlobStore:
         except FileNotFoundError:
             return None
 
-    async def write(
-        self, owner: str, sha256: str, size: int, body: AsyncIterator[bytes]
-    ) -> None:
+    async def write(self, owner: str, sha256: str, size: int, body: AsyncIterator[bytes]) -> None:
         """Store the body as chunk `sha256` if, and only if, it has that size and hash."""
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         hasher = hashlib.sha256()
         received = 0
         try:
-            with open(tmp, "wb") as out:
+            # Page-cache writes of 64 KiB pieces are cheaper inline than via a thread hop.
+            with open(tmp, "wb") as out:  # noqa: ASYNC230
                 async for piece in body:
                     received += len(piece)
                     if received > size:
                         raise PayloadTooLarge(
-                            f"chunk is larger than the {size} bytes registered", code="size_mismatch"
+                            f"chunk is larger than the {size} bytes registered",
+                            code="size_mismatch",
                         )
                     hasher.update(piece)
                     out.write(piece)

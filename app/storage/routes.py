@@ -22,11 +22,15 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 PUBLIC = {"public": True}
 
 
-def _check(settings: Settings, op: str, owner: str, sha: str, size: int, exp: int, sig: str) -> None:
+def _check(
+    settings: Settings, op: str, owner: str, sha: str, size: int, exp: int, sig: str
+) -> None:
     if not (OWNER_RE.fullmatch(owner) and SHA_RE.fullmatch(sha)) or not verify_blob_signature(
         settings.resolved_secret_key(), op, owner, sha, size, exp, sig
     ):
-        raise Forbidden("invalid or expired chunk URL; register the upload again", code="bad_signature")
+        raise Forbidden(
+            "invalid or expired chunk URL; register the upload again", code="bad_signature"
+        )
 
 
 @put(
@@ -38,8 +42,14 @@ def _check(settings: Settings, op: str, owner: str, sha: str, size: int, exp: in
     include_in_schema=True,
 )
 async def put_chunk(
-    request: Request, owner: str, sha: str, size: int, exp: int, sig: str,
-    settings: Settings, store: BlobStore,
+    request: Request,
+    owner: str,
+    sha: str,
+    size: int,
+    exp: int,
+    sig: str,
+    settings: Settings,
+    store: BlobStore,
 ) -> dict[str, object]:
     _check(settings, "put", owner, sha, size, exp, sig)
     if not isinstance(store, LocalBlobStore):

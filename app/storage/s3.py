@@ -75,10 +75,18 @@ class S3BlobStore:
         return int(head["ContentLength"])
 
     async def read(self, owner: str, sha256: str) -> AsyncIterator[bytes]:
-        obj = await self._client.get_object(Bucket=self.bucket, Key=chunk_key(owner, sha256))
-        async with obj["Body"] as body:
-            while piece := await body.read(1024 * 1024):
+        try:
+            obj = await self._client.get_object(Bucket=self.bucket, Key=chunk_key(owner, sha256))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(chunk_key(owner, sha256)) from exc
+            raise
+        body = obj["Body"]
+        try:
+            async for piece in body.iter_chunks(1024 * 1024):
                 yield piece
+        finally:
+            body.close()
 
     async def delete(self, owner: str, sha256: str) -> None:
         await self._client.delete_object(Bucket=self.bucket, Key=chunk_key(owner, sha256))
@@ -88,4 +96,3 @@ class S3BlobStore:
 
     async def close(self) -> None:
         await self._stack.aclose()
-

@@ -1,0 +1,36 @@
+# Coffer: `make run` starts everything; `make test` runs the whole suite; `make bench` the benchmarks.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lint e2e-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/coffer-server run
+
+# Playwright drives Debian's chromium (its own browser download cannot work offline).
+e2e-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) e2e-deps
+	$(VENV)/bin/ruff check app jobs client tests bench
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/transfer.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check app jobs client tests bench
+	$(VENV)/bin/ruff format --check app jobs client tests bench
+
+clean:
+	rm -rf $(VENV) *.egg-info

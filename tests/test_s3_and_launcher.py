@@ -1,0 +1,136 @@
+"""The S3 blob store against a real S3-protocol server, and the `coffer-server run` launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from app.cli import free_port
+from tests.conftest import User, content_hash
+from tests.stack import Stack, start_moto
+
+CHUNK = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def s3_web(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    moto = start_moto(tmp_path_factory.mktemp("moto"))
+    proc = stack.start_web(
+        "web-s3",
+        COFFER_BLOB_STORE="s3",
+        S3_ENDPOINT_URL=f"http://127.0.0.1:{moto.port}",
+        S3_BUCKET="coffer-test",
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_REGION="us-east-1",
+        COFFER_DB_NAME="coffer_s3",
+    )
+    try:
+        yield stack.url("web-s3")
+    finally:
+        proc.stop()
+        moto.stop()
+
+
+def test_s3_upload_download_and_verification(s3_web: str) -> None:
+    user = User(s3_web)
+    data = os.urandom(4 * CHUNK + 99)
+    reg = user.register("/s3/file.bin", data).json()
+    assert len(reg["missing"]) == 5
+    assert "X-Amz-Signature" in reg["missing"][0]["url"]  # presigned, straight to S3
+
+    # One chunk gets the wrong bytes: S3 takes them, the commit's verification does not.
+    for m in reg["missing"]:
+        body = data[m["index"] * CHUNK :][: m["size"]]
+        if m["index"] == 2:
+            body = os.urandom(m["size"])
+        assert httpx.put(m["url"], content=body).status_code == 200
+    r = user.http.post(f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]})
+    assert r.status_code == 409 and [m["index"] for m in r.json()["error"]["missing"]] == [2]
+    # Resume: only the bad chunk is asked for again.
+    again = user.register("/s3/file.bin", data).json()
+    assert [m["index"] for m in again["missing"]] == [2]
+    httpx.put(again["missing"][0]["url"], content=data[2 * CHUNK : 3 * CHUNK]).raise_for_status()
+    f = user.http.post(
+        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
+    ).json()
+    assert f["content_hash"] == content_hash(data)
+
+    assert user.http.get(f"/api/file/{f['id']}/content").content == data
+    part = user.http.get(
+        f"/api/file/{f['id']}/content", headers={"Range": f"bytes={CHUNK - 1}-{CHUNK}"}
+    )
+    assert part.status_code == 206 and part.content == data[CHUNK - 1 : CHUNK + 1]
+    chunk = user.http.get(f"/api/file/{f['id']}").json()["chunks"][1]
+    assert httpx.get(chunk["url"]).content == data[CHUNK : 2 * CHUNK]
+    assert user.register("/s3/again.bin", data).json()["missing"] == []
+    assert httpx.get(f"{s3_web}/readyz").json()["checks"]["blob_store"] == "ok"
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_launcher_starts_everything_and_keeps_data(tmp_path: Path) -> None:
+    """`coffer-server run` as `make run` uses it: URL printed, Ctrl-C stops all, data kept."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "REDIS_URL")}
+    env.update(COFFER_DATA_DIR=str(tmp_path / "data"), PORT=str(port))
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:
+            if f"http://127.0.0.1:{port}" in line:
+                return proc
+            assert time.monotonic() < deadline, "no URL printed"
+        raise AssertionError(f"launcher exited: {proc.wait()}")
+
+    proc = start()
+    kids = _children(proc.pid)
+    names = " ".join(" ".join(k.cmdline()) for k in kids)
+    assert "nx-27017" in names and "redis-server" in names
+    assert "app.cli worker" in names and "app.cli web" in names
+    user = User(f"http://127.0.0.1:{port}")
+    f = user.upload("/kept.txt", b"still here" * 1000)
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0 or proc.returncode in (0, -2, 130)
+    time.sleep(0.2)
+    assert not [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+
+    proc = start()
+    try:
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/api/auth/token",
+            json={"username": user.username, "password": user.password, "device_name": "again"},
+        )
+        token = r.json()["token"]
+        got = httpx.get(
+            f"http://127.0.0.1:{port}/api/file/{f['id']}/content",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert got.content == b"still here" * 1000
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
