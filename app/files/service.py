@@ -766,17 +766,20 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
 async def read_verified_chunk(store: BlobStore, owner: str, sha256: str, size: int) -> bytes:
     """The chunk's bytes, verified against its hash; a mismatch is refused and recorded."""
-    buf = bytearray()
     try:
-        async for piece in store.read(str(owner), sha256):
-            buf += piece
+        buf = await store.read_all(owner, sha256)
     except FileNotFoundError:
         await _mark_chunk(owner, sha256, "missing")
         raise CorruptData(f"chunk {sha256} is missing from storage") from None
-    if len(buf) != size or hashlib.sha256(buf).hexdigest() != sha256:
+    # hashlib releases the GIL: hashing in a thread overlaps with sending the last chunk.
+    if len(buf) != size or await asyncio.to_thread(_hex_sha256, buf) != sha256:
         await _mark_chunk(owner, sha256, "corrupt")
         raise CorruptData(f"chunk {sha256} is damaged in storage; refusing to serve it")
-    return bytes(buf)
+    return buf
+
+
+def _hex_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 async def _mark_chunk(owner: str, sha256: str, state: str) -> None:

@@ -27,6 +27,10 @@ class BlobStore(Protocol):
         """Stream the whole stored chunk."""
         ...
 
+    async def read_all(self, owner: str, sha256: str) -> bytes:
+        """The whole stored chunk (chunks are at most 16 MiB)."""
+        ...
+
     async def delete(self, owner: str, sha256: str) -> None: ...
 
     async def check(self) -> None:

@@ -95,6 +95,9 @@ class LocalBlobStore:
         finally:
             fh.close()
 
+    async def read_all(self, owner: str, sha256: str) -> bytes:
+        return await asyncio.to_thread(self.path(owner, sha256).read_bytes)
+
     async def delete(self, owner: str, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(owner, sha256).unlink()

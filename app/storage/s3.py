@@ -88,6 +88,12 @@ class S3BlobStore:
         finally:
             body.close()
 
+    async def read_all(self, owner: str, sha256: str) -> bytes:
+        buf = bytearray()
+        async for piece in self.read(owner, sha256):
+            buf += piece
+        return bytes(buf)
+
     async def delete(self, owner: str, sha256: str) -> None:
         await self._client.delete_object(Bucket=self.bucket, Key=chunk_key(owner, sha256))
 
