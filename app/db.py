@@ -6,6 +6,7 @@ from beanie import init_beanie
 from pymongo import AsyncMongoClient
 
 from app.auth.models import ApiToken, BrowserSession, User
+from app.events.models import Event, EventCounter
 from app.files.models import ChunkMapPage, FileNode, FileVersion, StoredChunk, UploadSession
 from app.settings import Settings
 
@@ -18,6 +19,8 @@ DOCUMENT_MODELS = [
     ChunkMapPage,
     StoredChunk,
     UploadSession,
+    Event,
+    EventCounter,
 ]
 
 

@@ -13,6 +13,10 @@ from app.auth.middleware import IdentityMiddleware, require_user
 from app.auth.routes import AuthController, me
 from app.db import connect
 from app.errors import exception_handlers
+from app.events.hub import Hub
+from app.events.queue import JobQueue
+from app.events.routes import events_socket, read_events
+from app.events.service import ChangeFeed
 from app.files.routes import FileController, create_folder
 from app.files.service import FileService, finish_all_pending_ops
 from app.health import healthz, readyz
@@ -30,11 +34,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def on_startup(app: Litestar) -> None:
         app.state.mongo = await connect(settings)
         app.state.store = await open_store(settings)
+        app.state.hub = Hub(settings.redis)
+        app.state.hub.start()
+        app.state.queue = JobQueue(settings.redis)
+        app.state.feed = ChangeFeed(app.state.hub, app.state.queue.enqueue_fanout)
         finished = await finish_all_pending_ops()
         if finished:
             log.warning("completed %d folder operation(s) interrupted by a crash", finished)
 
     async def on_shutdown(app: Litestar) -> None:
+        await app.state.hub.close()
+        await app.state.queue.close()
         await app.state.store.close()
         await app.state.mongo.close()
 
@@ -44,20 +54,36 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def provide_store(state: State) -> BlobStore:
         return state.store
 
-    def provide_files(request: Request, store: BlobStore) -> FileService:
+    def provide_hub(state: State) -> Hub:
+        return state.hub
+
+    def provide_feed(state: State) -> ChangeFeed:
+        return state.feed
+
+    def provide_files(request: Request, store: BlobStore, feed: ChangeFeed) -> FileService:
         principal = request.scope["auth"]
         return FileService(
             settings=settings,
             store=store,
             user=principal.user,
             base_url=settings.public_url or str(request.base_url),
+            feed=feed,
             device=principal.device_name,
         )
 
     api = Router(
         path="/",
         guards=[require_user],
-        route_handlers=[AuthController, me, FileController, create_folder, put_chunk, get_chunk],
+        route_handlers=[
+            AuthController,
+            me,
+            read_events,
+            events_socket,
+            FileController,
+            create_folder,
+            put_chunk,
+            get_chunk,
+        ],
     )
     return Litestar(
         route_handlers=[api, healthz, readyz],
@@ -65,6 +91,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(provide_settings, sync_to_thread=False),
             "store": Provide(provide_store, sync_to_thread=False),
             "files": Provide(provide_files, sync_to_thread=False),
+            "hub": Provide(provide_hub, sync_to_thread=False),
+            "feed": Provide(provide_feed, sync_to_thread=False),
         },
         middleware=[IdentityMiddleware()],
         exception_handlers=exception_handlers,

@@ -14,6 +14,8 @@ from arq.connections import RedisSettings
 from beanie import PydanticObjectId
 
 from app.db import connect
+from app.events.hub import Hub
+from app.events.service import ChangeFeed
 from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession
 from app.files.service import finish_all_pending_ops
 from app.settings import get_settings
@@ -26,11 +28,28 @@ settings = get_settings()
 async def startup(ctx: dict[str, Any]) -> None:
     ctx["mongo"] = await connect(settings)
     ctx["store"] = await open_store(settings)
+    ctx["hub"] = Hub(settings.redis)
+    ctx["feed"] = ChangeFeed(ctx["hub"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["hub"].close()
     await ctx["store"].close()
     await ctx["mongo"].close()
+
+
+async def fan_out_change(ctx: dict[str, Any], node_id: str, change_id: str) -> bool:
+    """Deliver one change to every recipient (queued by the web after each write)."""
+    node = await FileNode.get(PydanticObjectId(node_id))
+    if node is None or not node.outbox_pending or not node.outbox or node.outbox["id"] != change_id:
+        return False  # already delivered, or superseded (its successor flushed it first)
+    await ctx["feed"].flush(node_id, node.outbox)
+    return True
+
+
+async def sweep_outboxes(ctx: dict[str, Any]) -> int:
+    """Deliver changes whose fan-out was lost (crash, Redis or worker down)."""
+    return await ctx["feed"].sweep(older_than=2.0)
 
 
 async def finish_interrupted_ops(ctx: dict[str, Any]) -> int:
@@ -63,8 +82,9 @@ async def expire_uploads(ctx: dict[str, Any]) -> int:
 
 
 class WorkerSettings:
-    functions = [finish_interrupted_ops, expire_uploads]
+    functions = [fan_out_change, sweep_outboxes, finish_interrupted_ops, expire_uploads]
     cron_jobs = [
+        cron(sweep_outboxes, second=set(range(0, 60, 2)), run_at_startup=True),
         cron(finish_interrupted_ops, second={0, 30}, run_at_startup=True),
         cron(expire_uploads, minute={7, 37}, second=0),
     ]

@@ -13,7 +13,7 @@ Rules that shape these documents (see DESIGN.md):
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from beanie import Document
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -48,6 +48,10 @@ class FileNode(Document):
     trash_root_id: str | None = None
     # A folder move or trash still being applied to the folder's descendants.
     pending_op: dict[str, str] | None = None
+    # The outbox: the last change made to this node, and whether every recipient's feed
+    # has it yet (see app/events/service.py).
+    outbox: dict[str, Any] | None = None
+    outbox_pending: bool = False
 
     class Settings:
         name = "files"
@@ -57,6 +61,7 @@ class FileNode(Document):
                 [("owner_id", ASCENDING), ("parent_id", ASCENDING), ("name_key", ASCENDING)]
             ),
             IndexModel([("owner_id", ASCENDING), ("path_key", ASCENDING)]),
+            IndexModel([("outbox_pending", ASCENDING)]),
         ]
 
 

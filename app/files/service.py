@@ -35,6 +35,7 @@ from app.errors import (
     NotFound,
     RangeNotSatisfiable,
 )
+from app.events.service import ChangeFeed, make_change
 from app.files import paths
 from app.files.models import (
     PAGE_SIZE,
@@ -97,11 +98,16 @@ class FileService:
     store: BlobStore
     user: User
     base_url: str
+    feed: ChangeFeed
     device: str | None = None
 
     @property
     def owner(self) -> str:
         return str(self.user.id)
+
+    @property
+    def actor(self) -> str:
+        return self.user.username
 
     # ---------------------------------------------------------------- lookups
 
@@ -153,6 +159,9 @@ class FileService:
             created_at=t,
             modified_at=t,
         )
+        node.id = PydanticObjectId()
+        change = make_change("file.created", node, self.actor)
+        node.outbox, node.outbox_pending = change, True
         try:
             await node.insert()
         except DuplicateKeyError:
@@ -161,6 +170,7 @@ class FileService:
             if existing is None:
                 raise Conflict("the folder changed while it was being created") from None
             return existing
+        await self.feed.changed(str(node.id), change)
         return node
 
     async def create_folder(self, raw_path: object) -> FileNode:
@@ -463,8 +473,17 @@ class FileService:
                 raise Conflict(
                     "the file changed since base_version", code="conflict", version=node.version
                 )
+            await self.feed.flush_node(node)
             new_version = node.version + 1
             t = now()
+            change = make_change(
+                "file.updated" if node.committed else "file.created",
+                node,
+                self.actor,
+                version=new_version,
+                size=version.size,
+                content_hash=version.content_hash,
+            )
             result = await FileNode.get_pymongo_collection().update_one(
                 {"_id": node.id, "rev": node.rev, "deleted_at": None},
                 {
@@ -476,6 +495,8 @@ class FileService:
                         "content_hash": version.content_hash,
                         "modified_at": t,
                         "rev": node.rev + 1,
+                        "outbox": change,
+                        "outbox_pending": True,
                     }
                 },
             )
@@ -491,6 +512,7 @@ class FileService:
         if version.size != old_size:
             await _add_usage(self.owner, version.size - old_size)
         await _close_session(session)
+        await self.feed.changed(file_id, change)
         return await self.get_node(file_id)
 
     async def _drop_pending(self, session: UploadSession, version: FileVersion) -> None:
@@ -563,8 +585,9 @@ class FileService:
         parent = await self.ensure_folder(parent_path)
         op = {"op": "move", "from": node.path, "to": new_path} if node.kind == "folder" else None
         try:
-            updated = await self._cas(
+            updated, change = await self._cas(
                 node,
+                "file.moved",
                 {
                     "path": new_path,
                     "path_key": new_key,
@@ -579,14 +602,16 @@ class FileService:
             raise Conflict(f"{new_path} already exists", code="exists") from None
         if op:
             await finish_pending_op(updated)
+        await self.feed.changed(str(node.id), change)
         return updated
 
     async def trash(self, file_id: str) -> FileNode:
         node = await self.get_node(file_id)
         t = now()
         op = {"op": "trash"} if node.kind == "folder" else None
-        updated = await self._cas(
+        updated, change = await self._cas(
             node,
+            "file.deleted",
             {
                 "deleted_at": t,
                 "live_key": f"trash:{node.id}",
@@ -598,19 +623,27 @@ class FileService:
             await _add_usage(self.owner, -node.size)
         if op:
             await finish_pending_op(updated)
+        await self.feed.changed(str(node.id), change)
         return updated
 
-    async def _cas(self, node: FileNode, changes: dict[str, Any]) -> FileNode:
-        """Apply `changes` only if nobody changed the node since we read it, else 409."""
+    async def _cas(
+        self, node: FileNode, change_type: str, changes: dict[str, Any]
+    ) -> tuple[FileNode, dict[str, Any]]:
+        """Apply `changes` (recording them in the outbox) only if nobody changed the node
+        since we read it, else 409. The caller announces the change once it is complete."""
+        await self.feed.flush_node(node)
+        after = node.model_copy(update=changes)
+        old_path = node.path if after.path != node.path else None
+        change = make_change(change_type, after, self.actor, old_path=old_path)
         result = await FileNode.get_pymongo_collection().update_one(
             {"_id": node.id, "rev": node.rev, "deleted_at": None},
-            {"$set": {**changes, "rev": node.rev + 1}},
+            {"$set": {**changes, "rev": node.rev + 1, "outbox": change, "outbox_pending": True}},
         )
         if result.modified_count != 1:
             raise Conflict("the file changed meanwhile; try again", code="conflict")
         fresh = await FileNode.get(node.id)
         assert fresh is not None
-        return fresh
+        return fresh, change
 
 
 async def _close_session(session: UploadSession) -> None:

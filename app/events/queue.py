@@ -1,0 +1,50 @@
+"""Queueing fan-out jobs on arq, without ever making a write wait on a dead Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+
+log = logging.getLogger("coffer.events")
+
+
+class JobQueue:
+    def __init__(self, redis_url: str) -> None:
+        self.settings = RedisSettings.from_dsn(redis_url)
+        self.settings.conn_timeout = 1
+        self.settings.conn_retries = 0
+        self._pool: ArqRedis | None = None
+        self._down_until = 0.0
+
+    async def enqueue_fanout(self, node_id: str, change_id: str) -> bool:
+        """True if queued (or already queued); False when Redis cannot take it now."""
+        if time.monotonic() < self._down_until:
+            return False
+        try:
+            if self._pool is None:
+                self._pool = await asyncio.wait_for(create_pool(self.settings), 2)
+            await asyncio.wait_for(
+                self._pool.enqueue_job(
+                    "fan_out_change", node_id, change_id, _job_id=f"fanout:{change_id}"
+                ),
+                2,
+            )
+            return True
+        except Exception as exc:  # Redis down or slow: the sweeper will pick it up
+            self._down_until = time.monotonic() + 2.0
+            log.warning("Redis unavailable for jobs (%s); fan-out left to the sweeper", exc)
+            if self._pool is not None:
+                pool, self._pool = self._pool, None
+                try:
+                    await pool.aclose()
+                except Exception:  # already broken
+                    log.debug("closing broken arq pool failed", exc_info=True)
+            return False
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()

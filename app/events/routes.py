@@ -1,0 +1,137 @@
+"""The change feed over HTTP (cursor reads, long-poll) and WebSocket (backlog, then push)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from litestar import Request, WebSocket, get, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import Parameter
+
+from app.errors import BadRequest
+from app.events.hub import Hub
+from app.events.service import ChangeFeed, event_out
+
+HEARTBEAT_SECONDS = 25.0
+MAX_WAIT = 55.0
+
+
+async def _start_cursor(
+    feed: ChangeFeed, recipient: str, cursor: str | None, since: str | None
+) -> int | None:
+    """The numeric cursor asked for; None for `latest`."""
+    if cursor == "latest":
+        return None
+    if cursor is None and since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise BadRequest("since must be an ISO-8601 timestamp", code="invalid_since") from exc
+        if when.tzinfo is None:
+            raise BadRequest("since needs a timezone (e.g. Z)", code="invalid_since")
+        return await feed.cursor_at(recipient, when)
+    try:
+        value = int(cursor or 0)
+    except ValueError as exc:
+        raise BadRequest("cursor must be an integer or 'latest'", code="invalid_cursor") from exc
+    if value < 0:
+        raise BadRequest("cursor must not be negative", code="invalid_cursor")
+    return value
+
+
+@get("/api/file/events", tags=["events"])
+async def read_events(
+    request: Request,
+    feed: ChangeFeed,
+    hub: Hub,
+    cursor: str | None = None,
+    since: str | None = None,
+    limit: int = Parameter(default=500, ge=1, le=1000),
+    wait: float = Parameter(default=0, ge=0, le=MAX_WAIT),
+) -> dict[str, Any]:
+    recipient = str(request.scope["auth"].user.id)
+    start = await _start_cursor(feed, recipient, cursor, since)
+    if start is None:
+        return {"events": [], "cursor": await feed.latest(recipient), "has_more": False}
+    deadline = time.monotonic() + wait
+    wake = hub.subscribe(recipient)  # before reading, so no wake-up falls in between
+    try:
+        while True:
+            events, new_cursor, has_more = await feed.read(recipient, start, limit)
+            remaining = deadline - time.monotonic()
+            if events or new_cursor != start or remaining <= 0:
+                return {
+                    "events": [event_out(e) for e in events],
+                    "cursor": new_cursor,
+                    "has_more": has_more,
+                }
+            await hub.wait(wake, remaining)
+    finally:
+        hub.unsubscribe(recipient, wake)
+
+
+@websocket("/api/ws")
+async def events_socket(
+    socket: WebSocket, feed: ChangeFeed, hub: Hub, cursor: str | None = None
+) -> None:
+    principal = socket.scope["auth"]
+    origin = socket.headers.get("origin")
+    if (
+        principal.via == "session"
+        and origin
+        and urlsplit(origin).netloc != socket.headers.get("host")
+    ):
+        # A cookie travels with cross-site WebSocket requests: refuse other origins.
+        await socket.close(code=4403, reason="cross-origin")
+        return
+    recipient = str(principal.user.id)
+    try:
+        position = await _start_cursor(feed, recipient, cursor or "latest", None)
+    except BadRequest as exc:
+        await socket.close(code=4400, reason=exc.message)
+        return
+    if position is None:
+        position = await feed.latest(recipient)
+    await socket.accept()
+    wake = hub.subscribe(recipient)
+    gone = asyncio.Event()
+
+    async def watch_client() -> None:
+        # Clients may send pings; we only need to notice when they leave.
+        try:
+            while True:
+                await socket.receive_data(mode="text")
+        except (WebSocketDisconnect, RuntimeError):
+            gone.set()
+            wake.set()
+
+    watcher = asyncio.create_task(watch_client())
+    last_sent = time.monotonic()
+    try:
+        while not gone.is_set():
+            events, position_after, has_more = await feed.read(recipient, position, 500)
+            for event in events:
+                await socket.send_json(event_out(event))
+            if events:
+                last_sent = time.monotonic()
+            position = position_after
+            if has_more:
+                continue
+            idle = time.monotonic() - last_sent
+            if idle >= HEARTBEAT_SECONDS:
+                await socket.send_json({"type": "heartbeat", "cursor": position})
+                last_sent = time.monotonic()
+                idle = 0
+            await hub.wait(wake, HEARTBEAT_SECONDS - idle)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.unsubscribe(recipient, wake)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher

@@ -1,0 +1,242 @@
+"""Recording changes and delivering them to every recipient's feed, exactly once, in order.
+
+The outbox without transactions (DESIGN.md "Events, sync and push"):
+1. The write that changes a file document also stores the change in that document
+   (`outbox`, `outbox_pending=True`): one atomic single-document write.
+2. Right after, the owner's own event is appended inline (lowest latency for the owner's
+   other devices) and a fan-out job is queued for everyone else.
+3. The job appends the event for every recipient and clears the marker. Appends are
+   idempotent (unique recipient + change id), so any step may run twice.
+4. Anything a crash, a dead worker or a dead Redis leaves marked is fanned out by the
+   periodic sweeper, or by the next writer of the same document, which must flush the
+   previous change before replacing it: so changes of one file reach feeds in order.
+
+Reading: seqs are taken from a counter before the event is inserted, so seq N+1 can be
+visible before N. A reader returns only the contiguous run after its cursor; a hole that
+persists (its writer died) is filled with a HOLE placeholder, after which the late writer,
+if alive, finds its seq taken and takes a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from app.events.hub import Hub
+from app.events.models import HOLE, Event, EventCounter
+from app.files.models import FileNode
+
+log = logging.getLogger("coffer.events")
+HOLE_GRACE_SECONDS = 2.0
+EVENT_TYPES = (
+    "file.created",
+    "file.updated",
+    "file.moved",
+    "file.deleted",
+    "file.restored",
+    "share.added",
+    "share.removed",
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_change(
+    type_: str, node: FileNode, actor: str, *, old_path: str | None = None, **over: Any
+) -> dict[str, Any]:
+    """The change record stored in the file document's outbox (a node's state after the write)."""
+    assert type_ in EVENT_TYPES
+    change = {
+        "id": str(ObjectId()),
+        "type": type_,
+        "file_id": str(node.id),
+        "owner_id": node.owner_id,
+        "path": node.path,
+        "old_path": old_path,
+        "kind": node.kind,
+        "version": node.version,
+        "size": node.size,
+        "content_hash": node.content_hash,
+        "actor": actor,
+        "at": now(),
+    }
+    change.update(over)
+    return change
+
+
+def event_out(event: Event) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "seq": event.seq,
+        "type": event.type,
+        "file_id": event.file_id,
+        "path": event.path,
+        "kind": event.kind,
+        "version": event.version,
+        "size": event.size,
+        "content_hash": event.content_hash,
+        "actor": event.actor,
+        "at": event.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    if event.old_path is not None:
+        out["old_path"] = event.old_path
+    return out
+
+
+async def recipients_for(change: dict[str, Any]) -> list[str]:
+    """Who sees this change: the owner and (when sharing exists) everyone with access."""
+    return [change["owner_id"]]
+
+
+async def append_event(recipient: str, change: dict[str, Any]) -> int | None:
+    """Append `change` to one recipient's feed; its seq, or None if it was already there."""
+    if await Event.find_one(Event.recipient_id == recipient, Event.change_id == change["id"]):
+        return None
+    counters = EventCounter.get_pymongo_collection()
+    while True:
+        counter = await counters.find_one_and_update(
+            {"_id": recipient},
+            {"$inc": {"seq": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        seq = counter["seq"]
+        fields = {
+            k: change.get(k)
+            for k in (
+                "type",
+                "file_id",
+                "owner_id",
+                "path",
+                "old_path",
+                "kind",
+                "version",
+                "size",
+                "content_hash",
+                "actor",
+                "at",
+            )
+        }
+        try:
+            await Event(recipient_id=recipient, seq=seq, change_id=change["id"], **fields).insert()
+            return seq
+        except DuplicateKeyError:
+            if await Event.find_one(
+                Event.recipient_id == recipient, Event.change_id == change["id"]
+            ):
+                return None  # a concurrent fan-out delivered it
+            # A reader filled our seq as a hole while we were slow: take the next one.
+            continue
+
+
+class ChangeFeed:
+    """What writers call after a durable change, and what readers read."""
+
+    def __init__(self, hub: Hub, enqueue: Any = None) -> None:
+        self.hub = hub
+        # async (file_id, change_id) -> None; queues the fan-out job (None: do it inline).
+        self.enqueue = enqueue
+
+    async def changed(self, node_id: str, change: dict[str, Any]) -> None:
+        """Called right after the write that stored `change` in the node's outbox."""
+        seq = await append_event(change["owner_id"], change)
+        if seq is not None:
+            await self.hub.notify(change["owner_id"])
+        queued = False
+        if self.enqueue is not None:
+            try:
+                queued = await self.enqueue(node_id, change["id"])
+            except Exception as exc:  # Redis down: the sweeper will do it
+                log.warning("could not queue fan-out of %s: %s", change["id"], exc)
+        if not queued and await recipients_for(change) == [change["owner_id"]]:
+            # Nobody else to tell: finish here rather than leave it to the sweeper.
+            await self.flush(node_id, change)
+
+    async def flush(self, node_id: str, change: dict[str, Any]) -> None:
+        """Deliver `change` to every recipient, then clear the node's marker (idempotent)."""
+        for recipient in await recipients_for(change):
+            if await append_event(recipient, change) is not None:
+                await self.hub.notify(recipient)
+        await FileNode.get_pymongo_collection().update_one(
+            {"_id": ObjectId(node_id), "outbox.id": change["id"]},
+            {"$set": {"outbox_pending": False}},
+        )
+
+    async def flush_node(self, node: FileNode) -> None:
+        """Before replacing a node's outbox, make sure the change in it was delivered."""
+        if node.outbox_pending and node.outbox:
+            await self.flush(str(node.id), node.outbox)
+
+    async def sweep(self, older_than: float = 2.0) -> int:
+        """Fan out every change left marked longer than `older_than` seconds."""
+        threshold = now() - timedelta(seconds=older_than)
+        count = 0
+        async for node in FileNode.find({"outbox_pending": True, "outbox.at": {"$lt": threshold}}):
+            await self.flush_node(node)
+            count += 1
+        return count
+
+    # ------------------------------------------------------------- reading
+
+    async def latest(self, recipient: str) -> int:
+        counter = await EventCounter.get(recipient)
+        return counter.seq if counter else 0
+
+    async def cursor_at(self, recipient: str, since: datetime) -> int:
+        first = (
+            await Event.find(Event.recipient_id == recipient, Event.at > since)
+            .sort("+seq")
+            .limit(1)
+            .to_list()
+        )
+        return first[0].seq - 1 if first else await self.latest(recipient)
+
+    async def read(self, recipient: str, cursor: int, limit: int) -> tuple[list[Event], int, bool]:
+        """Events after `cursor`, contiguous, oldest first: (events, new cursor, has_more)."""
+        waited_since: float | None = None
+        while True:
+            docs = (
+                await Event.find(Event.recipient_id == recipient, Event.seq > cursor)
+                .sort("+seq")
+                .limit(limit + 1)
+                .to_list()
+            )
+            run: list[Event] = []
+            expected = cursor + 1
+            for doc in docs[:limit]:
+                if doc.seq != expected:
+                    break
+                run.append(doc)
+                expected += 1
+            gap = len(run) < min(len(docs), limit)
+            if run or not gap:
+                new_cursor = run[-1].seq if run else cursor
+                visible = [e for e in run if e.type != HOLE]
+                return visible, new_cursor, gap or len(docs) > limit
+            # The very next seq is missing while later ones exist: its writer is between
+            # taking the seq and inserting. Give it a moment, then fill the hole.
+            if waited_since is None:
+                waited_since = time.monotonic()
+            if time.monotonic() - waited_since > HOLE_GRACE_SECONDS:
+                await self._fill_hole(recipient, expected)
+            else:
+                await asyncio.sleep(0.01)
+
+    async def _fill_hole(self, recipient: str, seq: int) -> None:
+        try:
+            await Event(
+                recipient_id=recipient, seq=seq, change_id=f"hole:{seq}", type=HOLE, at=now()
+            ).insert()
+            log.warning(
+                "filled event seq hole %d for %s (a writer died mid-append)", seq, recipient
+            )
+        except DuplicateKeyError:
+            pass  # the writer made it after all
