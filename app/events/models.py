@@ -32,13 +32,15 @@ class Event(Document):
     content_hash: str | None = None
     actor: str | None = None
     at: datetime
+    # nx-27017 compares datetimes only to the whole second; `since` lookups use this.
+    at_ms: int = 0
 
     class Settings:
         name = "events"
         indexes = [
             IndexModel([("recipient_id", ASCENDING), ("seq", ASCENDING)], unique=True),
             IndexModel([("recipient_id", ASCENDING), ("change_id", ASCENDING)], unique=True),
-            IndexModel([("recipient_id", ASCENDING), ("at", ASCENDING)]),
+            IndexModel([("recipient_id", ASCENDING), ("at_ms", ASCENDING)]),
         ]
 
 

@@ -73,6 +73,10 @@ def make_change(
     return change
 
 
+def epoch_ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
 def event_out(event: Event) -> dict[str, Any]:
     out: dict[str, Any] = {
         "seq": event.seq,
@@ -126,7 +130,13 @@ async def append_event(recipient: str, change: dict[str, Any]) -> int | None:
             )
         }
         try:
-            await Event(recipient_id=recipient, seq=seq, change_id=change["id"], **fields).insert()
+            await Event(
+                recipient_id=recipient,
+                seq=seq,
+                change_id=change["id"],
+                at_ms=epoch_ms(change["at"]),
+                **fields,
+            ).insert()
             return seq
         except DuplicateKeyError:
             if await Event.find_one(
@@ -192,7 +202,7 @@ class ChangeFeed:
 
     async def cursor_at(self, recipient: str, since: datetime) -> int:
         first = (
-            await Event.find(Event.recipient_id == recipient, Event.at > since)
+            await Event.find(Event.recipient_id == recipient, Event.at_ms > epoch_ms(since))
             .sort("+seq")
             .limit(1)
             .to_list()
