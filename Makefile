@@ -27,6 +27,7 @@ test: $(STAMP) e2e-deps
 
 bench: $(STAMP)
 	$(PY) bench/transfer.py
+	$(PY) bench/events.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app jobs client tests bench

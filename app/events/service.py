@@ -152,6 +152,9 @@ class ChangeFeed:
 
     def __init__(self, hub: Hub, enqueue: Any = None) -> None:
         self.hub = hub
+        self._inflight: dict[
+            tuple[str, int, int], asyncio.Future[tuple[list[Event], int, bool]]
+        ] = {}
         # async (file_id, change_id) -> None; queues the fan-out job (None: do it inline).
         self.enqueue = enqueue
 
@@ -210,7 +213,20 @@ class ChangeFeed:
         return first[0].seq - 1 if first else await self.latest(recipient)
 
     async def read(self, recipient: str, cursor: int, limit: int) -> tuple[list[Event], int, bool]:
-        """Events after `cursor`, contiguous, oldest first: (events, new cursor, has_more)."""
+        """Events after `cursor`, contiguous, oldest first: (events, new cursor, has_more).
+
+        Identical reads in flight at once share one query: a change wakes every device of
+        a recipient on this instance, and they all sit at the same cursor.
+        """
+        key = (recipient, cursor, limit)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._read(recipient, cursor, limit))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _read(self, recipient: str, cursor: int, limit: int) -> tuple[list[Event], int, bool]:
         waited_since: float | None = None
         while True:
             docs = (
