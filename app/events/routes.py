@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from datetime import datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 from litestar import Request, WebSocket, get, websocket
@@ -15,6 +14,7 @@ from litestar.params import Parameter
 
 from app.errors import BadRequest
 from app.events.hub import Hub
+from app.events.schemas import EventOut, FeedOut
 from app.events.service import ChangeFeed, event_out
 
 HEARTBEAT_SECONDS = 25.0
@@ -53,11 +53,11 @@ async def read_events(
     since: str | None = None,
     limit: int = Parameter(default=500, ge=1, le=1000),
     wait: float = Parameter(default=0, ge=0, le=MAX_WAIT),
-) -> dict[str, Any]:
+) -> FeedOut:
     recipient = str(request.scope["auth"].user.id)
     start = await _start_cursor(feed, recipient, cursor, since)
     if start is None:
-        return {"events": [], "cursor": await feed.latest(recipient), "has_more": False}
+        return FeedOut(events=[], cursor=await feed.latest(recipient), has_more=False)
     deadline = time.monotonic() + wait
     wake = hub.subscribe(recipient)  # before reading, so no wake-up falls in between
     try:
@@ -65,11 +65,11 @@ async def read_events(
             events, new_cursor, has_more = await feed.read(recipient, start, limit)
             remaining = deadline - time.monotonic()
             if events or new_cursor != start or remaining <= 0:
-                return {
-                    "events": [event_out(e) for e in events],
-                    "cursor": new_cursor,
-                    "has_more": has_more,
-                }
+                return FeedOut(
+                    events=[EventOut(**event_out(e)) for e in events],
+                    cursor=new_cursor,
+                    has_more=has_more,
+                )
             await hub.wait(wake, remaining)
     finally:
         hub.unsubscribe(recipient, wake)
