@@ -9,6 +9,7 @@ from app.auth.models import ApiToken, BrowserSession, User
 from app.events.models import Event, EventCounter
 from app.files.models import ChunkMapPage, FileNode, FileVersion, StoredChunk, UploadSession
 from app.settings import Settings
+from app.sharing.models import RateCounter, Share, SharedWithMe, ShareLink
 
 DOCUMENT_MODELS = [
     User,
@@ -21,6 +22,10 @@ DOCUMENT_MODELS = [
     UploadSession,
     Event,
     EventCounter,
+    Share,
+    SharedWithMe,
+    ShareLink,
+    RateCounter,
 ]
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from litestar import Litestar, Request, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 
 from app.auth.middleware import IdentityMiddleware, require_user
 from app.auth.routes import AuthController, me
@@ -21,6 +24,9 @@ from app.files.routes import FileController, create_folder
 from app.files.service import FileService, finish_all_pending_ops
 from app.health import healthz, readyz
 from app.settings import Settings, get_settings
+from app.sharing.public import link_download, link_page, link_preview, unlock_link
+from app.sharing.routes import ShareController, revoke_link, shared_with_me
+from app.sharing.service import SharingService
 from app.storage.base import BlobStore
 from app.storage.factory import open_store
 from app.storage.routes import get_chunk, put_chunk
@@ -71,6 +77,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             device=principal.device_name,
         )
 
+    def provide_sharing(files: FileService) -> SharingService:
+        return SharingService(files)
+
     api = Router(
         path="/",
         guards=[require_user],
@@ -83,6 +92,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             create_folder,
             put_chunk,
             get_chunk,
+            ShareController,
+            shared_with_me,
+            revoke_link,
+            link_page,
+            unlock_link,
+            link_download,
+            link_preview,
         ],
     )
     return Litestar(
@@ -93,7 +109,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "files": Provide(provide_files, sync_to_thread=False),
             "hub": Provide(provide_hub, sync_to_thread=False),
             "feed": Provide(provide_feed, sync_to_thread=False),
+            "sharing": Provide(provide_sharing, sync_to_thread=False),
         },
+        template_config=TemplateConfig(
+            directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine
+        ),
         middleware=[IdentityMiddleware()],
         exception_handlers=exception_handlers,
         on_startup=[on_startup],

@@ -22,7 +22,7 @@ from websockets.sync.client import connect as ws_connect
 from app.db import connect
 from app.events.hub import Hub
 from app.events.models import Event, EventCounter
-from app.events.service import ChangeFeed, append_event
+from app.events.service import EVENT_FIELDS, ChangeFeed, append_event
 from app.settings import Settings
 from tests.conftest import User, content_hash
 from tests.stack import Stack
@@ -126,9 +126,13 @@ def change(i: int) -> dict:
     }
 
 
+async def append(recipient: str, c: dict) -> int | None:
+    return await append_event(recipient, c["id"], {k: c.get(k) for k in EVENT_FIELDS})
+
+
 async def test_offline_device_pages_through_1000_events(alice: User, db: None) -> None:
     for i in range(1000):
-        await append_event(alice.id, change(i))
+        await append(alice.id, change(i))
     seen, cursor, pages = [], 0, 0
     while True:
         body = await asyncio.to_thread(feed, alice, cursor, limit=100)
@@ -143,9 +147,9 @@ async def test_offline_device_pages_through_1000_events(alice: User, db: None) -
 
 async def test_fan_out_is_idempotent(alice: User, db: None) -> None:
     c = change(1)
-    first = await append_event(alice.id, c)
+    first = await append(alice.id, c)
     assert first is not None
-    assert await append_event(alice.id, c) is None
+    assert await append(alice.id, c) is None
     assert await Event.find(Event.recipient_id == alice.id, Event.change_id == c["id"]).count() == 1
 
 
@@ -163,7 +167,7 @@ async def test_no_reader_skips_a_seq_under_concurrency(db: None) -> None:
 
     async def write(w: int) -> None:
         for i in range(per_writer):
-            await append_event(recipient, change(w * 1000 + i))
+            await append(recipient, change(w * 1000 + i))
             await asyncio.sleep(random.random() * 0.002)
 
     async def read() -> list[tuple[int, str]]:
@@ -197,10 +201,10 @@ async def test_no_reader_skips_a_seq_under_concurrency(db: None) -> None:
 async def test_a_hole_left_by_a_dead_writer_is_filled(db: None) -> None:
     recipient = str(ObjectId())
     reader_feed = ChangeFeed(Hub(None))
-    await append_event(recipient, change(1))
+    await append(recipient, change(1))
     # A writer takes seq 2 and dies before inserting.
     await EventCounter.get_pymongo_collection().update_one({"_id": recipient}, {"$inc": {"seq": 1}})
-    await append_event(recipient, change(3))
+    await append(recipient, change(3))
     events, cursor, _ = await reader_feed.read(recipient, 1, 10)
     assert [e.seq for e in events] == [3] and cursor == 3  # after the grace period
     # Seen by everyone the same way: the hole is durable, not per reader.
@@ -342,21 +346,41 @@ def test_redis_down_uploads_work_and_events_arrive(alice: User, stack: Stack) ->
         assert recv_event(ws)["path"] == "/redis-back"
 
 
-def test_worker_down_then_up_delivers_everything(alice: User, stack: Stack) -> None:
+def test_worker_down_then_up_delivers_everything(alice: User, bob: User, stack: Stack) -> None:
+    """File changes with a small audience are fanned out by the web itself; share changes
+    go through the worker (it derives "Shared with me" first), so they wait for it."""
     worker = stack.procs["worker"]
     worker.stop()
     # Past any back-off the web's job queue may be in after an earlier Redis outage.
     time.sleep(2.5)
     try:
+        folders = []
         for i in range(3):
-            alice.http.post("/api/folder", json={"path": f"/no-worker-{i}"}).raise_for_status()
-        # The owner's own devices hear at once (inline); the fan-out job waits.
-        paths = [e["path"] for e in feed(alice, 0, limit=1000)["events"]]
-        assert {f"/no-worker-{i}" for i in range(3)} <= set(paths)
-        assert _pending_markers(stack, alice.id) == 3
+            r = alice.http.post("/api/folder", json={"path": f"/no-worker-{i}"})
+            folders.append(r.json())
+            share = alice.http.post(
+                f"/api/file/{r.json()['id']}/share",
+                json={"username": bob.username, "role": "viewer"},
+            )
+            assert share.status_code == 201
+        # Access is granted at once (it reads the ACL), and the owner's devices hear at once.
+        assert bob.http.get(f"/api/file/{folders[0]['id']}").status_code == 200
+        types = [e["type"] for e in feed(alice, 0, limit=1000)["events"]]
+        assert types.count("share.added") == 3
+        # The recipient's events and "Shared with me" wait for the worker.
+        assert [e for e in feed(bob, 0)["events"] if e["type"] == "share.added"] == []
+        with MongoClient(stack.env["MONGODB_URL"]) as mongo:
+            assert (
+                mongo.coffer.acl.count_documents({"owner_id": alice.id, "outbox_pending": True})
+                == 3
+            )
     finally:
         worker.start()
-    assert _wait_until(lambda: _pending_markers(stack, alice.id) == 0)
+    assert _wait_until(
+        lambda: len([e for e in feed(bob, 0)["events"] if e["type"] == "share.added"]) == 3
+    )
+    shared = bob.http.get("/api/shared").json()["items"]
+    assert sorted(i["path"] for i in shared) == [f"/no-worker-{i}" for i in range(3)]
 
 
 def test_sweeper_delivers_a_change_a_crashed_writer_left(alice: User, stack: Stack) -> None:

@@ -7,10 +7,32 @@ from litestar.datastructures import Cookie
 
 from app.auth import service
 from app.auth.middleware import CSRF_COOKIE, SESSION_COOKIE
+from app.auth.models import User
 from app.auth.schemas import Credentials, MeOut, SessionOut, TokenOut, TokenRequest, UserOut
+from app.errors import TooManyRequests, Unauthorized
 from app.settings import Settings
+from app.sharing import ratelimit
 
 PUBLIC = {"public": True}
+# Password guessing: this many wrong passwords per address and username, per window.
+LOGIN_FAILURES = 10
+LOGIN_WINDOW_SECONDS = 15 * 60
+
+
+async def _authenticate(request: Request, username: str, password: str) -> User:
+    key = f"{request.client.host if request.client else '-'}:{str(username).casefold()}"
+    wait = await ratelimit.blocked("login", key, LOGIN_FAILURES, LOGIN_WINDOW_SECONDS)
+    if wait:
+        raise TooManyRequests(
+            "too many wrong passwords; try again later",
+            code="rate_limited",
+            headers={"Retry-After": str(wait)},
+        )
+    try:
+        return await service.authenticate(username, password)
+    except Unauthorized:
+        await ratelimit.failed("login", key, LOGIN_WINDOW_SECONDS)
+        raise
 
 
 class AuthController(Controller):
@@ -23,8 +45,10 @@ class AuthController(Controller):
         return UserOut(id=str(user.id), username=user.username)
 
     @post("/login", opt=PUBLIC, status_code=200)
-    async def login(self, data: Credentials, settings: Settings) -> Response[SessionOut]:
-        user = await service.authenticate(data.username, data.password)
+    async def login(
+        self, request: Request, data: Credentials, settings: Settings
+    ) -> Response[SessionOut]:
+        user = await _authenticate(request, data.username, data.password)
         raw, session = await service.start_session(settings, user)
         max_age = settings.session_ttl_seconds
         return Response(
@@ -65,8 +89,8 @@ class AuthController(Controller):
         )
 
     @post("/token", opt=PUBLIC, status_code=201)
-    async def create_token(self, data: TokenRequest) -> TokenOut:
-        user = await service.authenticate(data.username, data.password)
+    async def create_token(self, request: Request, data: TokenRequest) -> TokenOut:
+        user = await _authenticate(request, data.username, data.password)
         return TokenOut(token=await service.issue_token(user, data.device_name))
 
     @delete("/token", status_code=204)

@@ -31,6 +31,9 @@ class Event(Document):
     size: int | None = None
     content_hash: str | None = None
     actor: str | None = None
+    owner: str | None = None  # the owner's username, on events of shared files
+    role: str | None = None  # share events: the role granted
+    username: str | None = None  # share events: who the file was shared with
     at: datetime
     # nx-27017 compares datetimes only to the whole second; `since` lookups use this.
     at_ms: int = 0

@@ -20,7 +20,7 @@ class JobQueue:
         self._pool: ArqRedis | None = None
         self._down_until = 0.0
 
-    async def enqueue_fanout(self, node_id: str, change_id: str) -> bool:
+    async def enqueue_fanout(self, source: str, doc_id: str, change_id: str) -> bool:
         """True if queued (or already queued); False when Redis cannot take it now."""
         if time.monotonic() < self._down_until:
             return False
@@ -29,7 +29,7 @@ class JobQueue:
                 self._pool = await asyncio.wait_for(create_pool(self.settings), 2)
             await asyncio.wait_for(
                 self._pool.enqueue_job(
-                    "fan_out_change", node_id, change_id, _job_id=f"fanout:{change_id}"
+                    "fan_out_change", source, doc_id, change_id, _job_id=f"fanout:{change_id}"
                 ),
                 2,
             )

@@ -17,6 +17,9 @@ class EventOut(msgspec.Struct, omit_defaults=True):
     actor: str | None
     at: str
     old_path: str | None = None
+    owner: str | None = None
+    role: str | None = None
+    username: str | None = None
 
 
 class FeedOut(msgspec.Struct):

@@ -32,9 +32,16 @@ from pymongo.errors import DuplicateKeyError
 from app.events.hub import Hub
 from app.events.models import HOLE, Event, EventCounter
 from app.files.models import FileNode
+from app.files.paths import relative_path
+from app.sharing.derived import derive_shared_with_me
+from app.sharing.models import Share
 
 log = logging.getLogger("coffer.events")
 HOLE_GRACE_SECONDS = 2.0
+# A change with at most this many recipients besides the owner is fanned out by the
+# writer itself; more go to the worker.
+INLINE_FANOUT = 8
+OUTBOX_SOURCES: dict[str, type[FileNode] | type[Share]] = {"files": FileNode, "acl": Share}
 EVENT_TYPES = (
     "file.created",
     "file.updated",
@@ -51,9 +58,19 @@ def now() -> datetime:
 
 
 def make_change(
-    type_: str, node: FileNode, actor: str, *, old_path: str | None = None, **over: Any
+    type_: str,
+    node: FileNode,
+    actor: str,
+    *,
+    old_path: str | None = None,
+    audience: list[dict[str, Any]] | None = None,
+    **over: Any,
 ) -> dict[str, Any]:
-    """The change record stored in the file document's outbox (a node's state after the write)."""
+    """The change record stored in a document's outbox (a node's state after the write).
+
+    `audience` lists the recipients besides the owner and how each sees the node (see
+    app/sharing/access.py `audience_for`); it is fixed when the change is made.
+    """
     assert type_ in EVENT_TYPES
     change = {
         "id": str(ObjectId()),
@@ -68,6 +85,7 @@ def make_change(
         "content_hash": node.content_hash,
         "actor": actor,
         "at": now(),
+        "audience": audience or [],
     }
     change.update(over)
     return change
@@ -90,19 +108,84 @@ def event_out(event: Event) -> dict[str, Any]:
         "actor": event.actor,
         "at": event.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
-    if event.old_path is not None:
-        out["old_path"] = event.old_path
+    for optional in ("old_path", "owner", "role", "username"):
+        value = getattr(event, optional)
+        if value is not None:
+            out[optional] = value
     return out
 
 
-async def recipients_for(change: dict[str, Any]) -> list[str]:
-    """Who sees this change: the owner and (when sharing exists) everyone with access."""
-    return [change["owner_id"]]
+EVENT_FIELDS = (
+    "type",
+    "file_id",
+    "owner_id",
+    "path",
+    "old_path",
+    "kind",
+    "version",
+    "size",
+    "content_hash",
+    "actor",
+    "at",
+    "owner",
+    "role",
+    "username",
+)
 
 
-async def append_event(recipient: str, change: dict[str, Any]) -> int | None:
-    """Append `change` to one recipient's feed; its seq, or None if it was already there."""
-    if await Event.find_one(Event.recipient_id == recipient, Event.change_id == change["id"]):
+def recipients_for(change: dict[str, Any]) -> list[str]:
+    """Who sees this change: the owner, and everyone the writer found with access."""
+    return [change["owner_id"], *(e["id"] for e in change.get("audience", []))]
+
+
+def deliveries(change: dict[str, Any], recipient: str) -> list[tuple[str, dict[str, Any]]]:
+    """The events (delivery id, fields) that one recipient gets for a change.
+
+    The owner sees the change as made. A share recipient sees paths relative to their
+    shared root; a move into their view is a creation for them, a move out a deletion;
+    trashing a folder above their root deletes their root for them.
+    """
+    base = {k: change.get(k) for k in EVENT_FIELDS}
+    if recipient == change["owner_id"]:
+        return [(change["id"], base)]
+    entry = next((e for e in change.get("audience", []) if e["id"] == recipient), None)
+    if entry is None:
+        return []
+    out = []
+    new, old = entry.get("new"), entry.get("old")
+    if new and (old or change.get("old_path") is None):
+        fields = {**base, "path": relative_path(change["path"], *new)}
+        if old:
+            fields["old_path"] = relative_path(change["old_path"], *old)
+        out.append((change["id"], fields))
+    elif new:
+        path = relative_path(change["path"], *new)
+        out.append((change["id"], {**base, "type": "file.created", "path": path, "old_path": None}))
+    elif old:
+        path = relative_path(change["old_path"], *old)
+        out.append((change["id"], {**base, "type": "file.deleted", "path": path, "old_path": None}))
+    for root_id, root_name, kind in entry.get("roots", []):
+        out.append(
+            (
+                f"{change['id']}:{root_id}",
+                {
+                    **base,
+                    "file_id": root_id,
+                    "path": "/" + root_name,
+                    "old_path": None,
+                    "kind": kind,
+                    "version": None,
+                    "size": None,
+                    "content_hash": None,
+                },
+            )
+        )
+    return out
+
+
+async def append_event(recipient: str, delivery_id: str, fields: dict[str, Any]) -> int | None:
+    """Append one event to a recipient's feed; its seq, or None if it was already there."""
+    if await Event.find_one(Event.recipient_id == recipient, Event.change_id == delivery_id):
         return None
     counters = EventCounter.get_pymongo_collection()
     while True:
@@ -113,34 +196,18 @@ async def append_event(recipient: str, change: dict[str, Any]) -> int | None:
             return_document=ReturnDocument.AFTER,
         )
         seq = counter["seq"]
-        fields = {
-            k: change.get(k)
-            for k in (
-                "type",
-                "file_id",
-                "owner_id",
-                "path",
-                "old_path",
-                "kind",
-                "version",
-                "size",
-                "content_hash",
-                "actor",
-                "at",
-            )
-        }
         try:
             await Event(
                 recipient_id=recipient,
                 seq=seq,
-                change_id=change["id"],
-                at_ms=epoch_ms(change["at"]),
+                change_id=delivery_id,
+                at_ms=epoch_ms(fields["at"]),
                 **fields,
             ).insert()
             return seq
         except DuplicateKeyError:
             if await Event.find_one(
-                Event.recipient_id == recipient, Event.change_id == change["id"]
+                Event.recipient_id == recipient, Event.change_id == delivery_id
             ):
                 return None  # a concurrent fan-out delivered it
             # A reader filled our seq as a hole while we were slow: take the next one.
@@ -158,43 +225,64 @@ class ChangeFeed:
         # async (file_id, change_id) -> None; queues the fan-out job (None: do it inline).
         self.enqueue = enqueue
 
-    async def changed(self, node_id: str, change: dict[str, Any]) -> None:
-        """Called right after the write that stored `change` in the node's outbox."""
-        seq = await append_event(change["owner_id"], change)
-        if seq is not None:
-            await self.hub.notify(change["owner_id"])
-        queued = False
-        if self.enqueue is not None:
-            try:
-                queued = await self.enqueue(node_id, change["id"])
-            except Exception as exc:  # Redis down: the sweeper will do it
-                log.warning("could not queue fan-out of %s: %s", change["id"], exc)
-        if not queued and await recipients_for(change) == [change["owner_id"]]:
-            # Nobody else to tell: finish here rather than leave it to the sweeper.
-            await self.flush(node_id, change)
+    async def changed(self, source: str, doc_id: str, change: dict[str, Any]) -> None:
+        """Called right after the write that stored `change` in a document's outbox.
 
-    async def flush(self, node_id: str, change: dict[str, Any]) -> None:
-        """Deliver `change` to every recipient, then clear the node's marker (idempotent)."""
-        for recipient in await recipients_for(change):
-            if await append_event(recipient, change) is not None:
+        `source` names the collection holding that outbox ("files" or "acl").
+        """
+        delivered = await self._deliver(change["owner_id"], change)
+        if delivered:
+            await self.hub.notify(change["owner_id"])
+        # Share changes go through the worker, which derives "Shared with me" before the
+        # recipient hears of it; so do file changes with a large audience. A small
+        # audience is served inline: the lowest latency for the other users' devices.
+        to_worker = source == "acl" or len(change.get("audience", [])) > INLINE_FANOUT
+        if to_worker and self.enqueue is not None:
+            try:
+                if await self.enqueue(source, doc_id, change["id"]):
+                    return
+            except Exception as exc:  # Redis down: fall through and do it here
+                log.warning("could not queue fan-out of %s: %s", change["id"], exc)
+        await self.flush(source, doc_id, change)
+
+    async def _deliver(self, recipient: str, change: dict[str, Any]) -> bool:
+        added = False
+        for delivery_id, fields in deliveries(change, recipient):
+            if await append_event(recipient, delivery_id, fields) is not None:
+                added = True
+        return added
+
+    async def flush(self, source: str, doc_id: str, change: dict[str, Any]) -> None:
+        """Deliver `change` to every recipient, then clear the marker (idempotent)."""
+        if source == "acl":
+            await derive_shared_with_me(doc_id)
+        for recipient in recipients_for(change):
+            if await self._deliver(recipient, change):
                 await self.hub.notify(recipient)
-        await FileNode.get_pymongo_collection().update_one(
-            {"_id": ObjectId(node_id), "outbox.id": change["id"]},
-            {"$set": {"outbox_pending": False}},
+        key: Any = ObjectId(doc_id) if source == "files" else doc_id
+        await (
+            OUTBOX_SOURCES[source]
+            .get_pymongo_collection()
+            .update_one(
+                {"_id": key, "outbox.id": change["id"]},
+                {"$set": {"outbox_pending": False}},
+            )
         )
 
-    async def flush_node(self, node: FileNode) -> None:
-        """Before replacing a node's outbox, make sure the change in it was delivered."""
+    async def flush_node(self, node: FileNode | Share) -> None:
+        """Before replacing a document's outbox, make sure the change in it was delivered."""
         if node.outbox_pending and node.outbox:
-            await self.flush(str(node.id), node.outbox)
+            source = "files" if isinstance(node, FileNode) else "acl"
+            await self.flush(source, str(node.id), node.outbox)
 
     async def sweep(self, older_than: float = 2.0) -> int:
         """Fan out every change left marked longer than `older_than` seconds."""
         threshold = now() - timedelta(seconds=older_than)
         count = 0
-        async for node in FileNode.find({"outbox_pending": True, "outbox.at": {"$lt": threshold}}):
-            await self.flush_node(node)
-            count += 1
+        for model in OUTBOX_SOURCES.values():
+            async for doc in model.find({"outbox_pending": True, "outbox.at": {"$lt": threshold}}):
+                await self.flush_node(doc)
+                count += 1
         return count
 
     # ------------------------------------------------------------- reading

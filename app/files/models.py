@@ -106,6 +106,9 @@ class StoredChunk(Document):
     state: Literal["stored", "corrupt", "missing"] = "stored"
     verified: bool = False
     created_at: datetime
+    # When the chunk was last PUT (epoch ms; nx-27017 compares datetimes by the second):
+    # a share editor's upload may skip only chunks PUT since it began.
+    put_ms: int = 0
 
     class Settings:
         name = "chunks"
@@ -122,6 +125,8 @@ class UploadSession(Document):
     chunk_count: int
     base_version: int | None = None
     device: str | None = None
+    uploader_id: str | None = None  # who registered it: the owner or a share editor
+    created_ms: int = 0
     # Kept after commit (until expiry) so that a retried commit is answered, not 404.
     committed: bool = False
     created_at: datetime

@@ -69,3 +69,14 @@ def subtree_range(key: str) -> dict[str, str]:
     "0" is the character right after "/", so ["/a/", "/a0") holds exactly "/a/...".
     """
     return {"$gt": key + "/", "$lt": key + "0"}
+
+
+def relative_path(owner_path: str, root_path: str, root_name: str) -> str:
+    """How a share recipient sees `owner_path`: under "/<root name>" instead of `root_path`."""
+    return "/" + root_name + owner_path[len(root_path) :]
+
+
+def within(path: str, root: str) -> bool:
+    """Whether `path` is `root` or below it (case-insensitively, like every lookup)."""
+    key, root_key = path_key(path), path_key(root)
+    return key == root_key or root_key == "/" or key.startswith(root_key + "/")

@@ -11,16 +11,19 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from app.files.models import FileNode, FileVersion
 from app.files.schemas import (
     CommitRequest,
     FileOut,
     ListOut,
     ManifestOut,
-    PathRequest,
+    MoveRequest,
+    NewFolderRequest,
     UploadOut,
     UploadRequest,
 )
-from app.files.service import ByteRange, FileService, file_out, parse_range, stream_content
+from app.files.service import ByteRange, FileService, parse_range, stream_content
+from app.storage.base import BlobStore
 
 
 class FileController(Controller):
@@ -33,18 +36,20 @@ class FileController(Controller):
 
     @post("/{file_id:str}/commit", status_code=200)
     async def commit(self, file_id: str, data: CommitRequest, files: FileService) -> FileOut:
-        return FileOut(**file_out(await files.commit(file_id, data.upload_id)))
+        return FileOut(**await files.commit(file_id, data.upload_id))
 
     @get("/")
     async def list_folder(
         self,
         files: FileService,
         path: str = "/",
+        folder_id: str | None = Parameter(default=None, query="id"),
         limit: int = Parameter(default=500, ge=1, le=1000),
         cursor: str | None = None,
     ) -> ListOut:
-        nodes, next_cursor = await files.list_folder(path, limit, cursor)
-        return ListOut(items=[FileOut(**file_out(n)) for n in nodes], cursor=next_cursor)
+        """List a folder: `path` in your own tree, or `id` of any folder you can see."""
+        items, next_cursor = await files.list_folder(path, folder_id, limit, cursor)
+        return ListOut(items=[FileOut(**i) for i in items], cursor=next_cursor)
 
     @get("/{file_id:str}")
     async def get_file(
@@ -54,43 +59,17 @@ class FileController(Controller):
         chunk_offset: int = Parameter(default=0, ge=0),
         chunk_limit: int = Parameter(default=1000, ge=1, le=4096),
     ) -> ManifestOut:
-        node = await files.get_node(file_id)
-        return ManifestOut(**_convert(await files.manifest(node, chunk_offset, chunk_limit)))
+        return ManifestOut(**_convert(await files.describe(file_id, chunk_offset, chunk_limit)))
 
     @get("/{file_id:str}/content")
     async def content(self, file_id: str, files: FileService, request: Request) -> Response[Any]:
-        node = await files.get_node(file_id)
-        version = await files.head_version(node)
-        etag = f'"{version.content_hash}"'
-        headers = {
-            "ETag": etag,
-            "Accept-Ranges": "bytes",
-            "Content-Disposition": content_disposition(node.name),
-            "Cache-Control": "private, no-cache",
-        }
-        media_type = mimetypes.guess_type(node.name)[0] or "application/octet-stream"
-        if request.headers.get("if-none-match") == etag:
-            return Response(b"", status_code=304, headers=headers)
-        if version.size == 0:
-            return Response(b"", headers=headers, media_type=media_type)
-        requested = parse_range(request.headers.get("range"), version.size)
-        byte_range = requested or ByteRange(0, version.size - 1)
-        headers["Content-Length"] = str(byte_range.length)
-        status = 200
-        if requested:
-            status = 206
-            headers["Content-Range"] = f"bytes {requested.start}-{requested.end}/{version.size}"
-        body = stream_content(files.store, version, byte_range)
-        # Read (and verify) the first chunk before answering, so damaged data is refused
-        # with a clear error instead of a truncated 200.
-        first = await anext(body)
-        return Stream(
-            _prepend(first, body), status_code=status, headers=headers, media_type=media_type
-        )
+        scoped, node = await files.open(file_id)
+        version = await scoped.head_version(node)
+        return await content_response(request, files.store, node, version)
 
     @patch("/{file_id:str}")
-    async def move(self, file_id: str, data: PathRequest, files: FileService) -> FileOut:
-        return FileOut(**file_out(await files.move(file_id, data.path)))
+    async def move(self, file_id: str, data: MoveRequest, files: FileService) -> FileOut:
+        return FileOut(**await files.move(file_id, data))
 
     @delete("/{file_id:str}", status_code=204)
     async def trash(self, file_id: str, files: FileService) -> None:
@@ -98,8 +77,47 @@ class FileController(Controller):
 
 
 @post("/api/folder", status_code=201, tags=["files"])
-async def create_folder(data: PathRequest, files: FileService) -> FileOut:
-    return FileOut(**file_out(await files.create_folder(data.path)))
+async def create_folder(data: NewFolderRequest, files: FileService) -> FileOut:
+    return FileOut(**await files.create_folder(data))
+
+
+async def content_response(
+    request: Request,
+    store: BlobStore,
+    node: FileNode,
+    version: FileVersion,
+    *,
+    disposition: str = "attachment",
+    media_type: str | None = None,
+    extra_headers: dict[str, str] | None = None,
+) -> Response[Any]:
+    """A file's bytes: ETag/304, a single Range (206/416), streamed chunk by chunk."""
+    etag = f'"{version.content_hash}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": content_disposition(node.name, disposition),
+        "Cache-Control": "private, no-cache",
+        "X-Content-Type-Options": "nosniff",
+        **(extra_headers or {}),
+    }
+    media_type = media_type or mimetypes.guess_type(node.name)[0] or "application/octet-stream"
+    if request.headers.get("if-none-match") == etag:
+        return Response(b"", status_code=304, headers=headers)
+    if version.size == 0:
+        return Response(b"", headers=headers, media_type=media_type)
+    requested = parse_range(request.headers.get("range"), version.size)
+    byte_range = requested or ByteRange(0, version.size - 1)
+    headers["Content-Length"] = str(byte_range.length)
+    status = 200
+    if requested:
+        status = 206
+        headers["Content-Range"] = f"bytes {requested.start}-{requested.end}/{version.size}"
+    body = stream_content(store, version, byte_range)
+    # Read (and verify) the first chunk before answering, so damaged data is refused
+    # with a clear error instead of a truncated 200.
+    first = await anext(body)
+    return Stream(_prepend(first, body), status_code=status, headers=headers, media_type=media_type)
 
 
 def content_disposition(name: str, disposition: str = "attachment") -> str:

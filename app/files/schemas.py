@@ -13,9 +13,14 @@ class ChunkIn(msgspec.Struct):
 
 
 class UploadRequest(msgspec.Struct):
-    path: str
+    """Where: `path` (own tree), or `parent_id` + `name`, or `file_id` (a new version)."""
+
     size: int
     chunks: list[ChunkIn]
+    path: str | None = None
+    parent_id: str | None = None
+    name: str | None = None
+    file_id: str | None = None
     base_version: int | None = None
 
 
@@ -36,8 +41,20 @@ class CommitRequest(msgspec.Struct):
     upload_id: str
 
 
-class PathRequest(msgspec.Struct):
-    path: str
+class NewFolderRequest(msgspec.Struct):
+    """`path` in the caller's own tree, or `name` inside the folder `parent_id`."""
+
+    path: str | None = None
+    parent_id: str | None = None
+    name: str | None = None
+
+
+class MoveRequest(msgspec.Struct):
+    """A new absolute `path` (owner only), or a new `name` and/or `parent_id`."""
+
+    path: str | None = None
+    name: str | None = None
+    parent_id: str | None = None
 
 
 class FileOut(msgspec.Struct):
@@ -49,6 +66,8 @@ class FileOut(msgspec.Struct):
     content_hash: str | None
     version: int
     modified_at: str
+    role: str = "owner"
+    owner: str | None = None
 
 
 class ListOut(msgspec.Struct):
@@ -75,6 +94,8 @@ class ManifestOut(msgspec.Struct):
     chunk_count: int
     chunks: list[ChunkOut]
     next_chunk_offset: int | None
+    role: str = "owner"
+    owner: str | None = None
 
 
 JSON = dict[str, Any]

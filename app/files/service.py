@@ -17,7 +17,7 @@ import base64
 import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,11 +31,12 @@ from app.errors import (
     BadRequest,
     Conflict,
     CorruptData,
+    Forbidden,
     InsufficientStorage,
     NotFound,
     RangeNotSatisfiable,
 )
-from app.events.service import ChangeFeed, make_change
+from app.events.service import ChangeFeed, epoch_ms, make_change
 from app.files import paths
 from app.files.models import (
     PAGE_SIZE,
@@ -45,8 +46,9 @@ from app.files.models import (
     StoredChunk,
     UploadSession,
 )
-from app.files.schemas import ChunkIn, UploadRequest
+from app.files.schemas import ChunkIn, MoveRequest, NewFolderRequest, UploadRequest
 from app.settings import Settings
+from app.sharing.access import OWNER, Access, audience_for, resolve_access
 from app.storage.base import BlobStore
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -70,17 +72,22 @@ def content_hash_of(chunk_hashes: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def file_out(node: FileNode) -> dict[str, Any]:
-    return {
+def file_out(node: FileNode, access: Access = OWNER, owner: str | None = None) -> dict[str, Any]:
+    """The file object of the API, with the path as the caller sees it."""
+    out = {
         "id": str(node.id),
-        "path": node.path,
+        "path": access.view_path(node.path),
         "name": node.name,
         "kind": node.kind,
         "size": node.size,
         "content_hash": node.content_hash,
         "version": node.version,
         "modified_at": iso(node.modified_at),
+        "role": access.role,
     }
+    if owner is not None:
+        out["owner"] = owner
+    return out
 
 
 def parse_id(raw: str) -> PydanticObjectId:
@@ -92,7 +99,12 @@ def parse_id(raw: str) -> PydanticObjectId:
 
 @dataclass
 class FileService:
-    """File operations for one request's caller (handlers build one per request)."""
+    """File operations for one request's caller (handlers build one per request).
+
+    `user` is the caller. `ns` is the user whose tree an operation works in: the caller's
+    own, or a share owner's once `open` has checked the caller's grant (`access`). Quota,
+    chunk storage and dedup are the namespace owner's; events name the caller as actor.
+    """
 
     settings: Settings
     store: BlobStore
@@ -100,33 +112,100 @@ class FileService:
     base_url: str
     feed: ChangeFeed
     device: str | None = None
+    ns: User | None = None
+    access: Access = OWNER
+
+    @property
+    def namespace(self) -> User:
+        return self.ns or self.user
 
     @property
     def owner(self) -> str:
-        return str(self.user.id)
+        return str(self.namespace.id)
 
     @property
     def actor(self) -> str:
         return self.user.username
 
+    def out(self, node: FileNode) -> dict[str, Any]:
+        return file_out(node, self.access, self.namespace.username)
+
     # ---------------------------------------------------------------- lookups
+
+    async def open(
+        self, file_id: str, need: str = "read", *, include_pending: bool = False
+    ) -> tuple[FileService, FileNode]:
+        """The node with this id and a service scoped to its owner's tree, if the caller
+        may `need` ("read", "write" or "manage") it. Without any access: 404, so that ids
+        reveal nothing; with too little: 403."""
+        node = await FileNode.get(parse_id(file_id))
+        if (
+            node is None
+            or node.deleted_at is not None
+            or (not node.committed and not include_pending)
+        ):
+            raise NotFound("no such file")
+        access = await resolve_access(str(self.user.id), node)
+        if access is None:
+            raise NotFound("no such file")
+        if need == "write" and not access.can_write:
+            raise Forbidden("this is shared with you to view only", code="read_only")
+        if need == "manage" and not access.is_owner:
+            raise Forbidden("only the owner can manage sharing", code="not_owner")
+        if access.is_owner:
+            return self, node
+        owner = await User.get(PydanticObjectId(node.owner_id))
+        if owner is None:
+            raise NotFound("no such file")
+        return replace(self, ns=owner, access=access), node
+
+    async def open_folder(self, folder_id: str, need: str = "read") -> tuple[FileService, FileNode]:
+        scoped, folder = await self.open(folder_id, need)
+        if folder.kind != "folder":
+            raise BadRequest(
+                f"{scoped.access.view_path(folder.path)} is a file, not a folder",
+                code="not_a_folder",
+            )
+        return scoped, folder
 
     async def node_by_path(self, path: str) -> FileNode | None:
         return await FileNode.find_one(
             FileNode.owner_id == self.owner, FileNode.live_key == paths.path_key(path)
         )
 
-    async def get_node(self, file_id: str, *, include_pending: bool = False) -> FileNode:
-        """The caller's live node with this id, else 404 (never another user's)."""
-        node = await FileNode.get(parse_id(file_id))
-        if (
-            node is None
-            or node.owner_id != self.owner
-            or node.deleted_at is not None
-            or (not node.committed and not include_pending)
-        ):
+    async def _audience(
+        self, node_id: str, path: str, old_path: str | None = None, *, descendants: bool = False
+    ) -> list[dict[str, Any]]:
+        return await audience_for(
+            self.owner, node_id, path, old_path, includes_descendants=descendants
+        )
+
+    def shown(self, path: str) -> str:
+        """A path for messages to the caller (never the owner's path above a share)."""
+        return self.access.view_path(path)
+
+    async def _reload(self, node_id: str | PydanticObjectId) -> FileNode:
+        node = await FileNode.get(PydanticObjectId(node_id))
+        if node is None or node.owner_id != self.owner or node.deleted_at is not None:
             raise NotFound("no such file")
         return node
+
+    async def target_path(
+        self, path: object, parent_id: str | None, name: object, need: str = "write"
+    ) -> tuple[FileService, str]:
+        """Where a new item goes: an absolute `path` in the caller's own tree, or `name`
+        (which may hold a relative path, "a/b.txt") inside the folder `parent_id` of any
+        tree the caller may write to. Returns the service scoped to that tree."""
+        if parent_id is not None:
+            scoped, parent = await self.open_folder(parent_id, need)
+            if not isinstance(name, str) or not name.strip("/"):
+                raise BadRequest("name is required with parent_id", code="invalid_path")
+            relative = paths.normalize_path("/" + name)
+            full = paths.normalize_path(parent.path.rstrip("/") + relative)
+            return scoped, full
+        if path is None:
+            raise BadRequest("give path, or parent_id and name", code="invalid_path")
+        return self, paths.normalize_path(path)
 
     # ---------------------------------------------------------------- folders
 
@@ -140,7 +219,9 @@ class FileService:
             if node is None:
                 node = await self._create_folder_node(folder_path, parent)
             if node.kind != "folder":
-                raise Conflict(f"{node.path} is a file, not a folder", code="not_a_folder")
+                raise Conflict(
+                    f"{self.shown(node.path)} is a file, not a folder", code="not_a_folder"
+                )
             parent = node
         return parent
 
@@ -160,7 +241,7 @@ class FileService:
             modified_at=t,
         )
         node.id = PydanticObjectId()
-        change = make_change("file.created", node, self.actor)
+        change = self._change("file.created", node, await self._audience(str(node.id), path))
         node.outbox, node.outbox_pending = change, True
         try:
             await node.insert()
@@ -170,35 +251,60 @@ class FileService:
             if existing is None:
                 raise Conflict("the folder changed while it was being created") from None
             return existing
-        await self.feed.changed(str(node.id), change)
+        await self.feed.changed("files", str(node.id), change)
         return node
 
-    async def create_folder(self, raw_path: object) -> FileNode:
-        path = paths.normalize_path(raw_path)
+    def _change(
+        self,
+        type_: str,
+        node: FileNode,
+        audience: list[dict[str, Any]],
+        *,
+        old_path: str | None = None,
+        **over: Any,
+    ) -> dict[str, Any]:
+        return make_change(
+            type_,
+            node,
+            self.actor,
+            old_path=old_path,
+            audience=audience,
+            owner=self.namespace.username,
+            **over,
+        )
+
+    async def create_folder(self, req: NewFolderRequest) -> dict[str, Any]:
+        scoped, path = await self.target_path(req.path, req.parent_id, req.name)
         if path == "/":
             raise BadRequest("the root folder always exists", code="invalid_path")
-        existing = await self.node_by_path(path)
+        existing = await scoped.node_by_path(path)
         if existing is not None:
-            raise Conflict(f"{existing.path} already exists", code="exists")
-        node = await self.ensure_folder(path)
+            raise Conflict(f"{scoped.shown(existing.path)} already exists", code="exists")
+        node = await scoped.ensure_folder(path)
         assert node is not None
-        return node
+        return scoped.out(node)
 
     async def list_folder(
-        self, raw_path: object, limit: int, cursor: str | None
-    ) -> tuple[list[FileNode], str | None]:
-        path = paths.normalize_path(raw_path if raw_path else "/")
+        self, raw_path: object, folder_id: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a folder's children, by path in the caller's tree or by id."""
+        scoped = self
         parent_id = None
-        if path != "/":
-            folder = await self.node_by_path(path)
-            if folder is None or not folder.committed:
-                raise NotFound(f"{path} does not exist")
-            if folder.kind != "folder":
-                raise BadRequest(f"{path} is a file, not a folder", code="not_a_folder")
+        if folder_id is not None:
+            scoped, folder = await self.open_folder(folder_id)
             parent_id = str(folder.id)
+        else:
+            path = paths.normalize_path(raw_path if raw_path else "/")
+            if path != "/":
+                folder = await self.node_by_path(path)
+                if folder is None or not folder.committed:
+                    raise NotFound(f"{path} does not exist")
+                if folder.kind != "folder":
+                    raise BadRequest(f"{path} is a file, not a folder", code="not_a_folder")
+                parent_id = str(folder.id)
         limit = max(1, min(limit, 1000))
         query: dict[str, Any] = {
-            "owner_id": self.owner,
+            "owner_id": scoped.owner,
             "parent_id": parent_id,
             "deleted_at": None,
             "committed": True,
@@ -210,7 +316,7 @@ class FileService:
         if len(nodes) > limit:
             nodes = nodes[:limit]
             next_cursor = _encode_cursor(nodes[-1].name_key)
-        return nodes, next_cursor
+        return [scoped.out(n) for n in nodes], next_cursor
 
     # ---------------------------------------------------------------- upload
 
@@ -244,7 +350,17 @@ class FileService:
         return hashes
 
     async def register_upload(self, req: UploadRequest) -> dict[str, Any]:
-        path = paths.normalize_path(req.path)
+        """Start (or resume) an upload: to `path`, into `parent_id` as `name`, or as a
+        new version of `file_id`; the chunks to send are answered with their URLs."""
+        if req.file_id is not None:
+            scoped, existing = await self.open(req.file_id, "write", include_pending=True)
+            if existing.kind != "file":
+                raise Conflict(f"{scoped.shown(existing.path)} is a folder", code="is_a_folder")
+            return await scoped._register(existing.path, req)
+        scoped, path = await self.target_path(req.path, req.parent_id, req.name)
+        return await scoped._register(path, req)
+
+    async def _register(self, path: str, req: UploadRequest) -> dict[str, Any]:
         if path == "/":
             raise BadRequest("cannot upload to the root folder itself", code="invalid_path")
         hashes = self._check_chunks(req.size, req.chunks)
@@ -252,12 +368,13 @@ class FileService:
 
         node = await self.node_by_path(path)
         if node is not None and node.kind == "folder":
-            raise Conflict(f"{node.path} is a folder", code="is_a_folder")
+            raise Conflict(f"{self.shown(node.path)} is a folder", code="is_a_folder")
         old_size = node.size if node is not None and node.committed else 0
-        quota = self.user.quota_bytes
-        if quota and self.user.usage_bytes - old_size + req.size > quota:
+        quota = self.namespace.quota_bytes
+        if quota and self.namespace.usage_bytes - old_size + req.size > quota:
+            whose = "your" if self.access.is_owner else "the owner's"
             raise InsufficientStorage(
-                "this upload would exceed your storage quota", code="quota_exceeded"
+                f"this upload would exceed {whose} storage quota", code="quota_exceeded"
             )
         if req.base_version is not None and node is not None and node.version != req.base_version:
             raise Conflict(
@@ -268,6 +385,7 @@ class FileService:
 
         session = await UploadSession.find_one(
             UploadSession.owner_id == self.owner,
+            UploadSession.uploader_id == str(self.user.id),
             UploadSession.file_id == str(node.id),
             UploadSession.content_hash == content_hash,
             UploadSession.committed == False,  # noqa: E712 - a query, not a comparison
@@ -279,12 +397,20 @@ class FileService:
         elif session.base_version != req.base_version:
             session.base_version = req.base_version
             await session.save()
-        missing = await self._missing_chunks(hashes, req.chunks, probe_store=resumed)
+        missing = await self._missing_chunks(
+            hashes, req.chunks, probe_store=resumed, since_ms=self._dedup_since(session)
+        )
         return {
             "file_id": str(node.id),
             "upload_id": str(session.id),
             "missing": await self._with_upload_urls(missing),
         }
+
+    def _dedup_since(self, session: UploadSession) -> int:
+        """Which stored chunks an upload may skip: any of the owner's, for the owner; for
+        a share editor only those PUT since their upload began, so that dedup never tells
+        them whether the owner has some content."""
+        return 0 if self.access.is_owner else session.created_ms
 
     async def _create_pending_file(self, path: str) -> FileNode:
         parent_path, name = paths.split(path)
@@ -359,29 +485,34 @@ class FileService:
             chunk_count=len(hashes),
             base_version=req.base_version,
             device=self.device,
+            uploader_id=str(self.user.id),
             created_at=now(),
+            created_ms=epoch_ms(now()),
             expires_at=now() + timedelta(seconds=self.settings.upload_session_ttl_seconds),
         )
         await session.insert()
         return session
 
-    async def _stored_set(self, hashes: set[str]) -> set[str]:
+    async def _stored_set(self, hashes: set[str], since_ms: int = 0) -> set[str]:
         """Which of these chunk hashes the owner has stored (and not known corrupt)."""
         have: set[str] = set()
         ids = [f"{self.owner}:{h}" for h in hashes]
+        query: dict[str, Any] = {"state": "stored"}
+        if since_ms:
+            query["put_ms"] = {"$gte": since_ms}
         for start in range(0, len(ids), 1000):
             async for chunk in StoredChunk.find(
-                {"_id": {"$in": ids[start : start + 1000]}, "state": "stored"}
+                {"_id": {"$in": ids[start : start + 1000]}, **query}
             ):
                 have.add(chunk.sha256)
         return have
 
     async def _missing_chunks(
-        self, hashes: list[str], chunks: list[ChunkIn], *, probe_store: bool
+        self, hashes: list[str], chunks: list[ChunkIn], *, probe_store: bool, since_ms: int
     ) -> list[tuple[int, str, int]]:
         """(index, sha, size) of the first occurrence of every chunk not yet stored."""
-        have = await self._stored_set(set(hashes))
-        if probe_store and not self.store.verifies_on_write:
+        have = await self._stored_set(set(hashes), since_ms)
+        if probe_store and not self.store.verifies_on_write and not since_ms:
             # A resumed upload to S3: chunks PUT earlier are in the bucket but not yet
             # verified; verify them now so they are not sent again.
             have |= await self._verify_in_store(
@@ -429,17 +560,26 @@ class FileService:
         results = await asyncio.gather(*(verify(sha) for sha in hashes))
         return {sha for sha in results if sha}
 
-    async def commit(self, file_id: str, upload_id: str) -> FileNode:
-        node = await self.get_node(file_id, include_pending=True)
+    async def commit(self, file_id: str, upload_id: str) -> dict[str, Any]:
+        scoped, node = await self.open(file_id, "write", include_pending=True)
+        return scoped.out(await scoped._commit(node, upload_id))
+
+    async def _commit(self, node: FileNode, upload_id: str) -> FileNode:
+        file_id = str(node.id)
         try:
             session = await UploadSession.get(PydanticObjectId(upload_id))
         except (InvalidId, TypeError, ValueError):
             session = None
-        if session is None or session.owner_id != self.owner or session.file_id != str(node.id):
+        if (
+            session is None
+            or session.owner_id != self.owner
+            or session.file_id != file_id
+            or session.uploader_id not in (None, str(self.user.id))
+        ):
             raise NotFound("no such upload for this file", code="upload_not_found")
         version = await FileVersion.get(PydanticObjectId(session.version_id))
         if session.committed or version is None:
-            return await self.get_node(file_id)  # a retried commit: it already happened
+            return await self._reload(file_id)  # a retried commit: it already happened
 
         chunk_sizes: dict[str, int] = {}
         first_index: dict[str, int] = {}
@@ -451,7 +591,7 @@ class FileService:
                 chunk_sizes.setdefault(sha, size)
                 first_index.setdefault(sha, index)
                 index += 1
-        have = await self._stored_set(set(chunk_sizes))
+        have = await self._stored_set(set(chunk_sizes), self._dedup_since(session))
         absent = set(chunk_sizes) - have
         if absent and not self.store.verifies_on_write:
             have |= await self._verify_in_store(absent, chunk_sizes)
@@ -476,10 +616,10 @@ class FileService:
             await self.feed.flush_node(node)
             new_version = node.version + 1
             t = now()
-            change = make_change(
+            change = self._change(
                 "file.updated" if node.committed else "file.created",
                 node,
-                self.actor,
+                await self._audience(file_id, node.path),
                 version=new_version,
                 size=version.size,
                 content_hash=version.content_hash,
@@ -502,7 +642,7 @@ class FileService:
             )
             if result.modified_count == 1:
                 break
-            node = await self.get_node(file_id, include_pending=True)
+            node = await self._reload(file_id)
 
         old_size = node.size if node.committed else 0
         await FileVersion.get_pymongo_collection().update_one(
@@ -512,8 +652,8 @@ class FileService:
         if version.size != old_size:
             await _add_usage(self.owner, version.size - old_size)
         await _close_session(session)
-        await self.feed.changed(file_id, change)
-        return await self.get_node(file_id)
+        await self.feed.changed("files", file_id, change)
+        return await self._reload(file_id)
 
     async def _drop_pending(self, session: UploadSession, version: FileVersion) -> None:
         await ChunkMapPage.find(ChunkMapPage.version_id == str(version.id)).delete()
@@ -523,19 +663,14 @@ class FileService:
     # ---------------------------------------------------------------- download
 
     async def head_version(self, node: FileNode) -> FileVersion:
-        if node.kind != "file":
-            raise BadRequest(f"{node.path} is a folder", code="is_a_folder")
-        version = (
-            await FileVersion.get(PydanticObjectId(node.head_version_id))
-            if node.head_version_id
-            else None
-        )
-        if version is None:
-            raise NotFound("no such file")
-        return version
+        return await head_version_of(node)
+
+    async def describe(self, file_id: str, offset: int, limit: int) -> dict[str, Any]:
+        scoped, node = await self.open(file_id)
+        return await scoped.manifest(node, offset, limit)
 
     async def manifest(self, node: FileNode, offset: int, limit: int) -> dict[str, Any]:
-        out = file_out(node)
+        out = self.out(node)
         if node.kind != "file":
             return {**out, "chunk_count": 0, "chunks": [], "next_chunk_offset": None}
         version = await self.head_version(node)
@@ -569,9 +704,40 @@ class FileService:
 
     # ---------------------------------------------------------------- move / trash
 
-    async def move(self, file_id: str, raw_path: object) -> FileNode:
-        node = await self.get_node(file_id)
-        new_path = paths.normalize_path(raw_path)
+    async def move(self, file_id: str, req: MoveRequest) -> dict[str, Any]:
+        """Rename or move: to an absolute `path` in the owner's own tree, or by `name`
+        and/or `parent_id` (any tree the caller may write to, within one owner's)."""
+        scoped, node = await self.open(file_id, "write")
+        if not scoped.access.is_owner and scoped.access.root_id == str(node.id):
+            raise Forbidden(
+                "only the owner can rename or move the shared item itself", code="share_root"
+            )
+        if req.path is not None:
+            if not scoped.access.is_owner:
+                raise BadRequest(
+                    "inside a shared folder, move with name and parent_id", code="invalid_path"
+                )
+            new_path = paths.normalize_path(req.path)
+        else:
+            if req.name is None and req.parent_id is None:
+                raise BadRequest("give path, or name and/or parent_id", code="invalid_path")
+            name = node.name if req.name is None else req.name
+            if not isinstance(name, str) or "/" in name:
+                raise BadRequest("name must be a single path segment", code="invalid_path")
+            parent_path = paths.split(node.path)[0]
+            if req.parent_id is not None:
+                dest, parent = await self.open_folder(req.parent_id, "write")
+                if dest.owner != scoped.owner:
+                    raise BadRequest(
+                        "cannot move between different owners' files", code="invalid_move"
+                    )
+                parent_path = parent.path
+            new_path = paths.normalize_path(parent_path.rstrip("/") + "/" + name)
+        updated = await scoped._move(node, new_path)
+        access = await resolve_access(str(self.user.id), updated)
+        return replace(scoped, access=access or scoped.access).out(updated)
+
+    async def _move(self, node: FileNode, new_path: str) -> FileNode:
         if new_path == "/":
             raise BadRequest("cannot move onto the root folder", code="invalid_path")
         if new_path == node.path:
@@ -580,7 +746,7 @@ class FileService:
         if node.kind == "folder" and new_key.startswith(node.path_key + "/"):
             raise BadRequest("cannot move a folder into itself", code="invalid_move")
         if new_key != node.path_key and await self.node_by_path(new_path) is not None:
-            raise Conflict(f"{new_path} already exists", code="exists")
+            raise Conflict(f"{self.shown(new_path)} already exists", code="exists")
         parent_path, name = paths.split(new_path)
         parent = await self.ensure_folder(parent_path)
         op = {"op": "move", "from": node.path, "to": new_path} if node.kind == "folder" else None
@@ -599,14 +765,19 @@ class FileService:
                 },
             )
         except DuplicateKeyError:
-            raise Conflict(f"{new_path} already exists", code="exists") from None
+            raise Conflict(f"{self.shown(new_path)} already exists", code="exists") from None
         if op:
             await finish_pending_op(updated)
-        await self.feed.changed(str(node.id), change)
+        await self.feed.changed("files", str(node.id), change)
         return updated
 
-    async def trash(self, file_id: str) -> FileNode:
-        node = await self.get_node(file_id)
+    async def trash(self, file_id: str) -> None:
+        scoped, node = await self.open(file_id, "write")
+        if not scoped.access.is_owner and scoped.access.root_id == str(node.id):
+            raise Forbidden("only the owner can delete the shared item itself", code="share_root")
+        await scoped._trash(node)
+
+    async def _trash(self, node: FileNode) -> FileNode:
         t = now()
         op = {"op": "trash"} if node.kind == "folder" else None
         updated, change = await self._cas(
@@ -623,7 +794,7 @@ class FileService:
             await _add_usage(self.owner, -node.size)
         if op:
             await finish_pending_op(updated)
-        await self.feed.changed(str(node.id), change)
+        await self.feed.changed("files", str(node.id), change)
         return updated
 
     async def _cas(
@@ -634,7 +805,13 @@ class FileService:
         await self.feed.flush_node(node)
         after = node.model_copy(update=changes)
         old_path = node.path if after.path != node.path else None
-        change = make_change(change_type, after, self.actor, old_path=old_path)
+        audience = await self._audience(
+            str(node.id),
+            after.path,
+            old_path,
+            descendants=change_type == "file.deleted" and node.kind == "folder",
+        )
+        change = self._change(change_type, after, audience, old_path=old_path)
         result = await FileNode.get_pymongo_collection().update_one(
             {"_id": node.id, "rev": node.rev, "deleted_at": None},
             {"$set": {**changes, "rev": node.rev + 1, "outbox": change, "outbox_pending": True}},
@@ -644,6 +821,19 @@ class FileService:
         fresh = await FileNode.get(node.id)
         assert fresh is not None
         return fresh, change
+
+
+async def head_version_of(node: FileNode) -> FileVersion:
+    if node.kind != "file":
+        raise BadRequest(f"{node.name} is a folder", code="is_a_folder")
+    version = (
+        await FileVersion.get(PydanticObjectId(node.head_version_id))
+        if node.head_version_id
+        else None
+    )
+    if version is None:
+        raise NotFound("no such file")
+    return version
 
 
 async def _close_session(session: UploadSession) -> None:
@@ -657,7 +847,12 @@ async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: b
     await StoredChunk.get_pymongo_collection().update_one(
         {"_id": f"{owner}:{sha256}"},
         {
-            "$set": {"state": "stored", "verified": verified, "size": size},
+            "$set": {
+                "state": "stored",
+                "verified": verified,
+                "size": size,
+                "put_ms": epoch_ms(now()),
+            },
             "$setOnInsert": {"owner_id": owner, "sha256": sha256, "created_at": now()},
         },
         upsert=True,

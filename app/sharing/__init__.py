@@ -1,0 +1,1 @@
+"""Sharing: per-user grants (ACL), "Shared with me", public links."""

@@ -1,0 +1,130 @@
+"""Who may touch a file, and who must hear about a change to it.
+
+Access is decided from the ACL on every request (never from the derived view): the
+owner has every right; anyone else needs a live grant on the node or on one of its
+ancestors. The strongest grant wins; the outermost shared folder is the recipient's
+"root", and every path they see is shown relative to it ("/<root name>/...").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from beanie import PydanticObjectId
+
+from app.files import paths
+from app.files.models import FileNode
+from app.sharing.models import ROLE_RANK, ROLES, Share
+
+
+@dataclass(frozen=True)
+class Access:
+    role: str  # "owner", "editor" or "viewer"
+    root_id: str | None = None  # the shared folder (or file) the grant comes from
+    root_path: str | None = None
+    root_name: str | None = None
+
+    @property
+    def is_owner(self) -> bool:
+        return self.role == "owner"
+
+    @property
+    def can_write(self) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK["editor"]
+
+    def view_path(self, owner_path: str) -> str:
+        """The path as this caller sees it."""
+        if self.root_path is None or self.root_name is None:
+            return owner_path
+        return paths.relative_path(owner_path, self.root_path, self.root_name)
+
+
+OWNER = Access(role="owner")
+
+
+async def ancestor_nodes(node: FileNode) -> list[FileNode]:
+    """The live folders above a live node, outermost first."""
+    keys = [paths.path_key(p) for p in paths.ancestors(node.path)]
+    if not keys:
+        return []
+    found = await FileNode.find(
+        {"owner_id": node.owner_id, "live_key": {"$in": keys}, "deleted_at": None}
+    ).to_list()
+    return sorted(found, key=lambda n: len(n.path_key))
+
+
+async def resolve_access(user_id: str, node: FileNode) -> Access | None:
+    """The caller's rights on a live node; None means it does not exist for them."""
+    if node.owner_id == user_id:
+        return OWNER
+    if node.deleted_at is not None:
+        return None
+    chain = [*await ancestor_nodes(node), node]
+    grants = await Share.find(
+        {"_id": {"$in": [f"{n.id}:{user_id}" for n in chain]}, "role": {"$in": list(ROLES)}}
+    ).to_list()
+    if not grants:
+        return None
+    granted = {g.file_id: g.role for g in grants}
+    role = max((g.role for g in grants if g.role), key=ROLE_RANK.__getitem__)
+    root = next(n for n in chain if str(n.id) in granted)
+    return Access(role=role, root_id=str(root.id), root_path=root.path, root_name=root.name)
+
+
+async def audience_for(
+    owner_id: str,
+    file_id: str,
+    new_path: str,
+    old_path: str | None,
+    *,
+    includes_descendants: bool = False,
+) -> list[dict[str, Any]]:
+    """Recipients (other than the owner) of a change to `file_id`, with how each sees it.
+
+    Computed by the writer just before its write, and stored with the change, so fan-out
+    needs no lookups and shows each recipient the paths as they were at the change.
+    Entries: {"id", "new": [root_path, root_name] | None, "old": [...] | None,
+    "roots": [[root_id, root_name], ...]} where `roots` lists shared folders *below* a
+    trashed or restored folder (their recipients see their own root go or come back).
+    """
+    grants = await Share.find({"owner_id": owner_id, "role": {"$in": list(ROLES)}}).to_list()
+    if not grants:
+        return []
+    roots = {
+        str(n.id): n
+        for n in await FileNode.find(
+            {"_id": {"$in": list({PydanticObjectId(g.file_id) for g in grants})}}
+        ).to_list()
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for grant in grants:
+        root = roots.get(grant.file_id)
+        if root is None:
+            continue
+        if grant.file_id == file_id:
+            root_new, root_old = new_path, old_path or new_path
+        elif root.deleted_at is not None and not includes_descendants:
+            continue
+        else:
+            root_new = root_old = root.path
+        entry = out.setdefault(grant.user_id, {"id": grant.user_id, "new": None, "old": None})
+        _, new_name = paths.split(root_new)
+        if paths.within(new_path, root_new) and _outer(entry["new"], root_new):
+            entry["new"] = [root_new, new_name]
+        if old_path is not None:
+            _, old_name = paths.split(root_old)
+            if paths.within(old_path, root_old) and _outer(entry["old"], root_old):
+                entry["old"] = [root_old, old_name]
+        if (
+            includes_descendants
+            and grant.file_id != file_id
+            and paths.within(root.path, new_path)
+            and not paths.within(new_path, root.path)
+        ):
+            entry.setdefault("roots", []).append([grant.file_id, root.name, root.kind])
+    return [e for e in out.values() if e["new"] or e["old"] or e.get("roots")]
+
+
+def _outer(current: list[str] | None, candidate_root: str) -> bool:
+    return current is None or len(candidate_root) < len(current[0])

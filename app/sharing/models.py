@@ -1,0 +1,94 @@
+"""Sharing documents: the ACL, its derived "Shared with me" view, public links, throttles.
+
+- `Share` (collection "acl") is the authority: every access check reads it. A revoke keeps
+  the document as a tombstone (role None) so that its outbox can carry `share.removed`
+  through the same exactly-once fan-out as file changes.
+- `SharedWithMe` is partitioned by recipient and derived from the ACL by the fan-out step
+  (normally the worker): it lists what to show, it never grants anything.
+- `ShareLink` stores a random nonce and the token's hash, never the token: the token is
+  HMAC(secret key, nonce), so the owner can be shown it again but a database dump alone
+  does not open any link.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from beanie import Document
+from pymongo import ASCENDING, IndexModel
+
+Role = Literal["viewer", "editor"]
+ROLES: tuple[str, ...] = ("viewer", "editor")
+ROLE_RANK = {"viewer": 1, "editor": 2, "owner": 3}
+
+
+class Share(Document):
+    id: str  # "<file_id>:<user_id>": one grant per file and user
+    file_id: str
+    owner_id: str
+    user_id: str
+    username: str
+    role: Role | None  # None: revoked (a tombstone that carries the share.removed event)
+    granted_by: str
+    created_at: datetime
+    updated_at: datetime
+    rev: int = 0  # compare-and-set token, like FileNode.rev
+    outbox: dict[str, Any] | None = None
+    outbox_pending: bool = False
+
+    class Settings:
+        name = "acl"
+        indexes = [
+            IndexModel([("owner_id", ASCENDING), ("role", ASCENDING)]),
+            IndexModel([("file_id", ASCENDING)]),
+            IndexModel([("user_id", ASCENDING)]),
+            IndexModel([("outbox_pending", ASCENDING)]),
+        ]
+
+
+class SharedWithMe(Document):
+    id: str  # "<recipient_id>:<file_id>"
+    recipient_id: str
+    file_id: str
+    owner_id: str
+    owner: str  # owner's username
+    role: Role
+    shared_at: datetime
+
+    class Settings:
+        name = "shared_with_me"
+        indexes = [IndexModel([("recipient_id", ASCENDING), ("shared_at", ASCENDING)])]
+
+
+class ShareLink(Document):
+    file_id: str
+    owner_id: str
+    nonce: str  # hex; token = HMAC(secret, nonce)
+    token_hash: str  # sha256 of the token: how a request finds its link
+    password_hash: str | None = None
+    expires_at: datetime | None = None
+    allow_download: bool = True
+    revoked: bool = False
+    views: int = 0
+    downloads: int = 0
+    created_at: datetime
+
+    class Settings:
+        name = "share_links"
+        indexes = [
+            IndexModel([("token_hash", ASCENDING)], unique=True),
+            IndexModel([("file_id", ASCENDING)]),
+        ]
+
+
+class RateCounter(Document):
+    """Failures per key in one fixed window (`window` = epoch seconds // window length)."""
+
+    id: str  # "<scope>:<key>:<window>"
+    failures: int = 0
+    expires_at: datetime
+
+    class Settings:
+        name = "rate_limits"
+        indexes = [IndexModel([("expires_at", ASCENDING)])]
