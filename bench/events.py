@@ -42,6 +42,55 @@ async def next_event(ws: websockets.ClientConnection) -> dict:
             return msg
 
 
+async def second_user(http: httpx.AsyncClient, url: str) -> str:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as anon:
+        creds = {"username": "bench2", "password": "bench-password"}
+        (await anon.post("/api/auth/register", json=creds)).raise_for_status()
+        r = await anon.post("/api/auth/token", json={**creds, "device_name": "B"})
+        return r.json()["token"]
+
+
+async def deliveries(
+    http: httpx.AsyncClient,
+    ws: websockets.ClientConnection,
+    folder: str,
+    commits: int,
+    seen_folder: str | None = None,
+) -> tuple[list[float], list[float]]:
+    """Commit `commits` small files into `folder`; time from commit sent to `ws` event."""
+    latencies, commit_rtts = [], []
+    await asyncio.sleep(0.2)
+    for i in range(commits):
+        data = f"file {i} in {folder}".encode() * 10
+        reg = (
+            await http.post(
+                "/api/file",
+                json={
+                    "path": f"{folder}/{i}.txt",
+                    "size": len(data),
+                    "chunks": [{"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}],
+                },
+            )
+        ).json()
+        for m in reg["missing"]:
+            (await http.put(m["url"], content=data)).raise_for_status()
+        t0 = time.perf_counter()
+        commit = http.post(
+            f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
+        )
+        event_task = asyncio.create_task(next_event(ws))
+        resp = await commit
+        commit_rtts.append(time.perf_counter() - t0)
+        event = await asyncio.wait_for(event_task, 10)
+        latencies.append(time.perf_counter() - t0)
+        resp.raise_for_status()
+        if event["path"] in (folder, seen_folder) and event["kind"] == "folder":
+            # The parent folder's event came first (created with the first file).
+            await asyncio.wait_for(next_event(ws), 10)
+            latencies[-1] = time.perf_counter() - t0
+    return latencies, commit_rtts
+
+
 async def run(url: str, commits: int, clients: int, changes: int) -> dict:
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         await http.post(
@@ -63,39 +112,27 @@ async def run(url: str, commits: int, clients: int, changes: int) -> dict:
             (await http.get("/api/me")).raise_for_status()
             baseline.append(time.perf_counter() - t0)
 
-        latencies, commit_rtts = [], []
+        # Device B of the same account, then another user the folder is shared with.
         async with websockets.connect(ws_base, additional_headers=headers) as device_b:
-            await asyncio.sleep(0.2)
-            for i in range(commits):
-                data = f"file {i}".encode() * 10
-                reg = (
-                    await http.post(
-                        "/api/file",
-                        json={
-                            "path": f"/bench/{i}.txt",
-                            "size": len(data),
-                            "chunks": [
-                                {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-                            ],
-                        },
-                    )
-                ).json()
-                for m in reg["missing"]:
-                    (await http.put(m["url"], content=data)).raise_for_status()
-                t0 = time.perf_counter()
-                commit = http.post(
-                    f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
-                )
-                event_task = asyncio.create_task(next_event(device_b))
-                resp = await commit
-                commit_rtts.append(time.perf_counter() - t0)
-                event = await asyncio.wait_for(event_task, 10)
-                latencies.append(time.perf_counter() - t0)
-                assert event["path"].startswith("/bench/") or event["path"] == "/bench", event
-                resp.raise_for_status()
-                if event["path"] == "/bench":  # the parent folder's event came first
-                    await asyncio.wait_for(next_event(device_b), 10)
-                    latencies[-1] = time.perf_counter() - t0
+            latencies, commit_rtts = await deliveries(http, device_b, "/bench", commits)
+        other = await second_user(http, url)
+        folder = (await http.post("/api/folder", json={"path": "/team"})).json()
+        (
+            await http.post(
+                f"/api/file/{folder['id']}/share", json={"username": "bench2", "role": "editor"}
+            )
+        ).raise_for_status()
+        recipient_ws = url.replace("http://", "ws://") + "/api/ws?cursor=latest"
+        async with websockets.connect(
+            recipient_ws, additional_headers={"Authorization": f"Bearer {other}"}
+        ) as recipient:
+            await asyncio.sleep(1.0)  # the share.added event, through the worker
+            while True:
+                try:
+                    await asyncio.wait_for(next_event(recipient), 0.5)
+                except TimeoutError:
+                    break
+            shared_latencies, _ = await deliveries(http, recipient, "/team", commits, "/team")
 
         sockets = [
             await websockets.connect(ws_base, additional_headers=headers) for _ in range(clients)
@@ -129,6 +166,8 @@ async def run(url: str, commits: int, clients: int, changes: int) -> dict:
         "delivery_p50_ms": round(pct(latencies, 50) * ms, 2),
         "delivery_p90_ms": round(pct(latencies, 90) * ms, 2),
         "delivery_p99_ms": round(pct(latencies, 99) * ms, 2),
+        "shared_delivery_p50_ms": round(pct(shared_latencies, 50) * ms, 2),
+        "shared_delivery_p99_ms": round(pct(shared_latencies, 99) * ms, 2),
         "commits": commits,
         "ws_clients": clients,
         "changes": changes_total,

@@ -121,3 +121,29 @@ def test_health_and_openapi(base_url: str) -> None:
         "/api/me",
     ]:
         assert path in schema["paths"], path
+
+
+def test_password_guessing_is_throttled_per_address_and_username(base_url: str) -> None:
+    victim = User(base_url)
+    for _ in range(10):
+        r = httpx.post(
+            f"{base_url}/api/auth/token",
+            json={"username": victim.username, "password": "wrong guess", "device_name": "x"},
+        )
+        assert r.status_code == 401
+    blocked = httpx.post(
+        f"{base_url}/api/auth/login",
+        json={"username": victim.username, "password": victim.password},
+    )
+    assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+    assert blocked.json()["error"]["code"] == "rate_limited"
+    # Other accounts are not locked out by it, and the victim's devices keep working.
+    other = User(base_url)
+    assert (
+        httpx.post(
+            f"{base_url}/api/auth/login",
+            json={"username": other.username, "password": other.password},
+        ).status_code
+        == 200
+    )
+    assert victim.http.get("/api/me").status_code == 200

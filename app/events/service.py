@@ -183,9 +183,18 @@ def deliveries(change: dict[str, Any], recipient: str) -> list[tuple[str, dict[s
     return out
 
 
-async def append_event(recipient: str, delivery_id: str, fields: dict[str, Any]) -> int | None:
-    """Append one event to a recipient's feed; its seq, or None if it was already there."""
-    if await Event.find_one(Event.recipient_id == recipient, Event.change_id == delivery_id):
+async def append_event(
+    recipient: str, delivery_id: str, fields: dict[str, Any], *, fresh: bool = False
+) -> int | None:
+    """Append one event to a recipient's feed; its seq, or None if it was already there.
+
+    `fresh`: the caller is the writer delivering its own change for the first time, so
+    the duplicate check is skipped (one query less on the hot path); in the rare race
+    with the sweeper the unique index still refuses the copy, at the cost of a seq hole.
+    """
+    if not fresh and await Event.find_one(
+        Event.recipient_id == recipient, Event.change_id == delivery_id
+    ):
         return None
     counters = EventCounter.get_pymongo_collection()
     while True:
@@ -222,15 +231,17 @@ class ChangeFeed:
         self._inflight: dict[
             tuple[str, int, int], asyncio.Future[tuple[list[Event], int, bool]]
         ] = {}
-        # async (file_id, change_id) -> None; queues the fan-out job (None: do it inline).
+        # async (source, doc_id, change_id) -> bool; queues the fan-out job.
         self.enqueue = enqueue
+        # Fan-outs this process runs after answering the writer, by "<source>:<doc id>".
+        self._background: dict[str, asyncio.Task[None]] = {}
 
     async def changed(self, source: str, doc_id: str, change: dict[str, Any]) -> None:
         """Called right after the write that stored `change` in a document's outbox.
 
         `source` names the collection holding that outbox ("files" or "acl").
         """
-        delivered = await self._deliver(change["owner_id"], change)
+        delivered = await self._deliver(change["owner_id"], change, fresh=True)
         if delivered:
             await self.hub.notify(change["owner_id"])
         # Share changes go through the worker, which derives "Shared with me" before the
@@ -243,20 +254,45 @@ class ChangeFeed:
                     return
             except Exception as exc:  # Redis down: fall through and do it here
                 log.warning("could not queue fan-out of %s: %s", change["id"], exc)
-        await self.flush(source, doc_id, change)
+        # The rest happens after the writer's answer: the owner's devices already know,
+        # and a crash before the marker is cleared leaves the change to the sweeper.
+        key = f"{source}:{doc_id}"
+        task = asyncio.create_task(self._flush_later(source, doc_id, change))
+        self._background[key] = task
+        task.add_done_callback(
+            lambda done: (
+                self._background.pop(key, None) if self._background.get(key) is done else None
+            )
+        )
 
-    async def _deliver(self, recipient: str, change: dict[str, Any]) -> bool:
+    async def _flush_later(self, source: str, doc_id: str, change: dict[str, Any]) -> None:
+        try:
+            await self.flush(source, doc_id, change, first_time=True)
+        except Exception as exc:  # the sweeper retries whatever is still marked
+            log.warning("fan-out of %s failed, left to the sweeper: %s", change["id"], exc)
+
+    async def _deliver(
+        self, recipient: str, change: dict[str, Any], *, fresh: bool = False
+    ) -> bool:
         added = False
         for delivery_id, fields in deliveries(change, recipient):
-            if await append_event(recipient, delivery_id, fields) is not None:
+            if await append_event(recipient, delivery_id, fields, fresh=fresh) is not None:
                 added = True
         return added
 
-    async def flush(self, source: str, doc_id: str, change: dict[str, Any]) -> None:
-        """Deliver `change` to every recipient, then clear the marker (idempotent)."""
+    async def flush(
+        self, source: str, doc_id: str, change: dict[str, Any], *, first_time: bool = False
+    ) -> None:
+        """Deliver `change` to every recipient, then clear the marker (idempotent).
+
+        `first_time`: called right after `changed` delivered the owner's event, so the
+        owner is skipped.
+        """
         if source == "acl":
             await derive_shared_with_me(doc_id)
         for recipient in recipients_for(change):
+            if first_time and recipient == change["owner_id"]:
+                continue
             if await self._deliver(recipient, change):
                 await self.hub.notify(recipient)
         key: Any = ObjectId(doc_id) if source == "files" else doc_id
@@ -271,8 +307,11 @@ class ChangeFeed:
 
     async def flush_node(self, node: FileNode | Share) -> None:
         """Before replacing a document's outbox, make sure the change in it was delivered."""
+        source = "files" if isinstance(node, FileNode) else "acl"
+        running = self._background.get(f"{source}:{node.id}")
+        if running is not None:
+            await asyncio.shield(running)  # never raises: _flush_later logs its errors
         if node.outbox_pending and node.outbox:
-            source = "files" if isinstance(node, FileNode) else "acl"
             await self.flush(source, str(node.id), node.outbox)
 
     async def sweep(self, older_than: float = 2.0) -> int:
