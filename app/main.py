@@ -20,7 +20,8 @@ from app.events.hub import Hub
 from app.events.queue import JobQueue
 from app.events.routes import events_socket, read_events
 from app.events.service import ChangeFeed
-from app.files.routes import FileController, create_folder
+from app.files.history import HistoryService
+from app.files.routes import FileController, TrashController, create_folder
 from app.files.service import FileService, finish_all_pending_ops
 from app.health import healthz, readyz
 from app.settings import Settings, get_settings
@@ -80,6 +81,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def provide_sharing(files: FileService) -> SharingService:
         return SharingService(files)
 
+    def provide_history(files: FileService) -> HistoryService:
+        return HistoryService(files)
+
     api = Router(
         path="/",
         guards=[require_user],
@@ -89,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             read_events,
             events_socket,
             FileController,
+            TrashController,
             create_folder,
             put_chunk,
             get_chunk,
@@ -110,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "hub": Provide(provide_hub, sync_to_thread=False),
             "feed": Provide(provide_feed, sync_to_thread=False),
             "sharing": Provide(provide_sharing, sync_to_thread=False),
+            "history": Provide(provide_history, sync_to_thread=False),
         },
         template_config=TemplateConfig(
             directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine

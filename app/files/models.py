@@ -46,6 +46,9 @@ class FileNode(Document):
     modified_at: datetime
     deleted_at: datetime | None = None
     trash_root_id: str | None = None
+    # True on the item a user deleted (what the trash lists), not on what was inside it.
+    trash_root: bool = False
+    deleted_ms: int = 0  # when it was trashed, epoch ms: the trash's sort key
     # A folder move or trash still being applied to the folder's descendants.
     pending_op: dict[str, str] | None = None
     # The outbox: the last change made to this node, and whether every recipient's feed
@@ -62,6 +65,7 @@ class FileNode(Document):
             ),
             IndexModel([("owner_id", ASCENDING), ("path_key", ASCENDING)]),
             IndexModel([("outbox_pending", ASCENDING)]),
+            IndexModel([("owner_id", ASCENDING), ("trash_root", ASCENDING)]),
         ]
 
 
@@ -74,6 +78,7 @@ class FileVersion(Document):
     content_hash: str
     chunk_count: int
     author_device: str | None = None
+    restored_from: int | None = None  # made by restoring this earlier version
     created_at: datetime
     committed_at: datetime | None = None
 

@@ -11,6 +11,8 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from app.errors import BadRequest
+from app.files.history import HistoryService
 from app.files.models import FileNode, FileVersion
 from app.files.schemas import (
     CommitRequest,
@@ -19,8 +21,12 @@ from app.files.schemas import (
     ManifestOut,
     MoveRequest,
     NewFolderRequest,
+    RestoreRequest,
+    TrashItemOut,
+    TrashListOut,
     UploadOut,
     UploadRequest,
+    VersionOut,
 )
 from app.files.service import ByteRange, FileService, parse_range, stream_content
 from app.storage.base import BlobStore
@@ -62,10 +68,32 @@ class FileController(Controller):
         return ManifestOut(**_convert(await files.describe(file_id, chunk_offset, chunk_limit)))
 
     @get("/{file_id:str}/content")
-    async def content(self, file_id: str, files: FileService, request: Request) -> Response[Any]:
+    async def content(
+        self,
+        file_id: str,
+        files: FileService,
+        history: HistoryService,
+        request: Request,
+        version: int | None = Parameter(default=None, ge=1),
+    ) -> Response[Any]:
+        """The head's bytes, or those of an earlier `version`."""
         scoped, node = await files.open(file_id)
-        version = await scoped.head_version(node)
-        return await content_response(request, files.store, node, version)
+        if version is None:
+            chosen = await scoped.head_version(node)
+        else:
+            if node.kind != "file":
+                raise BadRequest("folders have no versions", code="is_a_folder")
+            chosen = await history.version(node, version)
+        return await content_response(request, files.store, node, chosen)
+
+    @get("/{file_id:str}/versions")
+    async def versions(self, file_id: str, history: HistoryService) -> list[VersionOut]:
+        """Newest first: `[{"version","size","content_hash","modified_at","author_device"}]`."""
+        return [VersionOut(**v) for v in await history.versions(file_id)]
+
+    @post("/{file_id:str}/versions/{number:int}/restore", status_code=200)
+    async def restore_version(self, file_id: str, number: int, history: HistoryService) -> FileOut:
+        return FileOut(**await history.restore_version(file_id, number))
 
     @patch("/{file_id:str}")
     async def move(self, file_id: str, data: MoveRequest, files: FileService) -> FileOut:
@@ -118,6 +146,31 @@ async def content_response(
     # with a clear error instead of a truncated 200.
     first = await anext(body)
     return Stream(_prepend(first, body), status_code=status, headers=headers, media_type=media_type)
+
+
+class TrashController(Controller):
+    path = "/api/trash"
+    tags = ["trash"]
+
+    @get("/")
+    async def list_trash(
+        self,
+        history: HistoryService,
+        limit: int = Parameter(default=500, ge=1, le=1000),
+        cursor: str | None = None,
+    ) -> TrashListOut:
+        items, next_cursor = await history.trash(limit, cursor)
+        return TrashListOut(items=[TrashItemOut(**i) for i in items], cursor=next_cursor)
+
+    @post("/{trash_id:str}/restore", status_code=200)
+    async def restore(
+        self, trash_id: str, history: HistoryService, data: RestoreRequest | None = None
+    ) -> FileOut:
+        return FileOut(**await history.restore(trash_id, data.path if data else None))
+
+    @delete("/{trash_id:str}", status_code=204)
+    async def purge(self, trash_id: str, history: HistoryService) -> None:
+        await history.purge(trash_id)
 
 
 def content_disposition(name: str, disposition: str = "attachment") -> str:

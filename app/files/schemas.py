@@ -98,4 +98,30 @@ class ManifestOut(msgspec.Struct):
     owner: str | None = None
 
 
+class VersionOut(msgspec.Struct):
+    version: int | None
+    size: int
+    content_hash: str
+    modified_at: str
+    author_device: str | None
+
+
+class TrashItemOut(msgspec.Struct):
+    id: str
+    path: str
+    name: str
+    kind: str
+    size: int
+    deleted_at: str
+
+
+class TrashListOut(msgspec.Struct):
+    items: list[TrashItemOut]
+    cursor: str | None
+
+
+class RestoreRequest(msgspec.Struct):
+    path: str | None = None
+
+
 JSON = dict[str, Any]

@@ -604,12 +604,24 @@ class FileService:
                 missing=await self._with_upload_urls(missing),
             )
 
+        head = await self._advance_head(node, version, session.base_version)
+        if head is None:
+            # Same bytes as the head: nothing changed, so no new version and no event.
+            await self._drop_pending(session, version)
+            return await self._reload(file_id)
+        await _close_session(session)
+        return head
+
+    async def _advance_head(
+        self, node: FileNode, version: FileVersion, base_version: int | None
+    ) -> FileNode | None:
+        """Make `version` (pending, chunks all stored) the file's head: one compare-and-set
+        on the node, retried on a concurrent change; None if it has the head's bytes."""
+        file_id = str(node.id)
         while True:
             if node.committed and node.content_hash == version.content_hash:
-                # Same bytes as the head: nothing changed, so no new version and no event.
-                await self._drop_pending(session, version)
-                return node
-            if session.base_version is not None and node.version != session.base_version:
+                return None
+            if base_version is not None and node.version != base_version:
                 raise Conflict(
                     "the file changed since base_version", code="conflict", version=node.version
                 )
@@ -651,7 +663,6 @@ class FileService:
         )
         if version.size != old_size:
             await _add_usage(self.owner, version.size - old_size)
-        await _close_session(session)
         await self.feed.changed("files", file_id, change)
         return await self._reload(file_id)
 
@@ -787,6 +798,8 @@ class FileService:
                 "deleted_at": t,
                 "live_key": f"trash:{node.id}",
                 "trash_root_id": str(node.id),
+                "trash_root": True,
+                "deleted_ms": epoch_ms(t),
                 "pending_op": op,
             },
         )
@@ -798,7 +811,7 @@ class FileService:
         return updated
 
     async def _cas(
-        self, node: FileNode, change_type: str, changes: dict[str, Any]
+        self, node: FileNode, change_type: str, changes: dict[str, Any], *, trashed: bool = False
     ) -> tuple[FileNode, dict[str, Any]]:
         """Apply `changes` (recording them in the outbox) only if nobody changed the node
         since we read it, else 409. The caller announces the change once it is complete."""
@@ -809,11 +822,13 @@ class FileService:
             str(node.id),
             after.path,
             old_path,
-            descendants=change_type == "file.deleted" and node.kind == "folder",
+            descendants=change_type in ("file.deleted", "file.restored") and node.kind == "folder",
         )
         change = self._change(change_type, after, audience, old_path=old_path)
+        # `trashed`: the node is in the trash (a restore); otherwise it must still be live.
+        live = {} if trashed else {"deleted_at": None}
         result = await FileNode.get_pymongo_collection().update_one(
-            {"_id": node.id, "rev": node.rev, "deleted_at": None},
+            {"_id": node.id, "rev": node.rev, **live},
             {"$set": {**changes, "rev": node.rev + 1, "outbox": change, "outbox_pending": True}},
         )
         if result.modified_count != 1:
@@ -924,14 +939,50 @@ async def finish_pending_op(folder: FileNode) -> None:
         if batch:
             await col.bulk_write(batch, ordered=False)
         await _add_usage(folder.owner_id, -freed)
+    elif op["op"] == "restore":
+        await _restore_descendants(folder, op)
     # Clear the marker unless the folder changed again since (then its new op stands).
     await col.update_one({"_id": folder.id, "rev": folder.rev}, {"$set": {"pending_op": None}})
+
+
+async def _restore_descendants(folder: FileNode, op: dict[str, str]) -> None:
+    """Bring back everything trashed together with a restored folder, under its new path."""
+    col = FileNode.get_pymongo_collection()
+    prefix_len = len(op["from"])
+    restored = 0
+    batch: list[UpdateOne] = []
+    query = {"owner_id": folder.owner_id, "trash_root_id": op["root"], "_id": {"$ne": folder.id}}
+    async for doc in col.find(query, {"path": 1, "kind": 1, "size": 1, "committed": 1}):
+        new_path = op["to"] + doc["path"][prefix_len:]
+        key = paths.path_key(new_path)
+        if doc.get("kind") == "file" and doc.get("committed"):
+            restored += doc.get("size", 0)
+        batch.append(
+            UpdateOne(
+                {"_id": doc["_id"], "trash_root_id": op["root"]},
+                {
+                    "$set": {
+                        "deleted_at": None,
+                        "trash_root_id": None,
+                        "path": new_path,
+                        "path_key": key,
+                        "live_key": key,
+                    }
+                },
+            )
+        )
+        if len(batch) >= BULK_BATCH:
+            await col.bulk_write(batch, ordered=False)
+            batch = []
+    if batch:
+        await col.bulk_write(batch, ordered=False)
+    await _add_usage(folder.owner_id, restored)
 
 
 async def finish_all_pending_ops() -> int:
     """Complete every folder operation a crash left half done. Returns how many."""
     count = 0
-    async for node in FileNode.find({"pending_op.op": {"$in": ["move", "trash"]}}):
+    async for node in FileNode.find({"pending_op.op": {"$in": ["move", "trash", "restore"]}}):
         await finish_pending_op(node)
         count += 1
     return count

@@ -1,0 +1,133 @@
+"""Version history and the trash, as a user sees them."""
+
+from __future__ import annotations
+
+import hashlib
+
+from tests.conftest import User, content_hash
+
+
+def test_versions_are_kept_readable_and_restorable(alice: User, bob: User) -> None:
+    bodies = [b"first draft", b"second draft, longer", b"third"]
+    for body in bodies:
+        f = alice.upload("/essay.txt", body)
+    history = alice.http.get(f"/api/file/{f['id']}/versions")
+    assert history.status_code == 200
+    assert [(v["version"], v["size"], v["content_hash"]) for v in history.json()] == [
+        (3, len(bodies[2]), content_hash(bodies[2])),
+        (2, len(bodies[1]), content_hash(bodies[1])),
+        (1, len(bodies[0]), content_hash(bodies[0])),
+    ]
+    assert all(v["author_device"] == "pytest" and v["modified_at"] for v in history.json())
+    for n, body in enumerate(bodies, start=1):
+        got = alice.http.get(f"/api/file/{f['id']}/content", params={"version": n})
+        assert got.status_code == 200 and got.content == body
+    assert alice.http.get(f"/api/file/{f['id']}/content", params={"version": 9}).status_code == 404
+
+    cursor = alice.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
+    restored = alice.http.post(f"/api/file/{f['id']}/versions/1/restore")
+    assert restored.status_code == 200
+    assert restored.json()["version"] == 4
+    assert restored.json()["content_hash"] == content_hash(bodies[0])
+    assert alice.http.get(f"/api/file/{f['id']}/content").content == bodies[0]
+    # History is never rewritten: 4 versions now, 2 and 3 still readable.
+    assert [v["version"] for v in alice.http.get(f"/api/file/{f['id']}/versions").json()] == [
+        4,
+        3,
+        2,
+        1,
+    ]
+    assert (
+        alice.http.get(f"/api/file/{f['id']}/content", params={"version": 3}).content == bodies[2]
+    )
+    evs = alice.http.get("/api/file/events", params={"cursor": cursor}).json()["events"]
+    assert [(e["type"], e["version"]) for e in evs] == [("file.updated", 4)]
+    # Restoring what is already the head changes nothing.
+    again = alice.http.post(f"/api/file/{f['id']}/versions/4/restore").json()
+    assert again["version"] == 4
+    # Nobody else sees or restores anything; a viewer reads but cannot restore.
+    assert bob.http.get(f"/api/file/{f['id']}/versions").status_code == 404
+    assert bob.http.post(f"/api/file/{f['id']}/versions/1/restore").status_code == 404
+    alice.http.post(f"/api/file/{f['id']}/share", json={"username": bob.username, "role": "viewer"})
+    assert len(bob.http.get(f"/api/file/{f['id']}/versions").json()) == 4
+    assert bob.http.post(f"/api/file/{f['id']}/versions/2/restore").status_code == 403
+
+
+def test_trash_restore_and_purge(alice: User, bob: User) -> None:
+    a = alice.upload("/Projects/site/index.html", b"<html>" * 100)
+    b = alice.upload("/Projects/site/css/main.css", b"body{}" * 100)
+    gone_before = alice.upload("/Projects/site/old.txt", b"old")
+    usage_full = alice.http.get("/api/me").json()["usage_bytes"]
+    site = alice.http.get("/api/file", params={"path": "/Projects"}).json()["items"][0]
+    assert alice.http.delete(f"/api/file/{gone_before['id']}").status_code == 204
+    assert alice.http.delete(f"/api/file/{site['id']}").status_code == 204
+    assert alice.http.get("/api/me").json()["usage_bytes"] == usage_full - 600 - 600 - 3
+
+    trash = alice.http.get("/api/trash").json()
+    # What the user deleted, newest first, once each (not the folder's contents).
+    assert [(i["id"], i["path"], i["kind"]) for i in trash["items"][:2]] == [
+        (site["id"], "/Projects/site", "folder"),
+        (gone_before["id"], "/Projects/site/old.txt", "file"),
+    ]
+    assert all(i["deleted_at"] for i in trash["items"])
+    assert bob.http.get("/api/trash").json()["items"] == []
+    assert bob.http.post(f"/api/trash/{site['id']}/restore").status_code == 404
+
+    cursor = alice.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
+    back = alice.http.post(f"/api/trash/{site['id']}/restore")
+    assert back.status_code == 200 and back.json()["path"] == "/Projects/site"
+    # Everything deleted with the folder is back, same ids; what was deleted before is not.
+    assert alice.http.get(f"/api/file/{a['id']}").json()["path"] == "/Projects/site/index.html"
+    assert alice.http.get(f"/api/file/{b['id']}/content").content == b"body{}" * 100
+    assert alice.http.get(f"/api/file/{gone_before['id']}").status_code == 404
+    assert alice.http.get("/api/me").json()["usage_bytes"] == usage_full - 3
+    evs = alice.http.get("/api/file/events", params={"cursor": cursor}).json()["events"]
+    assert [(e["type"], e["path"]) for e in evs] == [("file.restored", "/Projects/site")]
+    assert site["id"] not in [i["id"] for i in alice.http.get("/api/trash").json()["items"]]
+
+    # A name clash gets a suffix; a path can be given.
+    alice.upload("/Projects/site/old.txt", b"new one")
+    clash = alice.http.post(f"/api/trash/{gone_before['id']}/restore")
+    assert clash.status_code == 200 and clash.json()["path"] == "/Projects/site/old (restored).txt"
+    alice.http.delete(f"/api/file/{gone_before['id']}")
+    elsewhere = alice.http.post(
+        f"/api/trash/{gone_before['id']}/restore", json={"path": "/Archive/old.txt"}
+    )
+    assert elsewhere.status_code == 200 and elsewhere.json()["path"] == "/Archive/old.txt"
+    assert alice.http.get(f"/api/file/{gone_before['id']}/content").content == b"old"
+
+    # Purge: gone for good.
+    alice.http.delete(f"/api/file/{site['id']}")
+    assert alice.http.delete(f"/api/trash/{site['id']}").status_code == 204
+    assert alice.http.post(f"/api/trash/{site['id']}/restore").status_code == 404
+    assert alice.http.get(f"/api/file/{a['id']}").status_code == 404
+    assert site["id"] not in [i["id"] for i in alice.http.get("/api/trash").json()["items"]]
+    assert alice.http.delete(f"/api/trash/{site['id']}").status_code == 404
+
+
+def test_restored_content_is_byte_identical(alice: User) -> None:
+    data = hashlib.sha256(b"seed").digest() * 50_000
+    f = alice.upload("/bin/blob.bin", data)
+    alice.http.delete(f"/api/file/{f['id']}")
+    alice.http.post(f"/api/trash/{f['id']}/restore")
+    got = alice.http.get(f"/api/file/{f['id']}/content").content
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_trash_pages_newest_first(alice: User) -> None:
+    ids = []
+    for i in range(5):
+        f = alice.upload(f"/paged/{i}.txt", str(i).encode())
+        alice.http.delete(f"/api/file/{f['id']}")
+        ids.append(f["id"])
+    seen, cursor = [], None
+    while True:
+        page = alice.http.get(
+            "/api/trash", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+        ).json()
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["cursor"]
+        if not cursor:
+            break
+    assert seen == ids[::-1]
+    assert alice.http.get("/api/trash", params={"cursor": "nonsense"}).status_code == 400
