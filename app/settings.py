@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     upload_session_ttl_seconds: int = 7 * 24 * 3600
     session_ttl_seconds: int = 30 * 24 * 3600
     cookie_secure: bool = False
+    # How long old versions and trashed items are kept (days); the last
+    # `keep_min_versions` versions of a file are kept regardless.
+    version_retention_days: int = 30
+    trash_retention_days: int = 30
+    keep_min_versions: int = 10
     # Default per-user quota in bytes; 0 means unlimited.
     default_quota_bytes: int = 0
 

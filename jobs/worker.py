@@ -6,7 +6,7 @@ Jobs are idempotent: any may run twice or be interrupted and re-run by the next 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq import cron
@@ -17,6 +17,7 @@ from app.db import connect
 from app.events.hub import Hub
 from app.events.service import OUTBOX_SOURCES, ChangeFeed
 from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession
+from app.files.retention import empty_trash, thin_versions
 from app.files.service import finish_all_pending_ops
 from app.settings import get_settings
 from app.storage.factory import open_store
@@ -82,12 +83,30 @@ async def expire_uploads(ctx: dict[str, Any]) -> int:
     return expired
 
 
+async def apply_retention(ctx: dict[str, Any]) -> dict[str, int]:
+    """Thin old versions and empty the trash of items past retention (hourly)."""
+    now = datetime.now(UTC)
+    return {
+        "versions_dropped": await thin_versions(
+            now, timedelta(days=settings.version_retention_days), settings.keep_min_versions
+        ),
+        "trash_purged": await empty_trash(now, timedelta(days=settings.trash_retention_days)),
+    }
+
+
 class WorkerSettings:
-    functions = [fan_out_change, sweep_outboxes, finish_interrupted_ops, expire_uploads]
+    functions = [
+        fan_out_change,
+        sweep_outboxes,
+        finish_interrupted_ops,
+        expire_uploads,
+        apply_retention,
+    ]
     cron_jobs = [
         cron(sweep_outboxes, second=set(range(0, 60, 2)), run_at_startup=True),
         cron(finish_interrupted_ops, second={0, 30}, run_at_startup=True),
         cron(expire_uploads, minute={7, 37}, second=0),
+        cron(apply_retention, minute={17}, second=0),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
+import pytest
+from bson import ObjectId
+from pymongo import MongoClient
+
+from app.db import connect
+from app.files.retention import empty_trash, thin_versions
+from app.settings import Settings
 from tests.conftest import User, content_hash
+from tests.stack import Stack
 
 
 def test_versions_are_kept_readable_and_restorable(alice: User, bob: User) -> None:
@@ -131,3 +142,55 @@ def test_trash_pages_newest_first(alice: User) -> None:
             break
     assert seen == ids[::-1]
     assert alice.http.get("/api/trash", params={"cursor": "nonsense"}).status_code == 400
+
+
+@pytest.fixture(scope="module")
+async def db(stack: Stack) -> AsyncIterator[None]:
+    client = await connect(Settings(mongodb_url=stack.env["MONGODB_URL"]))
+    yield
+    await client.close()
+
+
+async def test_old_versions_are_thinned_but_the_last_ten_kept(
+    alice: User, stack: Stack, db: None
+) -> None:
+    for i in range(16):
+        f = await asyncio.to_thread(alice.upload, "/thin.txt", f"version {i}".encode())
+    now = datetime.now(UTC)
+    noon_10_days_ago = (now - timedelta(days=10)).replace(hour=12, minute=0, second=0)
+    when = {  # 1-3 past retention, 4-6 within one old day, 7-16 recent (untouched)
+        1: now - timedelta(days=60),
+        2: now - timedelta(days=45),
+        3: now - timedelta(days=31),
+        4: noon_10_days_ago,
+        5: noon_10_days_ago + timedelta(minutes=5),
+        6: noon_10_days_ago + timedelta(minutes=10),
+    }
+    with MongoClient(stack.env["MONGODB_URL"]) as mongo:
+        for number, at in when.items():
+            mongo.coffer.file_versions.update_one(
+                {"file_id": f["id"], "version": number}, {"$set": {"committed_at": at}}
+            )
+    await thin_versions(now, timedelta(days=30), keep_min=10)
+    left = await asyncio.to_thread(lambda: alice.http.get(f"/api/file/{f['id']}/versions").json())
+    # Past retention: gone. The same old day: the newest of it stays. The last 10: all kept.
+    assert [v["version"] for v in left] == [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6]
+    got = await asyncio.to_thread(
+        lambda: alice.http.get(f"/api/file/{f['id']}/content", params={"version": 6}).content
+    )
+    assert got == b"version 5"
+
+
+async def test_the_trash_empties_itself_after_retention(
+    alice: User, stack: Stack, db: None
+) -> None:
+    old = await asyncio.to_thread(alice.upload, "/expired.txt", b"old")
+    recent = await asyncio.to_thread(alice.upload, "/recent.txt", b"recent")
+    for f in (old, recent):
+        await asyncio.to_thread(alice.http.delete, f"/api/file/{f['id']}")
+    with MongoClient(stack.env["MONGODB_URL"]) as mongo:
+        ms = int((datetime.now(UTC) - timedelta(days=31)).timestamp() * 1000)
+        mongo.coffer.files.update_one({"_id": ObjectId(old["id"])}, {"$set": {"deleted_ms": ms}})
+    assert await empty_trash(datetime.now(UTC), timedelta(days=30)) >= 1
+    trash = await asyncio.to_thread(lambda: alice.http.get("/api/trash").json()["items"])
+    assert [i["id"] for i in trash if i["id"] in (old["id"], recent["id"])] == [recent["id"]]

@@ -204,9 +204,12 @@ class HistoryService:
         raise BadRequest("too many items with that name", code="exists")
 
     async def purge(self, trash_id: str) -> None:
+        await self.purge_node(await self._trashed(trash_id))
+
+    @staticmethod
+    async def purge_node(node: FileNode) -> None:
         """Delete a trashed item and everything trashed with it, with their versions.
         Their chunks stay until garbage collection finds nothing else uses them."""
-        node = await self._trashed(trash_id)
         doomed = [
             doc["_id"]
             async for doc in FileNode.get_pymongo_collection().find(

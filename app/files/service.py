@@ -60,6 +60,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(dt: datetime) -> datetime:
+    """Datetimes are stored in UTC; some reads hand them back naive."""
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
 def iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

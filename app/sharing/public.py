@@ -32,7 +32,7 @@ from app.errors import CofferError
 from app.files import paths
 from app.files.models import FileNode
 from app.files.routes import content_response
-from app.files.service import head_version_of
+from app.files.service import as_utc, head_version_of
 from app.settings import Settings
 from app.sharing import ratelimit
 from app.sharing.models import ShareLink
@@ -86,10 +86,7 @@ async def open_link(token: str) -> OpenLink:
         raise LinkPageError(404, "Link not found", "This link does not exist. Check the address.")
     if link.revoked:
         raise LinkPageError(410, "Link revoked", "The owner has turned this link off.")
-    expires = link.expires_at
-    if expires is not None and expires.tzinfo is None:
-        expires = expires.replace(tzinfo=UTC)  # stored as UTC; some drivers hand back naive
-    if expires is not None and expires <= datetime.now(UTC):
+    if link.expires_at is not None and as_utc(link.expires_at) <= datetime.now(UTC):
         raise LinkPageError(410, "Link expired", "This link has expired.")
     root = await FileNode.get(PydanticObjectId(link.file_id))
     if root is None or root.deleted_at is not None or not root.committed:
