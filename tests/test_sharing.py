@@ -202,9 +202,11 @@ def test_an_editor_cannot_probe_the_owners_content_through_dedup(alice: User, bo
 def test_revoke_takes_effect_on_the_next_request(alice: User, bob: User) -> None:
     folder = alice.http.post("/api/folder", json={"path": "/Revoked"}).json()
     f = alice.upload("/Revoked/a.txt", b"a")
+    before = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     share(alice, folder["id"], bob.username, "editor")
     assert bob.http.get(f"/api/file/{f['id']}").status_code == 200
-    wait_for(lambda: shared_items(bob))
+    wait_for(lambda: any(e["type"] == "share.added" for e in events(bob, before)))
+    assert shared_items(bob)
     cursor = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     assert alice.http.delete(f"/api/file/{folder['id']}/share/{bob.username}").status_code == 204
     assert bob.http.get(f"/api/file/{f['id']}").status_code == 404
@@ -301,8 +303,10 @@ def test_trashing_a_folder_above_a_share_removes_it_for_the_recipient(
     inner = alice.http.get("/api/file", params={"path": "/Outer"}).json()["items"][0]
     outer_id = alice.http.get("/api/file", params={"path": "/"}).json()["items"]
     outer = next(i for i in outer_id if i["name"] == "Outer")
+    before = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     share(alice, inner["id"], bob.username, "viewer")
-    wait_for(lambda: shared_items(bob))
+    # "Shared with me" is derived before the event is appended: wait for the event itself.
+    wait_for(lambda: any(e["type"] == "share.added" for e in events(bob, before)))
     cursor = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     assert alice.http.delete(f"/api/file/{outer['id']}").status_code == 204
     gone = wait_for(lambda: events(bob, cursor))

@@ -82,20 +82,12 @@ class ChunkOut(msgspec.Struct):
     url: str
 
 
-class ManifestOut(msgspec.Struct):
-    id: str
-    path: str
-    name: str
-    kind: str
-    size: int
-    content_hash: str | None
-    version: int
-    modified_at: str
-    chunk_count: int
-    chunks: list[ChunkOut]
-    next_chunk_offset: int | None
-    role: str = "owner"
-    owner: str | None = None
+class ManifestOut(FileOut):
+    """A file object with one page of its chunk list."""
+
+    chunk_count: int = 0
+    chunks: list[ChunkOut] = msgspec.field(default_factory=list)
+    next_chunk_offset: int | None = None
 
 
 class VersionOut(msgspec.Struct):

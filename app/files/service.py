@@ -230,10 +230,10 @@ class FileService:
             parent = node
         return parent
 
-    async def _create_folder_node(self, path: str, parent: FileNode | None) -> FileNode:
+    def _new_node(self, path: str, parent: FileNode | None, **fields: Any) -> FileNode:
         _, name = paths.split(path)
         t = now()
-        node = FileNode(
+        return FileNode(
             owner_id=self.owner,
             parent_id=str(parent.id) if parent else None,
             name=name,
@@ -241,10 +241,13 @@ class FileService:
             path=path,
             path_key=paths.path_key(path),
             live_key=paths.path_key(path),
-            kind="folder",
             created_at=t,
             modified_at=t,
+            **fields,
         )
+
+    async def _create_folder_node(self, path: str, parent: FileNode | None) -> FileNode:
+        node = self._new_node(path, parent, kind="folder")
         node.id = PydanticObjectId()
         change = self._change("file.created", node, await self._audience(str(node.id), path))
         node.outbox, node.outbox_pending = change, True
@@ -418,22 +421,8 @@ class FileService:
         return 0 if self.access.is_owner else session.created_ms
 
     async def _create_pending_file(self, path: str) -> FileNode:
-        parent_path, name = paths.split(path)
-        parent = await self.ensure_folder(parent_path)
-        t = now()
-        node = FileNode(
-            owner_id=self.owner,
-            parent_id=str(parent.id) if parent else None,
-            name=name,
-            name_key=name.casefold(),
-            path=path,
-            path_key=paths.path_key(path),
-            live_key=paths.path_key(path),
-            kind="file",
-            committed=False,
-            created_at=t,
-            modified_at=t,
-        )
+        parent = await self.ensure_folder(paths.split(path)[0])
+        node = self._new_node(path, parent, kind="file", committed=False)
         try:
             await node.insert()
         except DuplicateKeyError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from app.files.schemas import FileOut
+
 
 class ShareRequest(msgspec.Struct):
     username: str
@@ -22,18 +24,8 @@ class ShareListOut(msgspec.Struct):
     items: list[ShareOut]
 
 
-class SharedItemOut(msgspec.Struct):
-    id: str
-    path: str
-    name: str
-    kind: str
-    size: int
-    content_hash: str | None
-    version: int
-    modified_at: str
-    role: str
-    owner: str
-    shared_at: str
+class SharedItemOut(FileOut):
+    shared_at: str = ""
 
 
 class SharedListOut(msgspec.Struct):
