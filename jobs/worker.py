@@ -15,7 +15,7 @@ from beanie import PydanticObjectId
 
 from app.db import connect
 from app.events.hub import Hub
-from app.events.service import OUTBOX_SOURCES, ChangeFeed
+from app.events.service import OUTBOX_SOURCES, ChangeFeed, outbox_id
 from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession
 from app.files.retention import empty_trash, thin_versions
 from app.files.service import finish_all_pending_ops
@@ -41,8 +41,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 async def fan_out_change(ctx: dict[str, Any], source: str, doc_id: str, change_id: str) -> bool:
     """Deliver one change to every recipient (queued by the web after a write)."""
-    model = OUTBOX_SOURCES[source]
-    doc = await model.get(PydanticObjectId(doc_id) if source == "files" else doc_id)
+    doc = await OUTBOX_SOURCES[source].get(outbox_id(source, doc_id))
     if doc is None or not doc.outbox_pending or not doc.outbox or doc.outbox["id"] != change_id:
         return False  # already delivered, or superseded (its successor flushed it first)
     await ctx["feed"].flush(source, doc_id, doc.outbox)

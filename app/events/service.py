@@ -42,6 +42,17 @@ HOLE_GRACE_SECONDS = 2.0
 # writer itself; more go to the worker.
 INLINE_FANOUT = 8
 OUTBOX_SOURCES: dict[str, type[FileNode] | type[Share]] = {"files": FileNode, "acl": Share}
+
+
+def outbox_id(source: str, doc_id: str) -> Any:
+    """The `_id` of an outbox document: files have ObjectIds, ACL grants string ids."""
+    return ObjectId(doc_id) if source == "files" else doc_id
+
+
+def outbox_source(doc: FileNode | Share) -> str:
+    return "files" if isinstance(doc, FileNode) else "acl"
+
+
 EVENT_TYPES = (
     "file.created",
     "file.updated",
@@ -233,8 +244,9 @@ class ChangeFeed:
         ] = {}
         # async (source, doc_id, change_id) -> bool; queues the fan-out job.
         self.enqueue = enqueue
-        # Fan-outs this process runs after answering the writer, by "<source>:<doc id>".
-        self._background: dict[str, asyncio.Task[None]] = {}
+        # Fan-outs this process runs after answering the writer, by "<source>:<doc id>":
+        # the change id and the task, which answers whether it delivered everything.
+        self._background: dict[str, tuple[str, asyncio.Task[bool]]] = {}
 
     async def changed(self, source: str, doc_id: str, change: dict[str, Any]) -> None:
         """Called right after the write that stored `change` in a document's outbox.
@@ -258,18 +270,22 @@ class ChangeFeed:
         # and a crash before the marker is cleared leaves the change to the sweeper.
         key = f"{source}:{doc_id}"
         task = asyncio.create_task(self._flush_later(source, doc_id, change))
-        self._background[key] = task
+        self._background[key] = (change["id"], task)
         task.add_done_callback(
             lambda done: (
-                self._background.pop(key, None) if self._background.get(key) is done else None
+                self._background.pop(key, None)
+                if self._background.get(key, (None, None))[1] is done
+                else None
             )
         )
 
-    async def _flush_later(self, source: str, doc_id: str, change: dict[str, Any]) -> None:
+    async def _flush_later(self, source: str, doc_id: str, change: dict[str, Any]) -> bool:
         try:
             await self.flush(source, doc_id, change, first_time=True)
+            return True
         except Exception as exc:  # the sweeper retries whatever is still marked
             log.warning("fan-out of %s failed, left to the sweeper: %s", change["id"], exc)
+            return False
 
     async def _deliver(
         self, recipient: str, change: dict[str, Any], *, fresh: bool = False
@@ -295,24 +311,28 @@ class ChangeFeed:
                 continue
             if await self._deliver(recipient, change):
                 await self.hub.notify(recipient)
-        key: Any = ObjectId(doc_id) if source == "files" else doc_id
         await (
             OUTBOX_SOURCES[source]
             .get_pymongo_collection()
             .update_one(
-                {"_id": key, "outbox.id": change["id"]},
+                {"_id": outbox_id(source, doc_id), "outbox.id": change["id"]},
                 {"$set": {"outbox_pending": False}},
             )
         )
 
     async def flush_node(self, node: FileNode | Share) -> None:
         """Before replacing a document's outbox, make sure the change in it was delivered."""
-        source = "files" if isinstance(node, FileNode) else "acl"
-        running = self._background.get(f"{source}:{node.id}")
+        if not (node.outbox_pending and node.outbox):
+            return
+        source = outbox_source(node)
+        change_id, running = self._background.get(f"{source}:{node.id}", (None, None))
+        # This process is still delivering it: wait, and if that delivered this very
+        # change, the caller's copy of the marker is merely stale.
         if running is not None:
-            await asyncio.shield(running)  # never raises: _flush_later logs its errors
-        if node.outbox_pending and node.outbox:
-            await self.flush(source, str(node.id), node.outbox)
+            delivered = await asyncio.shield(running)
+            if delivered and change_id == node.outbox["id"]:
+                return
+        await self.flush(source, str(node.id), node.outbox)
 
     async def sweep(self, older_than: float = 2.0) -> int:
         """Fan out every change left marked longer than `older_than` seconds."""

@@ -186,19 +186,12 @@ class HistoryService:
         if await self.files.node_by_path(wanted) is None:
             return wanted
         parent, name = paths.split(wanted)
-        stem, dot, ext = (
-            name.rpartition(".")
-            if kind == "file" and "." in name[1:]
-            else (
-                name,
-                "",
-                "",
-            )
-        )
+        has_extension = kind == "file" and "." in name[1:]
+        stem, dot, ext = name.rpartition(".") if has_extension else (name, "", "")
         for n in range(1, 1000):
             label = "restored" if n == 1 else f"restored {n}"
             candidate = f"{stem} ({label}){dot}{ext}"
-            path = paths.normalize_path(parent.rstrip("/") + "/" + candidate)
+            path = paths.join(parent, candidate)
             if await self.files.node_by_path(path) is None:
                 return path
         raise BadRequest("too many items with that name", code="exists")

@@ -71,6 +71,11 @@ def subtree_range(key: str) -> dict[str, str]:
     return {"$gt": key + "/", "$lt": key + "0"}
 
 
+def join(parent: str, relative: str) -> str:
+    """`relative` (one name or "a/b") under the folder `parent`, validated like any path."""
+    return normalize_path(parent.rstrip("/") + "/" + relative.lstrip("/"))
+
+
 def relative_path(owner_path: str, root_path: str, root_name: str) -> str:
     """How a share recipient sees `owner_path`: under "/<root name>" instead of `root_path`."""
     return "/" + root_name + owner_path[len(root_path) :]

@@ -206,7 +206,7 @@ class FileService:
             if not isinstance(name, str) or not name.strip("/"):
                 raise BadRequest("name is required with parent_id", code="invalid_path")
             relative = paths.normalize_path("/" + name)
-            full = paths.normalize_path(parent.path.rstrip("/") + relative)
+            full = paths.join(parent.path, relative)
             return scoped, full
         if path is None:
             raise BadRequest("give path, or parent_id and name", code="invalid_path")
@@ -737,7 +737,7 @@ class FileService:
                         "cannot move between different owners' files", code="invalid_move"
                     )
                 parent_path = parent.path
-            new_path = paths.normalize_path(parent_path.rstrip("/") + "/" + name)
+            new_path = paths.join(parent_path, name)
         updated = await scoped._move(node, new_path)
         access = await resolve_access(str(self.user.id), updated)
         return replace(scoped, access=access or scoped.access).out(updated)

@@ -85,32 +85,37 @@ async def audience_for(
     Computed by the writer just before its write, and stored with the change, so fan-out
     needs no lookups and shows each recipient the paths as they were at the change.
     Entries: {"id", "new": [root_path, root_name] | None, "old": [...] | None,
-    "roots": [[root_id, root_name], ...]} where `roots` lists shared folders *below* a
-    trashed or restored folder (their recipients see their own root go or come back).
+    "roots": [[root_id, root_name, kind], ...]} where `roots` lists shared items *below*
+    a trashed or restored folder (their recipients see their own root go or come back).
     """
-    live = {"owner_id": owner_id, "role": {"$in": list(ROLES)}}
-    # Most owners share nothing: a bare existence check keeps every write's cost low.
-    if await Share.get_pymongo_collection().find_one(live, {"_id": 1}) is None:
+    # Runs before every write: one indexed query, raw and projected (most owners share
+    # nothing, and then this is all it costs).
+    grants = await (
+        Share.get_pymongo_collection()
+        .find({"owner_id": owner_id, "role": {"$in": list(ROLES)}}, {"file_id": 1, "user_id": 1})
+        .to_list()
+    )
+    if not grants:
         return []
-    grants = await Share.find(live).to_list()
     roots = {
         str(n.id): n
         for n in await FileNode.find(
-            {"_id": {"$in": list({PydanticObjectId(g.file_id) for g in grants})}}
+            {"_id": {"$in": list({PydanticObjectId(g["file_id"]) for g in grants})}}
         ).to_list()
     }
     out: dict[str, dict[str, Any]] = {}
     for grant in grants:
-        root = roots.get(grant.file_id)
+        grant_file, user_id = grant["file_id"], grant["user_id"]
+        root = roots.get(grant_file)
         if root is None:
             continue
-        if grant.file_id == file_id:
+        if grant_file == file_id:
             root_new, root_old = new_path, old_path or new_path
         elif root.deleted_at is not None and not includes_descendants:
             continue
         else:
             root_new = root_old = root.path
-        entry = out.setdefault(grant.user_id, {"id": grant.user_id, "new": None, "old": None})
+        entry = out.setdefault(user_id, {"id": user_id, "new": None, "old": None})
         _, new_name = paths.split(root_new)
         if paths.within(new_path, root_new) and _outer(entry["new"], root_new):
             entry["new"] = [root_new, new_name]
@@ -120,11 +125,11 @@ async def audience_for(
                 entry["old"] = [root_old, old_name]
         if (
             includes_descendants
-            and grant.file_id != file_id
+            and grant_file != file_id
             and paths.within(root.path, new_path)
             and not paths.within(new_path, root.path)
         ):
-            entry.setdefault("roots", []).append([grant.file_id, root.name, root.kind])
+            entry.setdefault("roots", []).append([grant_file, root.name, root.kind])
     return [e for e in out.values() if e["new"] or e["old"] or e.get("roots")]
 
 

@@ -125,7 +125,7 @@ async def target(opened: OpenLink, raw_path: str | None) -> tuple[FileNode, str]
         raise LinkPageError(400, "Bad path", exc.message) from None
     node = await FileNode.find_one(
         FileNode.owner_id == opened.root.owner_id,
-        FileNode.live_key == paths.path_key(opened.root.path.rstrip("/") + relative),
+        FileNode.live_key == paths.path_key(paths.join(opened.root.path, relative)),
     )
     if node is None or not node.committed:
         raise LinkPageError(404, "Not found", "There is no such item in this shared folder.")
