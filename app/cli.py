@@ -3,6 +3,8 @@
     coffer-server run       MongoDB-protocol server, Redis, worker and web, data in ./data
     coffer-server web       the web app only (Procfile `web`)
     coffer-server worker    the arq worker only (Procfile `worker`)
+    coffer-server backup DEST        consistent snapshot of metadata and blobs (may run live)
+    coffer-server restore SRC        put a backup back into the data dir (Coffer stopped)
 
 `run` starts nx-27017 and redis-server as child processes unless MONGODB_URL / REDIS_URL
 are set, supervises every child (restarting web and worker if they die) and on Ctrl-C
@@ -212,7 +214,25 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("run", help="start the whole embedded stack")
     sub.add_parser("web", help="run the web app (uvicorn)")
     sub.add_parser("worker", help="run the arq worker")
+    p = sub.add_parser("backup", help="snapshot metadata and blobs into DEST (may run live)")
+    p.add_argument("dest", type=Path)
+    p = sub.add_parser("restore", help="restore a backup into the data dir (stop Coffer first)")
+    p.add_argument("src", type=Path)
+    p.add_argument("--force", action="store_true", help="move existing data aside first")
     args = parser.parse_args(argv)
+    if args.command in ("backup", "restore"):
+        import json
+
+        from app import backup
+
+        settings = get_settings()
+        result = (
+            backup.backup(settings, args.dest)
+            if args.command == "backup"
+            else backup.restore(settings, args.src, args.force)
+        )
+        print(json.dumps(result))
+        return
     {"run": run_stack, "web": run_web, "worker": run_worker}[args.command]()
 
 

@@ -7,7 +7,14 @@ from pymongo import AsyncMongoClient
 
 from app.auth.models import ApiToken, BrowserSession, User
 from app.events.models import Event, EventCounter
-from app.files.models import ChunkMapPage, FileNode, FileVersion, StoredChunk, UploadSession
+from app.files.models import (
+    ChunkMapPage,
+    FileNode,
+    FileVersion,
+    MaintenanceState,
+    StoredChunk,
+    UploadSession,
+)
 from app.settings import Settings
 from app.sharing.models import RateCounter, Share, SharedWithMe, ShareLink
 
@@ -20,6 +27,7 @@ DOCUMENT_MODELS = [
     ChunkMapPage,
     StoredChunk,
     UploadSession,
+    MaintenanceState,
     Event,
     EventCounter,
     Share,

@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     version_retention_days: int = 30
     trash_retention_days: int = 30
     keep_min_versions: int = 10
+    # Scrub: re-hash every stored chunk, at most this many bytes per second, in runs of at
+    # most `scrub_run_seconds` every 10 minutes, resuming where the last run stopped.
+    scrub_bytes_per_second: int = 32 * MIB
+    scrub_run_seconds: int = 540
+    # Garbage collection deletes a chunk no version references only if no upload has
+    # PUT it or been told to skip it for this long (the dedup race window).
+    gc_grace_seconds: int = 24 * 3600
+    # A collector that dies holds its lease this long; a live one renews it every batch.
+    gc_lease_seconds: float = 60
     # Default per-user quota in bytes; 0 means unlimited.
     default_quota_bytes: int = 0
 

@@ -16,6 +16,8 @@ from beanie import PydanticObjectId
 from app.db import connect
 from app.events.hub import Hub
 from app.events.service import OUTBOX_SOURCES, ChangeFeed, outbox_id
+from app.files.gc import GarbageCollector, pause_file_for
+from app.files.integrity import scrub
 from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession
 from app.files.retention import empty_trash, thin_versions
 from app.files.service import finish_all_pending_ops
@@ -93,6 +95,27 @@ async def apply_retention(ctx: dict[str, Any]) -> dict[str, int]:
     }
 
 
+async def scrub_chunks(ctx: dict[str, Any], budget_seconds: float | None = None) -> dict[str, int]:
+    """Re-hash stored chunks, rate-limited, resuming where the last run stopped."""
+    return await scrub(
+        ctx["store"],
+        bytes_per_second=settings.scrub_bytes_per_second,
+        budget_seconds=settings.scrub_run_seconds if budget_seconds is None else budget_seconds,
+    )
+
+
+async def collect_garbage(
+    ctx: dict[str, Any], grace_seconds: float | None = None
+) -> dict[str, int]:
+    """Delete chunks no version references and no upload used within the grace period."""
+    return await GarbageCollector(
+        ctx["store"],
+        grace_seconds=settings.gc_grace_seconds if grace_seconds is None else grace_seconds,
+        pause_file=pause_file_for(settings.data_dir.resolve()),
+        lease_seconds=settings.gc_lease_seconds,
+    ).run()
+
+
 class WorkerSettings:
     functions = [
         fan_out_change,
@@ -100,12 +123,16 @@ class WorkerSettings:
         finish_interrupted_ops,
         expire_uploads,
         apply_retention,
+        scrub_chunks,
+        collect_garbage,
     ]
     cron_jobs = [
         cron(sweep_outboxes, second=set(range(0, 60, 2)), run_at_startup=True),
         cron(finish_interrupted_ops, second={0, 30}, run_at_startup=True),
         cron(expire_uploads, minute={7, 37}, second=0),
         cron(apply_retention, minute={17}, second=0),
+        cron(scrub_chunks, minute=set(range(3, 60, 10)), second=0),
+        cron(collect_garbage, hour={1, 7, 13, 19}, minute={47}, second=0),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -88,6 +88,7 @@ class Stack:
             "COFFER_SECRET_KEY": "test-secret-key-" + self.root.name,
             "COFFER_HOST": "127.0.0.1",
             "COFFER_FSYNC": "false",
+            "COFFER_GC_LEASE_SECONDS": "2",
             **self.env,
         }
 

@@ -33,6 +33,7 @@ def version_out(version: FileVersion) -> dict[str, Any]:
         "content_hash": version.content_hash,
         "modified_at": iso(version.committed_at or version.created_at),
         "author_device": version.author_device,
+        "damaged": version.damaged,
     }
 
 
@@ -92,6 +93,7 @@ class HistoryService:
             chunk_count=old.chunk_count,
             author_device=self.files.device,
             restored_from=number,
+            damaged=old.damaged,
             created_at=now(),
         )
         await copy.insert()

@@ -51,6 +51,8 @@ class FileNode(Document):
     deleted_ms: int = 0  # when it was trashed, epoch ms: the trash's sort key
     # A folder move or trash still being applied to the folder's descendants.
     pending_op: dict[str, str] | None = None
+    # The head version uses a chunk the store lost or holds damaged (see integrity.py).
+    damaged: bool = False
     # The outbox: the last change made to this node, and whether every recipient's feed
     # has it yet (see app/events/service.py).
     outbox: dict[str, Any] | None = None
@@ -79,6 +81,7 @@ class FileVersion(Document):
     chunk_count: int
     author_device: str | None = None
     restored_from: int | None = None  # made by restoring this earlier version
+    damaged: bool = False  # uses a chunk marked corrupt or missing
     created_at: datetime
     committed_at: datetime | None = None
 
@@ -108,12 +111,17 @@ class StoredChunk(Document):
     owner_id: str
     sha256: str
     size: int
-    state: Literal["stored", "corrupt", "missing"] = "stored"
+    # "deleting": garbage collection is removing it; no upload may count on it.
+    # "unverified": a blob found in the store with no record (see gc.py).
+    state: Literal["stored", "corrupt", "missing", "deleting", "unverified"] = "stored"
     verified: bool = False
     created_at: datetime
     # When the chunk was last PUT (epoch ms; nx-27017 compares datetimes by the second):
     # a share editor's upload may skip only chunks PUT since it began.
     put_ms: int = 0
+    # When an upload last counted on this chunk (PUT it, or was told to skip it): garbage
+    # collection leaves alone whatever was used within its grace period.
+    used_ms: int = 0
 
     class Settings:
         name = "chunks"
@@ -145,3 +153,17 @@ class UploadSession(Document):
             ),
             IndexModel([("expires_at", ASCENDING)]),
         ]
+
+
+class MaintenanceState(Document):
+    """Progress of a background pass (scrub cursor, GC lease), so a restart resumes it."""
+
+    id: str  # "scrub", "gc"
+    cursor: str = ""
+    passes: int = 0
+    last_pass_ms: int = 0
+    lease_until_ms: int = 0
+    stats: dict[str, int] = {}
+
+    class Settings:
+        name = "maintenance"

@@ -11,7 +11,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from app.errors import BadRequest
+from app.errors import BadRequest, CorruptData
 from app.files.history import HistoryService
 from app.files.models import FileNode, FileVersion
 from app.files.schemas import (
@@ -130,6 +130,12 @@ async def content_response(
         **(extra_headers or {}),
     }
     media_type = media_type or mimetypes.guess_type(node.name)[0] or "application/octet-stream"
+    if version.damaged:
+        raise CorruptData(
+            "this version uses data the server lost or found corrupt; upload it again from "
+            "a device that has it, or restore another version",
+            code="damaged_file",
+        )
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
     if version.size == 0:

@@ -68,6 +68,8 @@ class FileOut(msgspec.Struct):
     modified_at: str
     role: str = "owner"
     owner: str | None = None
+    # Uses a chunk the server lost or found corrupt: downloads fail until it is healed.
+    damaged: bool = False
 
 
 class ListOut(msgspec.Struct):
@@ -96,6 +98,7 @@ class VersionOut(msgspec.Struct):
     content_hash: str
     modified_at: str
     author_device: str | None
+    damaged: bool = False
 
 
 class TrashItemOut(msgspec.Struct):

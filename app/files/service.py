@@ -30,14 +30,15 @@ from app.auth.models import User
 from app.errors import (
     BadRequest,
     Conflict,
-    CorruptData,
     Forbidden,
     InsufficientStorage,
     NotFound,
     RangeNotSatisfiable,
+    ServiceUnavailable,
 )
 from app.events.service import ChangeFeed, epoch_ms, make_change
 from app.files import paths
+from app.files.integrity import read_verified_chunk, record_stored_chunk, touch_chunks
 from app.files.models import (
     PAGE_SIZE,
     ChunkMapPage,
@@ -89,6 +90,7 @@ def file_out(node: FileNode, access: Access = OWNER, owner: str | None = None) -
         "version": node.version,
         "modified_at": iso(node.modified_at),
         "role": access.role,
+        "damaged": node.damaged,
     }
     if owner is not None:
         out["owner"] = owner
@@ -490,6 +492,9 @@ class FileService:
     async def _stored_set(self, hashes: set[str], since_ms: int = 0) -> set[str]:
         """Which of these chunk hashes the owner has stored (and not known corrupt)."""
         have: set[str] = set()
+        # Touch before reading: garbage collection either sees the touch and keeps the
+        # chunk, or marked it "deleting" first and the read below reports it missing.
+        await touch_chunks(self.owner, hashes)
         ids = [f"{self.owner}:{h}" for h in hashes]
         query: dict[str, Any] = {"state": "stored"}
         if since_ms:
@@ -548,7 +553,10 @@ class FileService:
                 if h.hexdigest() != sha or n != sizes[sha]:
                     await self.store.delete(owner, sha)
                     return None
-                await record_stored_chunk(self.owner, sha, n, verified=True)
+                try:
+                    await record_stored_chunk(self.owner, sha, n, verified=True)
+                except ServiceUnavailable:
+                    return None  # being garbage-collected: it must be sent again
                 return sha
 
         results = await asyncio.gather(*(verify(sha) for sha in hashes))
@@ -637,6 +645,7 @@ class FileService:
                         "committed": True,
                         "version": new_version,
                         "head_version_id": str(version.id),
+                        "damaged": version.damaged,
                         "size": version.size,
                         "content_hash": version.content_hash,
                         "modified_at": t,
@@ -852,22 +861,6 @@ async def _close_session(session: UploadSession) -> None:
     )
 
 
-async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: bool) -> None:
-    await StoredChunk.get_pymongo_collection().update_one(
-        {"_id": f"{owner}:{sha256}"},
-        {
-            "$set": {
-                "state": "stored",
-                "verified": verified,
-                "size": size,
-                "put_ms": epoch_ms(now()),
-            },
-            "$setOnInsert": {"owner_id": owner, "sha256": sha256, "created_at": now()},
-        },
-        upsert=True,
-    )
-
-
 async def _add_usage(owner: str, delta: int) -> None:
     if delta:
         await User.get_pymongo_collection().update_one(
@@ -1035,30 +1028,6 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
             headers={"Content-Range": f"bytes */{size}"},
         )
     return ByteRange(start, min(end, size - 1))
-
-
-async def read_verified_chunk(store: BlobStore, owner: str, sha256: str, size: int) -> bytes:
-    """The chunk's bytes, verified against its hash; a mismatch is refused and recorded."""
-    try:
-        buf = await store.read_all(owner, sha256)
-    except FileNotFoundError:
-        await _mark_chunk(owner, sha256, "missing")
-        raise CorruptData(f"chunk {sha256} is missing from storage") from None
-    # hashlib releases the GIL: hashing in a thread overlaps with sending the last chunk.
-    if len(buf) != size or await asyncio.to_thread(_hex_sha256, buf) != sha256:
-        await _mark_chunk(owner, sha256, "corrupt")
-        raise CorruptData(f"chunk {sha256} is damaged in storage; refusing to serve it")
-    return buf
-
-
-def _hex_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-async def _mark_chunk(owner: str, sha256: str, state: str) -> None:
-    await StoredChunk.get_pymongo_collection().update_one(
-        {"_id": f"{owner}:{sha256}"}, {"$set": {"state": state}}
-    )
 
 
 async def chunk_spans(

@@ -33,6 +33,10 @@ class BlobStore(Protocol):
 
     async def delete(self, owner: str, sha256: str) -> None: ...
 
+    def list_chunks(self, owner: str) -> AsyncIterator[tuple[str, int]]:
+        """(sha256, last-modified epoch ms) of every blob stored for the owner."""
+        ...
+
     async def check(self) -> None:
         """Raise when the store cannot be reached (readiness probe)."""
         ...

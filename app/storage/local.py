@@ -102,6 +102,16 @@ class LocalBlobStore:
         with contextlib.suppress(FileNotFoundError):
             self.path(owner, sha256).unlink()
 
+    async def list_chunks(self, owner: str) -> AsyncIterator[tuple[str, int]]:
+        base = self.root / "chunks" / owner
+        if not base.is_dir():
+            return
+        for prefix in sorted(os.listdir(base)):
+            entries = await asyncio.to_thread(lambda p=prefix: list(os.scandir(base / p)))
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    yield entry.name, int(entry.stat().st_mtime * 1000)
+
     async def check(self) -> None:
         probe = self.tmp_dir / f"ready-{uuid.uuid4().hex}"
         probe.write_bytes(b"ok")

@@ -11,7 +11,7 @@ import re
 from litestar import Request, Response, get, put
 
 from app.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
-from app.files.service import read_verified_chunk, record_stored_chunk
+from app.files.integrity import read_verified_chunk, record_stored_chunk
 from app.settings import Settings, get_settings
 from app.storage.base import BlobStore
 from app.storage.local import LocalBlobStore

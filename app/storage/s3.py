@@ -97,6 +97,12 @@ class S3BlobStore:
     async def delete(self, owner: str, sha256: str) -> None:
         await self._client.delete_object(Bucket=self.bucket, Key=chunk_key(owner, sha256))
 
+    async def list_chunks(self, owner: str) -> AsyncIterator[tuple[str, int]]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=f"chunks/{owner}/"):
+            for obj in page.get("Contents", []):
+                yield obj["Key"].rsplit("/", 1)[-1], int(obj["LastModified"].timestamp() * 1000)
+
     async def check(self) -> None:
         await self._client.head_bucket(Bucket=self.bucket)
 

@@ -1,0 +1,295 @@
+"""Chunk integrity: what the store holds, what went bad, which files it hurts, and healing.
+
+A chunk record (`StoredChunk`) is the authority on whether an upload may count on a chunk:
+- `stored`: present and verified (on write for the local store, by hashing it in the
+  bucket for S3). Every read re-verifies; a mismatch marks it `corrupt`, an absent blob
+  `missing`, and the scrub finds the same slowly in the background.
+- A bad chunk flags every version that uses it (and the file, when it is the head) as
+  `damaged`. The next PUT of the same bytes, by any client that still has them (an
+  upload asks for every chunk that is not `stored`), turns it back to `stored` and clears
+  the flags of versions whose chunks are all good again.
+- `deleting`: garbage collection is removing it (see gc.py); nothing may count on it, and
+  a PUT arriving meanwhile is asked to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from beanie import PydanticObjectId
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from app.errors import CorruptData, ServiceUnavailable
+from app.files.models import ChunkMapPage, FileNode, FileVersion, MaintenanceState, StoredChunk
+from app.storage.base import BlobStore
+
+log = logging.getLogger("coffer.integrity")
+BATCH = 500
+_background: set[asyncio.Task[Any]] = set()
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def chunk_id(owner: str, sha256: str) -> str:
+    return f"{owner}:{sha256}"
+
+
+async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: bool) -> None:
+    """A verified copy of the chunk is in the store now: mark it stored (and heal).
+
+    Refused with 503 while garbage collection is deleting the chunk: the blob just
+    written may be removed under it, so the client must send it again a moment later.
+    """
+    t = now_ms()
+    try:
+        before = await StoredChunk.get_pymongo_collection().find_one_and_update(
+            {"_id": chunk_id(owner, sha256), "state": {"$ne": "deleting"}},
+            {
+                "$set": {
+                    "state": "stored",
+                    "verified": verified,
+                    "size": size,
+                    "put_ms": t,
+                    "used_ms": t,
+                },
+                "$setOnInsert": {
+                    "owner_id": owner,
+                    "sha256": sha256,
+                    "created_at": datetime.now(UTC),
+                },
+            },
+            upsert=True,
+            return_document=ReturnDocument.BEFORE,
+        )
+    except DuplicateKeyError:
+        raise ServiceUnavailable(
+            "this chunk is being garbage-collected; send it again in a second",
+            code="chunk_busy",
+            headers={"Retry-After": "1"},
+        ) from None
+    if before is not None and before.get("state") in ("corrupt", "missing"):
+        log.warning("chunk %s of %s healed by a new upload", sha256, owner)
+        await heal(owner)
+
+
+async def touch_chunks(owner: str, hashes: Iterable[str]) -> None:
+    """An upload counts on these chunks: keep garbage collection off them for its grace."""
+    ids = [chunk_id(owner, sha) for sha in hashes]
+    t = now_ms()
+    for start in range(0, len(ids), 1000):
+        await StoredChunk.get_pymongo_collection().update_many(
+            {"_id": {"$in": ids[start : start + 1000]}, "state": "stored"},
+            {"$set": {"used_ms": t}},
+        )
+
+
+async def read_verified_chunk(store: BlobStore, owner: str, sha256: str, size: int) -> bytes:
+    """The chunk's bytes, verified against its hash; a mismatch is refused and recorded."""
+    try:
+        buf = await store.read_all(owner, sha256)
+    except FileNotFoundError:
+        _in_background(mark_chunk(owner, sha256, "missing"))
+        raise CorruptData(f"chunk {sha256} is missing from storage") from None
+    # hashlib releases the GIL: hashing in a thread overlaps with sending the last chunk.
+    if len(buf) != size or await asyncio.to_thread(_hex_sha256, buf) != sha256:
+        _in_background(mark_chunk(owner, sha256, "corrupt"))
+        raise CorruptData(f"chunk {sha256} is damaged in storage; refusing to serve it")
+    return buf
+
+
+def _hex_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _in_background(coro: Any) -> None:
+    """Run bookkeeping after the error is answered (kept referenced until it finishes)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def mark_chunk(owner: str, sha256: str, state: str, seen_put_ms: int | None = None) -> bool:
+    """Mark a stored chunk corrupt or missing, and flag the files that use it.
+
+    `seen_put_ms`: the scrub's reading of the record before it hashed the blob; if the chunk
+    was PUT again since, the bytes it judged are gone and the mark is not made.
+    """
+    query: dict[str, Any] = {"_id": chunk_id(owner, sha256), "state": "stored"}
+    if seen_put_ms is not None:
+        query["put_ms"] = seen_put_ms
+    result = await StoredChunk.get_pymongo_collection().update_one(
+        query, {"$set": {"state": state}}
+    )
+    if not result.modified_count:
+        return False
+    log.error("chunk %s of owner %s is %s", sha256, owner, state)
+    await flag_damaged(owner, {sha256})
+    return True
+
+
+async def _versions_using(owner: str, hashes: set[str]) -> list[str]:
+    """Ids of the owner's versions whose chunk maps contain any of these hashes."""
+    hits: list[str] = []
+    version_ids = [
+        str(doc["_id"])
+        async for doc in FileVersion.get_pymongo_collection().find({"owner_id": owner}, {"_id": 1})
+    ]
+    for start in range(0, len(version_ids), BATCH):
+        async for page in ChunkMapPage.get_pymongo_collection().find(
+            {"version_id": {"$in": version_ids[start : start + BATCH]}},
+            {"version_id": 1, "chunks": 1},
+        ):
+            if page["version_id"] not in hits and any(sha in hashes for sha, _ in page["chunks"]):
+                hits.append(page["version_id"])
+    return hits
+
+
+async def flag_damaged(owner: str, hashes: set[str]) -> int:
+    """Flag every version (and head file) of the owner that uses one of these chunks."""
+    hits = await _versions_using(owner, hashes)
+    if hits:
+        await FileVersion.get_pymongo_collection().update_many(
+            {"_id": {"$in": [PydanticObjectId(v) for v in hits]}}, {"$set": {"damaged": True}}
+        )
+        await FileNode.get_pymongo_collection().update_many(
+            {"owner_id": owner, "head_version_id": {"$in": hits}}, {"$set": {"damaged": True}}
+        )
+    return len(hits)
+
+
+async def version_chunks(version_id: str) -> set[str]:
+    return {
+        sha
+        async for page in ChunkMapPage.get_pymongo_collection().find(
+            {"version_id": version_id}, {"chunks": 1}
+        )
+        for sha, _ in page["chunks"]
+    }
+
+
+async def all_stored(owner: str, hashes: set[str]) -> bool:
+    ids = [chunk_id(owner, sha) for sha in hashes]
+    good = 0
+    for start in range(0, len(ids), 1000):
+        good += await StoredChunk.get_pymongo_collection().count_documents(
+            {"_id": {"$in": ids[start : start + 1000]}, "state": "stored"}
+        )
+    return good == len(ids)
+
+
+async def heal(owner: str) -> int:
+    """Clear the damaged flag of the owner's versions whose chunks are all stored again."""
+    healed = 0
+    async for version in FileVersion.get_pymongo_collection().find(
+        {"owner_id": owner, "damaged": True}, {"_id": 1}
+    ):
+        vid = str(version["_id"])
+        if await all_stored(owner, await version_chunks(vid)):
+            await FileVersion.get_pymongo_collection().update_one(
+                {"_id": version["_id"]}, {"$set": {"damaged": False}}
+            )
+            await FileNode.get_pymongo_collection().update_many(
+                {"owner_id": owner, "head_version_id": vid}, {"$set": {"damaged": False}}
+            )
+            healed += 1
+    return healed
+
+
+async def hash_in_store(store: BlobStore, owner: str, sha256: str, size: int) -> str:
+    """'stored', 'corrupt' or 'missing': the blob as it is in the store now."""
+    if await store.stat(owner, sha256) is None:
+        return "missing"
+    hasher = hashlib.sha256()
+    length = 0
+    try:
+        async for piece in store.read(owner, sha256):
+            length += len(piece)
+            await asyncio.to_thread(hasher.update, piece)
+    except FileNotFoundError:
+        return "missing"
+    return "stored" if length == size and hasher.hexdigest() == sha256 else "corrupt"
+
+
+async def scrub(
+    store: BlobStore, *, bytes_per_second: int, budget_seconds: float
+) -> dict[str, int]:
+    """Re-hash stored chunks in `_id` order from where the last run stopped.
+
+    Reads at most `bytes_per_second` and stops after `budget_seconds`; the cursor is saved
+    after every batch, so a killed run loses at most one batch of work.
+    """
+    coll = MaintenanceState.get_pymongo_collection()
+    await coll.update_one({"_id": "scrub"}, {"$setOnInsert": {"cursor": ""}}, upsert=True)
+    state = await coll.find_one({"_id": "scrub"}) or {}
+    cursor: str = state.get("cursor", "")
+    stats = {"checked": 0, "bytes": 0, "corrupt": 0, "missing": 0, "recovered": 0, "passes": 0}
+    started = time.monotonic()
+    deadline = started + budget_seconds
+    while time.monotonic() < deadline:
+        batch = (
+            await StoredChunk.get_pymongo_collection()
+            .find({"_id": {"$gt": cursor}})
+            .sort("_id", 1)
+            .limit(100)
+            .to_list()
+        )
+        if not batch:
+            cursor = ""
+            stats["passes"] += 1
+            await coll.update_one(
+                {"_id": "scrub"},
+                {"$set": {"cursor": "", "last_pass_ms": now_ms()}, "$inc": {"passes": 1}},
+            )
+            break
+        for doc in batch:
+            cursor = doc["_id"]
+            if doc.get("state") == "deleting":
+                continue
+            await _scrub_one(store, doc, stats)
+            # Pace the reads: never more than bytes_per_second on average.
+            ahead = stats["bytes"] / bytes_per_second - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            if time.monotonic() >= deadline:
+                break
+        await coll.update_one({"_id": "scrub"}, {"$set": {"cursor": cursor}})
+    return stats
+
+
+async def _scrub_one(store: BlobStore, doc: dict[str, Any], stats: dict[str, int]) -> None:
+    owner, sha, size = doc["owner_id"], doc["sha256"], doc["size"]
+    found = await hash_in_store(store, owner, sha, size)
+    stats["checked"] += 1
+    stats["bytes"] += size
+    was = doc.get("state", "stored")
+    if found == was:
+        if found == "stored" and not doc.get("verified"):
+            await StoredChunk.get_pymongo_collection().update_one(
+                {"_id": doc["_id"], "put_ms": doc.get("put_ms", 0)}, {"$set": {"verified": True}}
+            )
+        return
+    if found == "stored":
+        # Good bytes where the record said bad (an operator put the blob back, or a PUT
+        # raced this read): believe the bytes and heal.
+        result = await StoredChunk.get_pymongo_collection().update_one(
+            {"_id": doc["_id"], "state": was}, {"$set": {"state": "stored", "verified": True}}
+        )
+        if result.modified_count:
+            stats["recovered"] += 1
+            await heal(owner)
+        return
+    if was != "stored":  # e.g. an adopted blob that turns out bad: no file counts on it
+        await StoredChunk.get_pymongo_collection().update_one(
+            {"_id": doc["_id"], "state": was}, {"$set": {"state": found}}
+        )
+    elif await mark_chunk(owner, sha, found, seen_put_ms=doc.get("put_ms", 0)):
+        stats[found] += 1
