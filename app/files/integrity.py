@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from beanie import PydanticObjectId
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from app.errors import CorruptData, ServiceUnavailable
@@ -50,17 +49,22 @@ async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: b
     written may be removed under it, so the client must send it again a moment later.
     """
     t = now_ms()
+    stored = {"state": "stored", "verified": verified, "size": size, "put_ms": t, "used_ms": t}
+    coll = StoredChunk.get_pymongo_collection()
+    # A chunk that had gone bad comes back: the files that use it may be whole again.
+    revived = await coll.update_one(
+        {"_id": chunk_id(owner, sha256), "state": {"$in": ["corrupt", "missing", "unverified"]}},
+        {"$set": stored},
+    )
+    if revived.modified_count:
+        log.warning("chunk %s of %s healed by a new upload", sha256, owner)
+        await heal(owner)
+        return
     try:
-        before = await StoredChunk.get_pymongo_collection().find_one_and_update(
+        await coll.update_one(
             {"_id": chunk_id(owner, sha256), "state": {"$ne": "deleting"}},
             {
-                "$set": {
-                    "state": "stored",
-                    "verified": verified,
-                    "size": size,
-                    "put_ms": t,
-                    "used_ms": t,
-                },
+                "$set": stored,
                 "$setOnInsert": {
                     "owner_id": owner,
                     "sha256": sha256,
@@ -68,7 +72,6 @@ async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: b
                 },
             },
             upsert=True,
-            return_document=ReturnDocument.BEFORE,
         )
     except DuplicateKeyError:
         raise ServiceUnavailable(
@@ -76,9 +79,6 @@ async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: b
             code="chunk_busy",
             headers={"Retry-After": "1"},
         ) from None
-    if before is not None and before.get("state") in ("corrupt", "missing"):
-        log.warning("chunk %s of %s healed by a new upload", sha256, owner)
-        await heal(owner)
 
 
 async def touch_chunks(owner: str, hashes: Iterable[str]) -> None:
