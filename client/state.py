@@ -1,0 +1,113 @@
+"""The sync state of one folder: SQLite in `<folder>/.coffer/state.db`.
+
+For every synced path: the server's file id and version, and what the local file looked
+like when both sides last agreed (size, mtime, content hash, chunk hashes). A file whose
+size and mtime still match is not re-read. The feed cursor is stored here too, and written
+only after the changes before it are applied, so a crash replays rather than skips.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    path TEXT PRIMARY KEY,          -- relative, '/'-separated, as on the server
+    kind TEXT NOT NULL,             -- 'file' or 'folder'
+    file_id TEXT,
+    version INTEGER,
+    size INTEGER,
+    mtime_ns INTEGER,
+    content_hash TEXT,
+    chunks TEXT                     -- JSON [[sha256, size], ...]
+);
+CREATE INDEX IF NOT EXISTS entries_file_id ON entries(file_id);
+"""
+
+
+@dataclass
+class Entry:
+    path: str
+    kind: str
+    file_id: str | None = None
+    version: int | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    content_hash: str | None = None
+    chunks: list[tuple[str, int]] | None = None
+
+
+class SyncState:
+    def __init__(self, folder: Path) -> None:
+        self.dir = folder / ".coffer"
+        self.dir.mkdir(exist_ok=True)
+        (self.dir / "tmp").mkdir(exist_ok=True)
+        self.db = sqlite3.connect(self.dir / "state.db", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def get(self, path: str) -> Entry | None:
+        row = self.db.execute("SELECT * FROM entries WHERE path=?", (path,)).fetchone()
+        return self._entry(row) if row else None
+
+    def by_file_id(self, file_id: str) -> Entry | None:
+        row = self.db.execute("SELECT * FROM entries WHERE file_id=?", (file_id,)).fetchone()
+        return self._entry(row) if row else None
+
+    def all(self) -> dict[str, Entry]:
+        return {row[0]: self._entry(row) for row in self.db.execute("SELECT * FROM entries")}
+
+    def put(self, e: Entry) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                e.path,
+                e.kind,
+                e.file_id,
+                e.version,
+                e.size,
+                e.mtime_ns,
+                e.content_hash,
+                json.dumps(e.chunks) if e.chunks is not None else None,
+            ),
+        )
+
+    def delete(self, path: str) -> None:
+        """Forget the path and, for a folder, everything under it."""
+        self.db.execute(
+            "DELETE FROM entries WHERE path=? OR (path > ? AND path < ?)",
+            (path, path + "/", path + "0"),  # '0' sorts right after '/'
+        )
+
+    def chunk_source(self, sha: str) -> tuple[str, int] | None:
+        """A synced local file (path, offset) known to hold this chunk, to copy instead
+        of downloading it."""
+        for path, chunks in self.db.execute(
+            "SELECT path, chunks FROM entries WHERE chunks LIKE ?", (f'%"{sha}"%',)
+        ):
+            offset = 0
+            for chunk_sha, size in json.loads(chunks):
+                if chunk_sha == sha:
+                    return path, offset
+                offset += size
+        return None
+
+    @staticmethod
+    def _entry(row: tuple) -> Entry:
+        chunks = [tuple(c) for c in json.loads(row[7])] if row[7] else None
+        return Entry(row[0], row[1], row[2], row[3], row[4], row[5], row[6], chunks)  # type: ignore[arg-type]

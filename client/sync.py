@@ -1,0 +1,552 @@
+"""Two-way sync of one local folder with a folder of the account.
+
+Three-way comparison of every path: the local file, the server's file, and the state both
+had when they last agreed (client/state.py). Only the side that changed since is copied;
+when both changed to different content, the server's version takes the real name and the
+local one is kept as `name (conflicted copy DEVICE YYYY-MM-DD HHMMSS).ext` and uploaded.
+Nothing local is deleted unless it is exactly what was last synced.
+
+Downloads are assembled in `.coffer/tmp/` from chunks already on disk (any synced file,
+by hash) plus the missing ones fetched in parallel, verified against the content hash and
+renamed into place: a half-downloaded file never appears under its real name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from client.api import ApiError, CofferClient, chunk_hashes, content_hash, raise_for_error
+from client.state import Entry, SyncState
+
+DEFAULT_IGNORES = ["~$*", ".*.swp", "*.tmp", ".DS_Store", ".coffer", ".cofferignore"]
+
+
+@dataclass
+class Report:
+    uploaded: list[str] = field(default_factory=list)
+    downloaded: list[str] = field(default_factory=list)
+    deleted_local: list[str] = field(default_factory=list)
+    deleted_remote: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # unreadable local files, with reason
+
+    def total(self) -> int:
+        return sum(len(v) for v in vars(self).values())
+
+
+@dataclass
+class LocalFile:
+    size: int
+    mtime_ns: int
+
+
+class Ignore:
+    def __init__(self, root: Path) -> None:
+        self.patterns = list(DEFAULT_IGNORES)
+        with_file = root / ".cofferignore"
+        if with_file.exists():
+            for line in with_file.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    self.patterns.append(line.rstrip("/"))
+
+    def __call__(self, rel: str) -> bool:
+        parts = rel.split("/")
+        return any(fnmatch.fnmatch(p, pat) for p in parts for pat in self.patterns) or any(
+            fnmatch.fnmatch(rel, pat) for pat in self.patterns
+        )
+
+
+def conflict_name(rel: str, device: str, when: datetime | None = None) -> str:
+    p = PurePosixPath(rel)
+    stamp = (when or datetime.now()).strftime("%Y-%m-%d %H%M%S")
+    name = f"{p.stem} (conflicted copy {device} {stamp}){p.suffix}"
+    return str(p.with_name(name)) if str(p.parent) != "." else name
+
+
+class Syncer:
+    def __init__(
+        self,
+        api: CofferClient,
+        root: Path,
+        remote_root: str,
+        device: str,
+        *,
+        log: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        self.api = api
+        self.root = root.resolve()
+        self.remote_root = "/" + remote_root.strip("/") if remote_root.strip("/") else "/"
+        self.device = device
+        self.state = SyncState(self.root)
+        self.ignore = Ignore(self.root)
+        self.log = log
+        self.report = Report()
+        self.lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- paths
+
+    def remote_path(self, rel: str) -> str:
+        return self.remote_root.rstrip("/") + "/" + rel
+
+    def rel_of(self, remote: str) -> str | None:
+        """The relative path of a server path, or None when outside the synced folder."""
+        if self.remote_root == "/":
+            return remote.lstrip("/") or None
+        prefix = self.remote_root + "/"
+        if remote.casefold().startswith(prefix.casefold()):
+            return remote[len(prefix) :] or None
+        return None
+
+    def local(self, rel: str) -> Path:
+        return self.root / rel
+
+    # ---------------------------------------------------------------- scans
+
+    def scan_local(self) -> tuple[dict[str, LocalFile], set[str]]:
+        files: dict[str, LocalFile] = {}
+        dirs: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
+            keep = []
+            for d in dirnames:
+                rel = f"{rel_dir}/{d}" if rel_dir else d
+                if not self.ignore(rel) and not os.path.islink(os.path.join(dirpath, d)):
+                    keep.append(d)
+                    dirs.add(rel)
+            dirnames[:] = keep
+            for name in filenames:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if self.ignore(rel):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                except OSError:
+                    continue
+                if os.path.stat.S_ISREG(st.st_mode):
+                    files[rel] = LocalFile(st.st_size, st.st_mtime_ns)
+        return files, dirs
+
+    async def scan_remote(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        files: dict[str, dict[str, Any]] = {}
+        folders: dict[str, dict[str, Any]] = {}
+        pending = [self.remote_root]
+        while pending:
+            folder = pending.pop()
+            try:
+                items = await self.api.list(folder)
+            except ApiError as exc:
+                if exc.status == 404 and folder == self.remote_root:
+                    return files, folders
+                raise
+            for item in items:
+                rel = self.rel_of(item["path"])
+                if rel is None or self.ignore(rel):
+                    continue
+                if item["kind"] == "folder":
+                    folders[rel] = item
+                    pending.append(item["path"])
+                else:
+                    files[rel] = item
+        return files, folders
+
+    # ---------------------------------------------------------------- reconcile
+
+    async def reconcile(self) -> Report:
+        """One full pass: after it, both sides hold the same files (barring conflicts)."""
+        async with self.lock:
+            start_cursor = await self._latest_cursor()
+            if self.remote_root != "/":
+                await self._ensure_remote_folder(self.remote_root)
+            local_files, local_dirs = await asyncio.to_thread(self.scan_local)
+            remote_files, remote_folders = await self.scan_remote()
+            known = self.state.all()
+            await self._apply_remote_moves(remote_files, local_files, known)
+            known = self.state.all()
+            await self._apply_local_moves(remote_files, local_files, known)
+            known = self.state.all()
+
+            # Folders first (parents before children), so files have somewhere to go.
+            for rel in sorted(remote_folders.keys() - local_dirs):
+                if rel in known:
+                    continue  # deleted locally: handled after the files
+                self.local(rel).mkdir(parents=True, exist_ok=True)
+                self.state.put(Entry(rel, "folder", remote_folders[rel]["id"]))
+            for rel in sorted(local_dirs - remote_folders.keys()):
+                if rel in known and known[rel].kind == "folder":
+                    continue  # deleted remotely: handled after the files
+                folder = await self._ensure_remote_folder(self.remote_path(rel))
+                self.state.put(Entry(rel, "folder", folder["id"] if folder else None))
+            for rel in local_dirs & remote_folders.keys():
+                if rel not in known:
+                    self.state.put(Entry(rel, "folder", remote_folders[rel]["id"]))
+
+            for rel in sorted(
+                local_files.keys()
+                | remote_files.keys()
+                | set(p for p, e in known.items() if e.kind == "file")
+            ):
+                try:
+                    await self._sync_file(
+                        rel, local_files.get(rel), remote_files.get(rel), known.get(rel)
+                    )
+                except PermissionError as exc:
+                    self.report.skipped.append(f"{rel}: {exc.strerror or exc}")
+                    self.log(f"skipped {rel}: permission denied")
+
+            # Folders deleted on one side since the last sync.
+            for rel in sorted((e.path for e in known.values() if e.kind == "folder"), reverse=True):
+                here, there = rel in local_dirs, rel in remote_folders
+                if here and not there:
+                    self._remove_local_dir_if_empty(rel)
+                elif there and not here:
+                    await self._remove_remote_folder_if_synced(rel, remote_folders[rel])
+            if start_cursor is not None and self.state.get_meta("cursor") is None:
+                self.state.set_meta("cursor", str(start_cursor))
+            return self.report
+
+    async def _latest_cursor(self) -> int | None:
+        try:
+            body = await self.api.request("GET", "/api/file/events", params={"cursor": "latest"})
+        except ApiError:
+            return None
+        return int(body["cursor"])
+
+    async def _ensure_remote_folder(self, path: str) -> dict[str, Any] | None:
+        try:
+            return await self.api.request("POST", "/api/folder", json={"path": path})
+        except ApiError as exc:
+            if exc.code != "exists":
+                raise
+            return None
+
+    async def _apply_remote_moves(
+        self,
+        remote_files: dict[str, dict[str, Any]],
+        local_files: dict[str, LocalFile],
+        known: dict[str, Entry],
+    ) -> None:
+        """A file the server now has under another path: rename it here too."""
+        by_id = {e.file_id: e for e in known.values() if e.kind == "file" and e.file_id}
+        for rel, item in remote_files.items():
+            old = by_id.get(item["id"])
+            if old is None or old.path == rel or rel in local_files:
+                continue
+            here = local_files.get(old.path)
+            if here is None or not self._unchanged(here, old):
+                continue
+            target = self.local(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.local(old.path), target)
+            st = target.stat()
+            self.state.delete(old.path)
+            self.state.put(Entry(**{**vars(old), "path": rel, "mtime_ns": st.st_mtime_ns}))
+            local_files[rel] = LocalFile(st.st_size, st.st_mtime_ns)
+            del local_files[old.path]
+            self.report.moved.append(f"{old.path} -> {rel}")
+
+    async def _apply_local_moves(
+        self,
+        remote_files: dict[str, dict[str, Any]],
+        local_files: dict[str, LocalFile],
+        known: dict[str, Entry],
+    ) -> None:
+        """A synced file gone from its path while an identical new file appeared: a rename,
+        sent as a move (no re-upload)."""
+        vanished = {
+            e.content_hash: e
+            for e in known.values()
+            if e.kind == "file"
+            and e.path not in local_files
+            and e.path in remote_files
+            and remote_files[e.path]["content_hash"] == e.content_hash
+        }
+        if not vanished:
+            return
+        for rel, lf in local_files.items():
+            if rel in known or rel in remote_files:
+                continue
+            candidates = [e for e in vanished.values() if e.size == lf.size]
+            if not candidates:
+                continue
+            chunks = await asyncio.to_thread(chunk_hashes, self.local(rel))
+            old = vanished.get(content_hash(chunks))
+            if old is None or old.file_id is None:
+                continue
+            try:
+                moved = await self.api.request(
+                    "PATCH", f"/api/file/{old.file_id}", json={"path": self.remote_path(rel)}
+                )
+            except ApiError:
+                continue
+            del vanished[old.content_hash]
+            self.state.delete(old.path)
+            self.state.put(
+                Entry(
+                    rel,
+                    "file",
+                    old.file_id,
+                    moved["version"],
+                    lf.size,
+                    lf.mtime_ns,
+                    old.content_hash,
+                    chunks,
+                )
+            )
+            remote_files[rel] = moved
+            remote_files.pop(old.path, None)
+            self.report.moved.append(f"{old.path} -> {rel}")
+
+    @staticmethod
+    def _unchanged(lf: LocalFile, entry: Entry) -> bool:
+        return lf.size == entry.size and lf.mtime_ns == entry.mtime_ns
+
+    async def _local_hash(
+        self, rel: str, lf: LocalFile, entry: Entry | None
+    ) -> tuple[str, list[tuple[str, int]] | None]:
+        """Content hash of the local file; re-read only when size or mtime changed."""
+        if entry is not None and entry.content_hash and self._unchanged(lf, entry):
+            return entry.content_hash, entry.chunks
+        chunks = await asyncio.to_thread(chunk_hashes, self.local(rel))
+        return content_hash(chunks), chunks
+
+    async def _sync_file(
+        self,
+        rel: str,
+        lf: LocalFile | None,
+        remote: dict[str, Any] | None,
+        entry: Entry | None,
+    ) -> None:
+        if entry is not None and entry.kind != "file":
+            entry = None
+        if lf is None and remote is None:
+            if entry is not None:
+                self.state.delete(rel)
+            return
+        if lf is not None and remote is None:
+            local_hash, chunks = await self._local_hash(rel, lf, entry)
+            if entry is not None and local_hash == entry.content_hash:
+                # Deleted on the server, untouched here: delete here too.
+                self.local(rel).unlink(missing_ok=True)
+                self.state.delete(rel)
+                self.report.deleted_local.append(rel)
+                return
+            await self._upload(rel, None, chunks)
+            return
+        assert remote is not None
+        if lf is None:
+            if entry is not None and remote["content_hash"] == entry.content_hash:
+                # Deleted here, unchanged there: delete there (to the trash).
+                await self._delete_remote(remote["id"])
+                self.state.delete(rel)
+                self.report.deleted_remote.append(rel)
+                return
+            await self._download(rel, remote)
+            return
+        local_hash, chunks = await self._local_hash(rel, lf, entry)
+        if local_hash == remote["content_hash"]:
+            self.state.put(
+                Entry(
+                    rel,
+                    "file",
+                    remote["id"],
+                    remote["version"],
+                    lf.size,
+                    lf.mtime_ns,
+                    local_hash,
+                    chunks,
+                )
+            )
+            return
+        local_changed = entry is None or local_hash != entry.content_hash
+        remote_changed = entry is None or remote["content_hash"] != entry.content_hash
+        if local_changed and not remote_changed:
+            await self._upload(rel, remote["version"], chunks)
+        elif remote_changed and not local_changed:
+            await self._download(rel, remote)
+        else:
+            await self._conflict(rel, remote)
+
+    async def _upload(
+        self, rel: str, base_version: int | None, chunks: list[tuple[str, int]] | None
+    ) -> None:
+        path = self.local(rel)
+        st = path.stat()
+        if chunks is None:
+            chunks = await asyncio.to_thread(chunk_hashes, path)
+        try:
+            f = await self.api.upload(
+                path, self.remote_path(rel), base_version=base_version, chunks=chunks
+            )
+        except ApiError as exc:
+            if exc.code in ("conflict", "exists"):
+                remote = await self.api.request(
+                    "GET",
+                    "/api/file",
+                    params={
+                        "path": str(PurePosixPath(self.remote_path(rel)).parent),
+                        "limit": 1000,
+                    },
+                )
+                match = next(
+                    (i for i in remote["items"] if i["path"] == self.remote_path(rel)), None
+                )
+                if match is not None:
+                    await self._conflict(rel, match)
+                    return
+            raise
+        except RuntimeError:
+            return  # the file changed while uploading: the next pass sends the new bytes
+        now = path.stat()
+        if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            return  # changed meanwhile: leave it unsynced so the next pass sees it
+        self.state.put(
+            Entry(
+                rel,
+                "file",
+                f["id"],
+                f["version"],
+                st.st_size,
+                st.st_mtime_ns,
+                f["content_hash"],
+                chunks,
+            )
+        )
+        self.report.uploaded.append(rel)
+        self.log(f"uploaded {rel}")
+
+    async def _delete_remote(self, file_id: str) -> None:
+        try:
+            await self.api.request("DELETE", f"/api/file/{file_id}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    async def _conflict(self, rel: str, remote: dict[str, Any]) -> None:
+        """Both sides changed: the server's version keeps the name, ours becomes a copy."""
+        copy = conflict_name(rel, self.device)
+        os.replace(self.local(rel), self.local(copy))
+        self.report.conflicts.append(copy)
+        self.log(f"conflict: kept your version as {copy}")
+        await self._upload(copy, None, None)
+        await self._download(rel, remote)
+
+    async def _download(self, rel: str, remote: dict[str, Any]) -> None:
+        target = self.local(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        chunks = await self.fetch(remote["id"], target)
+        st = target.stat()
+        self.state.put(
+            Entry(
+                rel,
+                "file",
+                remote["id"],
+                remote["version"],
+                st.st_size,
+                st.st_mtime_ns,
+                remote["content_hash"],
+                chunks,
+            )
+        )
+        self.report.downloaded.append(rel)
+        self.log(f"downloaded {rel}")
+
+    async def fetch(self, file_id: str, target: Path) -> list[tuple[str, int]]:
+        """Assemble the server's file at `target` from local chunks and downloaded ones."""
+        described: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            body = await self.api.request(
+                "GET", f"/api/file/{file_id}", params={"chunk_offset": offset, "chunk_limit": 1000}
+            )
+            described += body.get("chunks", [])
+            offset = body.get("next_chunk_offset") or 0
+            if not offset:
+                break
+        expected = body["content_hash"]
+        tmp = self.state.dir / "tmp" / f"{uuid.uuid4().hex}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            offsets = []
+            pos = 0
+            for c in described:
+                offsets.append(pos)
+                pos += c["size"]
+            os.ftruncate(fd, pos)
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(len(described)):
+                queue.put_nowait(i)
+
+            async def worker() -> None:
+                while not queue.empty():
+                    i = queue.get_nowait()
+                    c = described[i]
+                    source = self.state.chunk_source(c["sha256"])
+                    data = (
+                        await asyncio.to_thread(self._local_chunk, source, c["sha256"], c["size"])
+                        if source
+                        else None
+                    )
+                    if data is None:
+                        resp = await self.api.blob_http.get(c["url"])
+                        raise_for_error(resp)
+                        data = resp.content
+                        if hashlib.sha256(data).hexdigest() != c["sha256"]:
+                            raise ApiError(502, "corrupt_data", "a chunk arrived damaged", {})
+                        self.api.stats.bytes_received += len(data)
+                    await asyncio.to_thread(os.pwrite, fd, data, offsets[i])
+
+            await asyncio.gather(*(worker() for _ in range(min(self.api.parallel, len(described)))))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        chunks = [(c["sha256"], c["size"]) for c in described]
+        if content_hash(chunks) != expected:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(502, "corrupt_data", "downloaded file does not match its hash", {})
+        os.replace(tmp, target)
+        return chunks
+
+    def _local_chunk(self, source: tuple[str, int], sha: str, size: int) -> bytes | None:
+        """The chunk's bytes from a synced local file that holds it, if still intact."""
+        path, offset = source
+        try:
+            with open(self.local(path), "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(size)
+        except OSError:
+            return None
+        return data if hashlib.sha256(data).hexdigest() == sha else None
+
+    def _remove_local_dir_if_empty(self, rel: str) -> None:
+        try:
+            self.local(rel).rmdir()
+        except OSError:
+            return  # not empty: something new is in it, keep it (and sync it next pass)
+        self.state.delete(rel)
+        self.report.deleted_local.append(rel + "/")
+
+    async def _remove_remote_folder_if_synced(self, rel: str, folder: dict[str, Any]) -> None:
+        try:
+            items = await self.api.list(folder["path"])
+        except ApiError:
+            return
+        if items:
+            return  # the server has something we did not sync yet: keep the folder
+        await self._delete_remote(folder["id"])
+        self.state.delete(rel)
+        self.report.deleted_remote.append(rel + "/")

@@ -1,0 +1,263 @@
+"""The `coffer` command as a user runs it: real processes, two "devices" (two config dirs
+and two folders) of one account against the running stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import User
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+
+
+class Device:
+    def __init__(self, tmp: Path, name: str, base_url: str, user: User) -> None:
+        self.name = name
+        self.config = tmp / f"config-{name}"
+        self.folder = tmp / f"folder-{name}"
+        self.folder.mkdir()
+        self.env = {**os.environ, "COFFER_CONFIG_DIR": str(self.config)}
+        done = self.run(
+            "login",
+            base_url,
+            "--username",
+            user.username,
+            "--password-stdin",
+            "--device-name",
+            name,
+            stdin=user.password + "\n",
+        )
+        assert done.returncode == 0, done.stderr
+
+    def run(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "client.cli", *args],
+            input=stdin,
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def sync_once(self) -> dict:
+        done = self.run("sync", "--once", str(self.folder))
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def start_live(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "client.cli", "--quiet", "sync", str(self.folder)],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if rel.startswith(".coffer") or not path.is_file():
+            continue
+        out[rel] = path.read_bytes()
+    return out
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def devices(tmp_path: Path, base_url: str) -> Iterator[tuple[Device, Device, User]]:
+    user = User(base_url)
+    yield Device(tmp_path, "laptop", base_url, user), Device(tmp_path, "desk", base_url, user), user
+
+
+def test_login_stores_a_private_token_and_errors_are_clear(tmp_path: Path, base_url: str) -> None:
+    user = User(base_url)
+    device = Device(tmp_path, "one", base_url, user)
+    mode = stat.S_IMODE((device.config / "config.json").stat().st_mode)
+    assert mode == 0o600
+    wrong = device.run(
+        "login",
+        base_url,
+        "--username",
+        user.username,
+        "--password-stdin",
+        stdin="not the password\n",
+    )
+    assert wrong.returncode == 3 and "wrong username or password" in wrong.stderr
+    down = device.run(
+        "login", "http://127.0.0.1:9", "--username", "x", "--password-stdin", stdin="whatever1\n"
+    )
+    assert down.returncode == 4 and "unreachable" in down.stderr
+    src = tmp_path / "report.txt"
+    src.write_bytes(os.urandom(3 * MIB))
+    assert device.run("upload", str(src), "/docs/report.txt").returncode == 0
+    listing = device.run("ls", "/docs")
+    assert listing.returncode == 0 and "report.txt" in listing.stdout
+    back = tmp_path / "back.txt"
+    assert device.run("download", "/docs/report.txt", str(back)).returncode == 0
+    assert back.read_bytes() == src.read_bytes()
+    assert device.run("rm", "/docs/report.txt").returncode == 0
+    assert device.run("download", "/docs/report.txt", str(back)).returncode == 1
+    assert device.run("logout").returncode == 0
+    assert device.run("ls", "/").returncode == 3
+
+
+def test_two_devices_converge_on_creates_edits_renames_moves_and_deletes(
+    devices: tuple[Device, Device, User],
+) -> None:
+    a, b, _ = devices
+    (a.folder / "docs" / "deep").mkdir(parents=True)
+    (a.folder / "docs" / "note.txt").write_text("first")
+    (a.folder / "docs" / "deep" / "big.bin").write_bytes(os.urandom(6 * MIB))
+    (a.folder / "~$lock.docx").write_text("editor temp")
+    (a.folder / ".cofferignore").write_text("*.log\n")
+    (a.folder / "build.log").write_text("ignored by pattern")
+    (a.folder / "empty").mkdir()
+    a.sync_once()
+    b.sync_once()
+    assert tree(b.folder) == {
+        k: v
+        for k, v in tree(a.folder).items()
+        if k not in ("~$lock.docx", ".cofferignore", "build.log")
+    }
+    assert (b.folder / "empty").is_dir()
+
+    # Edit, rename a file, move a folder on B; A follows. Moves are not re-uploads.
+    (b.folder / "docs" / "note.txt").write_text("second")
+    (b.folder / "docs" / "deep" / "big.bin").rename(b.folder / "docs" / "deep" / "huge.bin")
+    (b.folder / "docs" / "deep").rename(b.folder / "moved")
+    report = b.sync_once()
+    assert report["bytes_sent"] < MIB  # the 6 MiB file was moved, not sent again
+    a.sync_once()
+    assert tree(a.folder) == tree(b.folder) | {
+        k: v
+        for k, v in tree(a.folder).items()
+        if k in ("~$lock.docx", ".cofferignore", "build.log")
+    }
+    assert (a.folder / "moved" / "huge.bin").exists() and not (a.folder / "docs" / "deep").exists()
+
+    # Deletes propagate (to the server's trash).
+    (a.folder / "docs" / "note.txt").unlink()
+    a.sync_once()
+    b.sync_once()
+    assert not (b.folder / "docs" / "note.txt").exists()
+
+
+def test_a_change_uploads_only_changed_chunks_and_downloads_only_missing_ones(
+    devices: tuple[Device, Device, User],
+) -> None:
+    a, b, _ = devices
+    data = bytearray(os.urandom(16 * MIB))
+    (a.folder / "video.raw").write_bytes(data)
+    assert a.sync_once()["bytes_sent"] == 16 * MIB
+    assert b.sync_once()["bytes_received"] == 16 * MIB
+    data[6 * MIB : 7 * MIB] = os.urandom(MIB)  # inside chunk 1 (4-8 MiB)
+    (a.folder / "video.raw").write_bytes(data)
+    sent = a.sync_once()
+    assert sent["uploaded"] == ["video.raw"] and sent["bytes_sent"] == 4 * MIB
+    got = b.sync_once()
+    assert got["downloaded"] == ["video.raw"] and got["bytes_received"] == 4 * MIB
+    assert (b.folder / "video.raw").read_bytes() == bytes(data)
+
+
+def test_edits_on_both_sides_keep_both_as_a_conflicted_copy(
+    devices: tuple[Device, Device, User],
+) -> None:
+    a, b, _ = devices
+    (a.folder / "plan.txt").write_text("original")
+    a.sync_once()
+    b.sync_once()
+    (a.folder / "plan.txt").write_text("laptop's edit")  # both offline, both edit
+    (b.folder / "plan.txt").write_text("desk's edit")
+    a.sync_once()
+    report = b.sync_once()
+    assert len(report["conflicts"]) == 1
+    copy = report["conflicts"][0]
+    assert copy.startswith("plan (conflicted copy desk ") and copy.endswith(").txt")
+    assert (b.folder / "plan.txt").read_text() == "laptop's edit"
+    assert (b.folder / copy).read_text() == "desk's edit"
+    a.sync_once()
+    assert tree(a.folder) == tree(b.folder)
+
+
+def test_kill9_mid_upload_then_restart_converges_without_duplicates(
+    devices: tuple[Device, Device, User],
+) -> None:
+    a, b, user = devices
+    data = os.urandom(48 * MIB)
+    (a.folder / "large.bin").write_bytes(data)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "--quiet", "sync", "--once", str(a.folder)],
+        env=a.env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    a.sync_once()
+    b.sync_once()
+    assert (b.folder / "large.bin").read_bytes() == data
+    items = user.http.get("/api/file", params={"path": "/"}).json()["items"]
+    assert [i["name"] for i in items] == ["large.bin"]
+    assert list((a.folder / ".coffer" / "tmp").iterdir()) == []
+
+
+def test_live_sync_follows_changes_on_the_other_device(
+    devices: tuple[Device, Device, User],
+) -> None:
+    a, b, _ = devices
+    live_a, live_b = a.start_live(), b.start_live()
+    try:
+        time.sleep(1.5)  # both have done their first pass and follow the feed
+        (a.folder / "hello.txt").write_text("hi from the laptop")
+        wait_for(
+            lambda: (
+                (b.folder / "hello.txt").exists()
+                and (b.folder / "hello.txt").read_text() == "hi from the laptop"
+            )
+        )
+        (b.folder / "sub").mkdir()
+        (b.folder / "sub" / "reply.txt").write_text("hi back")
+        wait_for(lambda: (a.folder / "sub" / "reply.txt").exists())
+        (a.folder / "hello.txt").unlink()
+        wait_for(lambda: not (b.folder / "hello.txt").exists())
+        (b.folder / "sub").rename(b.folder / "renamed")
+        wait_for(
+            lambda: (
+                (a.folder / "renamed" / "reply.txt").exists() and not (a.folder / "sub").exists()
+            )
+        )
+    finally:
+        for proc in (live_a, live_b):
+            proc.send_signal(signal.SIGINT)
+        for proc in (live_a, live_b):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert live_a.returncode == 0 and live_b.returncode == 0
+    assert tree(a.folder) == tree(b.folder)
