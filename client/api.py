@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,30 @@ def raise_for_error(resp: httpx.Response) -> None:
     raise ApiError(resp.status_code, err.get("code", "error"), err.get("message", resp.text), body)
 
 
+def _hash_piece(fd: int, offset: int, size: int) -> tuple[str, int]:
+    data = os.pread(fd, size, offset)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
 def chunk_hashes(path: Path, chunk_size: int = CHUNK_SIZE) -> list[tuple[str, int]]:
-    """(sha256, size) of each chunk of the file, reading one chunk at a time."""
-    out = []
-    with open(path, "rb") as fh:
-        while data := fh.read(chunk_size):
-            out.append((hashlib.sha256(data).hexdigest(), len(data)))
-    return out
+    """(sha256, size) of each chunk of the file. hashlib releases the GIL, so chunks are
+    hashed on every core; memory stays at one chunk per core whatever the file size."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        offsets = range(0, size, chunk_size)
+        workers = min(os.cpu_count() or 1, 8)
+        with ThreadPoolExecutor(workers) as pool:
+            return list(
+                pool.map(lambda off: _hash_piece(fd, off, min(chunk_size, size - off)), offsets)
+            )
+    finally:
+        os.close(fd)
+
+
+def _read_hashed(fd: int, size: int, offset: int) -> tuple[bytes, str]:
+    data = os.pread(fd, size, offset)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def content_hash(chunks: list[tuple[str, int]]) -> str:
@@ -197,8 +215,10 @@ class CofferClient:
             try:
                 while not queue.empty():
                     m = queue.get_nowait()
-                    data = await asyncio.to_thread(os.pread, fd, m["size"], offsets[m["index"]])
-                    if hashlib.sha256(data).hexdigest() != m["sha256"]:
+                    data, sha = await asyncio.to_thread(
+                        _read_hashed, fd, m["size"], offsets[m["index"]]
+                    )
+                    if sha != m["sha256"]:
                         raise RuntimeError(f"{local} changed while uploading")
                     resp = await self.blob_http.put(m["url"], content=data)
                     raise_for_error(resp)

@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 import getpass
 import json
+import os
 import signal
 import socket
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -245,6 +247,8 @@ async def cmd_sync(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     log = (lambda _m: None) if args.quiet else (lambda m: console.print(m, highlight=False))
+    if os.environ.get("COFFER_SYNC_TRACE"):  # timestamps on stderr, for benchmarks
+        log = lambda m: print(f"{time.time():.3f} {m}", file=sys.stderr, flush=True)  # noqa: E731
     async with client_for(login) as api:
         syncer = Syncer(api, folder, args.remote, login.device_name, log=log)
         report = await syncer.reconcile()
@@ -332,36 +336,70 @@ class LiveSync:
                 delay = min(delay * 2, 30)
 
     async def follow_feed(self) -> None:
-        """Long-poll the change feed; any event for us triggers a pass."""
-        state = self.syncer.state
+        """Follow the change feed: the WebSocket while it works, long-poll otherwise.
+        Any event under the synced folder starts a pass."""
         delay = 0.5
         while True:
-            cursor = state.get_meta("cursor") or "latest"
+            try:
+                await self.follow_socket()
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.syncer.log(f"push channel unavailable ({exc}); long-polling")
+                polled = await self.long_poll_for(60.0)
+                if not polled:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30)
+
+    def cursor(self) -> str:
+        return self.syncer.state.get_meta("cursor") or "latest"
+
+    async def follow_socket(self) -> None:
+        from websockets.asyncio.client import connect
+
+        api = self.syncer.api
+        url = str(api.http.base_url).replace("http", "ws", 1).rstrip("/") + "/api/ws"
+        headers = {"Authorization": api.http.headers["Authorization"]}
+        async with connect(
+            f"{url}?cursor={self.cursor()}", additional_headers=headers, open_timeout=10
+        ) as socket:
+            async for raw in socket:
+                message = json.loads(raw)
+                if message.get("type") == "heartbeat":
+                    self.syncer.state.set_meta("cursor", str(message["cursor"]))
+                    continue
+                await self.handle([message], str(message["seq"]))
+
+    async def long_poll_for(self, seconds: float) -> bool:
+        """Long-poll for a while (then the socket is tried again); False if unreachable."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
             try:
                 body = await self.syncer.api.request(
                     "GET",
                     "/api/file/events",
-                    params={"cursor": cursor, "wait": 25},
+                    params={"cursor": self.cursor(), "wait": 25},
                     timeout=40,
                 )
-                delay = 0.5
             except (httpx.HTTPError, ApiError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
-                continue
-            relevant = [
-                e
-                for e in body["events"]
-                if self.syncer.rel_of(e.get("path") or "") is not None
-                or self.syncer.rel_of(e.get("old_path") or "") is not None
-                or e["type"].startswith("share.")
-            ]
-            if relevant:
-                # Move the cursor on only after a pass that began after these events.
-                self.passed.clear()
-                self.wake.set()
-                await self.passed.wait()
-            state.set_meta("cursor", str(body["cursor"]))
+                return False
+            await self.handle(body["events"], str(body["cursor"]))
+        return True
+
+    async def handle(self, events: list[dict[str, Any]], cursor: str) -> None:
+        relevant = [
+            e
+            for e in events
+            if self.syncer.rel_of(e.get("path") or "") is not None
+            or self.syncer.rel_of(e.get("old_path") or "") is not None
+        ]
+        if relevant:
+            # Move the cursor on only after a pass that began after these events.
+            self.passed.clear()
+            self.wake.set()
+            await self.passed.wait()
+        self.syncer.state.set_meta("cursor", cursor)
 
 
 def build_parser() -> argparse.ArgumentParser:

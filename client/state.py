@@ -94,17 +94,18 @@ class SyncState:
             (path, path + "/", path + "0"),  # '0' sorts right after '/'
         )
 
-    def chunk_source(self, sha: str) -> tuple[str, int] | None:
-        """A synced local file (path, offset) known to hold this chunk, to copy instead
-        of downloading it."""
-        for path, chunks in self.db.execute(
-            "SELECT path, chunks FROM entries WHERE chunks LIKE ?", (f'%"{sha}"%',)
+    def chunk_source(self, sha: str) -> tuple[str, int, tuple[int, int]] | None:
+        """A synced local file known to hold this chunk, to copy instead of downloading
+        it: (path, offset, (size, mtime_ns) the file had when synced)."""
+        for path, chunks, size, mtime_ns in self.db.execute(
+            "SELECT path, chunks, size, mtime_ns FROM entries WHERE chunks LIKE ?",
+            (f'%"{sha}"%',),
         ):
             offset = 0
-            for chunk_sha, size in json.loads(chunks):
+            for chunk_sha, chunk_size in json.loads(chunks):
                 if chunk_sha == sha:
-                    return path, offset
-                offset += size
+                    return path, offset, (size, mtime_ns)
+                offset += chunk_size
         return None
 
     @staticmethod

@@ -67,6 +67,10 @@ class Ignore:
         )
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def conflict_name(rel: str, device: str, when: datetime | None = None) -> str:
     p = PurePosixPath(rel)
     stamp = (when or datetime.now()).strftime("%Y-%m-%d %H%M%S")
@@ -89,6 +93,8 @@ class Syncer:
         self.remote_root = "/" + remote_root.strip("/") if remote_root.strip("/") else "/"
         self.device = device
         self.state = SyncState(self.root)
+        for stale in (self.state.dir / "tmp").iterdir():
+            stale.unlink(missing_ok=True)  # a download a crash interrupted
         self.ignore = Ignore(self.root)
         self.log = log
         self.report = Report()
@@ -166,6 +172,7 @@ class Syncer:
     async def reconcile(self) -> Report:
         """One full pass: after it, both sides hold the same files (barring conflicts)."""
         async with self.lock:
+            self.log("pass begins")
             start_cursor = await self._latest_cursor()
             if self.remote_root != "/":
                 await self._ensure_remote_folder(self.remote_root)
@@ -475,6 +482,7 @@ class Syncer:
             if not offset:
                 break
         expected = body["content_hash"]
+        self.log(f"fetching {target.name}")
         tmp = self.state.dir / "tmp" / f"{uuid.uuid4().hex}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -484,8 +492,14 @@ class Syncer:
                 offsets.append(pos)
                 pos += c["size"]
             os.ftruncate(fd, pos)
+            if not any(self.state.chunk_source(c["sha256"]) for c in described):
+                # Nothing to reuse: one streamed request is faster than a GET per chunk.
+                await self._stream_content(file_id, body["version"], described, fd)
+                described_done = True
+            else:
+                described_done = False
             queue: asyncio.Queue[int] = asyncio.Queue()
-            for i in range(len(described)):
+            for i in range(0 if described_done else len(described)):
                 queue.put_nowait(i)
 
             async def worker() -> None:
@@ -493,22 +507,21 @@ class Syncer:
                     i = queue.get_nowait()
                     c = described[i]
                     source = self.state.chunk_source(c["sha256"])
-                    data = (
-                        await asyncio.to_thread(self._local_chunk, source, c["sha256"], c["size"])
-                        if source
-                        else None
-                    )
-                    if data is None:
-                        resp = await self.api.blob_http.get(c["url"])
-                        raise_for_error(resp)
-                        data = resp.content
-                        if hashlib.sha256(data).hexdigest() != c["sha256"]:
-                            raise ApiError(502, "corrupt_data", "a chunk arrived damaged", {})
-                        self.api.stats.bytes_received += len(data)
+                    if source and await asyncio.to_thread(
+                        self._copy_local_chunk, *source, c["sha256"], c["size"], fd, offsets[i]
+                    ):
+                        continue
+                    resp = await self.api.blob_http.get(c["url"])
+                    raise_for_error(resp)
+                    data = resp.content
+                    if await asyncio.to_thread(_sha256, data) != c["sha256"]:
+                        raise ApiError(502, "corrupt_data", "a chunk arrived damaged", {})
+                    self.api.stats.bytes_received += len(data)
                     await asyncio.to_thread(os.pwrite, fd, data, offsets[i])
 
             await asyncio.gather(*(worker() for _ in range(min(self.api.parallel, len(described)))))
-            os.fsync(fd)
+            self.log(f"fetched {target.name}, syncing it to disk")
+            await asyncio.to_thread(os.fsync, fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -521,16 +534,72 @@ class Syncer:
         os.replace(tmp, target)
         return chunks
 
-    def _local_chunk(self, source: tuple[str, int], sha: str, size: int) -> bytes | None:
-        """The chunk's bytes from a synced local file that holds it, if still intact."""
-        path, offset = source
+    async def _stream_content(
+        self, file_id: str, version: int, described: list[dict[str, Any]], fd: int
+    ) -> None:
+        """Write the version's bytes to `fd`, checking each chunk's hash as it completes."""
+        index = filled = 0
+        hasher = hashlib.sha256()
+        async with self.api.http.stream(
+            "GET", f"/api/file/{file_id}/content", params={"version": version}
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise_for_error(resp)
+            async for raw in resp.aiter_raw(1024 * 1024):
+                piece = memoryview(raw)
+                while piece:
+                    need = described[index]["size"] - filled
+                    part, piece = piece[:need], piece[need:]
+                    hasher.update(part)
+                    os.write(fd, part)
+                    filled += len(part)
+                    if filled == described[index]["size"]:
+                        if hasher.hexdigest() != described[index]["sha256"]:
+                            raise ApiError(502, "corrupt_data", "a chunk arrived damaged", {})
+                        index, filled, hasher = index + 1, 0, hashlib.sha256()
+                self.api.stats.bytes_received += len(raw)
+        if index != len(described):
+            raise ApiError(502, "incomplete", "the download ended early", {})
+
+    def _copy_local_chunk(
+        self,
+        path: str,
+        offset: int,
+        synced: tuple[int, int],
+        sha: str,
+        size: int,
+        fd: int,
+        dst_offset: int,
+    ) -> bool:
+        """Copy a chunk from a synced local file that holds it into `fd`. The file is
+        trusted without re-reading when its size and mtime are as last synced (copied in
+        the kernel); otherwise its bytes are hashed first. False: get it from the server."""
         try:
-            with open(self.local(path), "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(size)
+            src = os.open(self.local(path), os.O_RDONLY)
         except OSError:
-            return None
-        return data if hashlib.sha256(data).hexdigest() == sha else None
+            return False
+        try:
+            st = os.fstat(src)
+            if (st.st_size, st.st_mtime_ns) == tuple(synced):
+                done = 0
+                while done < size:
+                    n = os.copy_file_range(src, fd, size - done, offset + done, dst_offset + done)
+                    if n <= 0:
+                        return False
+                    done += n
+                return True
+            self.log(f"re-reading {path}: {(st.st_size, st.st_mtime_ns)} != {tuple(synced)}")
+            data = os.pread(src, size, offset)
+            if len(data) != size or _sha256(data) != sha:
+                return False
+            os.pwrite(fd, data, dst_offset)
+            return True
+        except OSError as exc:
+            self.log(f"cannot copy a chunk of {path} ({exc}); downloading it")
+            return False
+        finally:
+            os.close(src)
 
     def _remove_local_dir_if_empty(self, rel: str) -> None:
         try:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import User
+from tests.stack import Stack
+from tests.test_faults import kill9_and_restart
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -226,8 +228,8 @@ def test_kill9_mid_upload_then_restart_converges_without_duplicates(
     assert list((a.folder / ".coffer" / "tmp").iterdir()) == []
 
 
-def test_live_sync_follows_changes_on_the_other_device(
-    devices: tuple[Device, Device, User],
+def test_live_sync_follows_changes_on_the_other_device_and_survives_a_server_restart(
+    devices: tuple[Device, Device, User], stack: Stack
 ) -> None:
     a, b, _ = devices
     live_a, live_b = a.start_live(), b.start_live()
@@ -245,6 +247,10 @@ def test_live_sync_follows_changes_on_the_other_device(
         wait_for(lambda: (a.folder / "sub" / "reply.txt").exists())
         (a.folder / "hello.txt").unlink()
         wait_for(lambda: not (b.folder / "hello.txt").exists())
+        # The server dies and comes back: both clients reconnect and carry on.
+        kill9_and_restart(stack, "web")
+        (a.folder / "after-restart.txt").write_text("still syncing")
+        wait_for(lambda: (b.folder / "after-restart.txt").exists(), timeout=40)
         (b.folder / "sub").rename(b.folder / "renamed")
         wait_for(
             lambda: (
