@@ -231,7 +231,14 @@ class CofferClient:
 
         await asyncio.gather(*(worker() for _ in range(min(self.parallel, len(missing)) or 0)))
 
-    async def download(self, file_id: str, dest: Path, *, range_header: str | None = None) -> int:
+    async def download(
+        self,
+        file_id: str,
+        dest: Path,
+        *,
+        range_header: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Stream /content into `dest`; returns bytes written."""
         headers = {"Range": range_header} if range_header else {}
         n = 0
@@ -243,5 +250,7 @@ class CofferClient:
                 async for piece in resp.aiter_bytes(1024 * 1024):
                     out.write(piece)
                     n += len(piece)
+                    if progress:
+                        progress(len(piece))
         self.stats.bytes_received += n
         return n

@@ -176,8 +176,8 @@ async def cmd_download(args: argparse.Namespace) -> int:
             dest = dest / item["name"]
         part = dest.with_name(f".{dest.name}.coffer-part")
         with progress_bar(args.quiet) as bar:
-            bar.add_task(item["name"], total=item["size"])
-            await api.download(item["id"], part)
+            task = bar.add_task(item["name"], total=item["size"])
+            await api.download(item["id"], part, progress=lambda n: bar.advance(task, n))
         part.replace(dest)
     if not args.quiet:
         print(f"{dest}  {item['size']} bytes")
@@ -249,9 +249,11 @@ async def cmd_sync(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: console.print(m, highlight=False))
     if os.environ.get("COFFER_SYNC_TRACE"):  # timestamps on stderr, for benchmarks
         log = lambda m: print(f"{time.time():.3f} {m}", file=sys.stderr, flush=True)  # noqa: E731
+    bars = progress_bar(args.quiet)
     async with client_for(login) as api:
-        syncer = Syncer(api, folder, args.remote, login.device_name, log=log)
-        report = await syncer.reconcile()
+        syncer = Syncer(api, folder, args.remote, login.device_name, log=log, progress=bars)
+        with bars:
+            report = await syncer.reconcile()
         if args.once:
             stats = api.stats
             print(
@@ -265,7 +267,8 @@ async def cmd_sync(args: argparse.Namespace) -> int:
                 )
             )
             return 1 if report.skipped else 0
-        await LiveSync(syncer).run()
+        with bars:
+            await LiveSync(syncer).run()
     return 0
 
 

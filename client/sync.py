@@ -14,19 +14,23 @@ renamed into place: a half-downloaded file never appears under its real name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from rich.progress import Progress
+
 from client.api import ApiError, CofferClient, chunk_hashes, content_hash, raise_for_error
 from client.state import Entry, SyncState
 
+PROGRESS_MIN = 8 * 1024 * 1024
 DEFAULT_IGNORES = ["~$*", ".*.swp", "*.tmp", ".DS_Store", ".coffer", ".cofferignore"]
 
 
@@ -87,6 +91,7 @@ class Syncer:
         device: str,
         *,
         log: Callable[[str], None] = lambda _msg: None,
+        progress: Progress | None = None,
     ) -> None:
         self.api = api
         self.root = root.resolve()
@@ -97,6 +102,8 @@ class Syncer:
             stale.unlink(missing_ok=True)  # a download a crash interrupted
         self.ignore = Ignore(self.root)
         self.log = log
+        # Shows transfers of files over PROGRESS_MIN bytes (a rich Progress, or None).
+        self.progress = progress
         self.report = Report()
         self.lock = asyncio.Lock()
 
@@ -393,9 +400,14 @@ class Syncer:
         if chunks is None:
             chunks = await asyncio.to_thread(chunk_hashes, path)
         try:
-            f = await self.api.upload(
-                path, self.remote_path(rel), base_version=base_version, chunks=chunks
-            )
+            with self._bar(f"↑ {rel}", sum(size for _, size in chunks)) as advance:
+                f = await self.api.upload(
+                    path,
+                    self.remote_path(rel),
+                    base_version=base_version,
+                    chunks=chunks,
+                    progress=advance,
+                )
         except ApiError as exc:
             if exc.code in ("conflict", "exists"):
                 remote = await self.api.request(
@@ -452,7 +464,8 @@ class Syncer:
     async def _download(self, rel: str, remote: dict[str, Any]) -> None:
         target = self.local(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        chunks = await self.fetch(remote["id"], target)
+        with self._bar(f"↓ {rel}", remote["size"]) as advance:
+            chunks = await self.fetch(remote["id"], target, advance)
         st = target.stat()
         self.state.put(
             Entry(
@@ -469,7 +482,23 @@ class Syncer:
         self.report.downloaded.append(rel)
         self.log(f"downloaded {rel}")
 
-    async def fetch(self, file_id: str, target: Path) -> list[tuple[str, int]]:
+    @contextlib.contextmanager
+    def _bar(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
+        if self.progress is None or total < PROGRESS_MIN:
+            yield lambda _n: None
+            return
+        task = self.progress.add_task(name, total=total)
+        try:
+            yield lambda n: self.progress.advance(task, n) if self.progress else None
+        finally:
+            self.progress.remove_task(task)
+
+    async def fetch(
+        self,
+        file_id: str,
+        target: Path,
+        advance: Callable[[int], None] = lambda _n: None,
+    ) -> list[tuple[str, int]]:
         """Assemble the server's file at `target` from local chunks and downloaded ones."""
         described: list[dict[str, Any]] = []
         offset = 0
@@ -494,7 +523,7 @@ class Syncer:
             os.ftruncate(fd, pos)
             if not any(self.state.chunk_source(c["sha256"]) for c in described):
                 # Nothing to reuse: one streamed request is faster than a GET per chunk.
-                await self._stream_content(file_id, body["version"], described, fd)
+                await self._stream_content(file_id, body["version"], described, fd, advance)
                 described_done = True
             else:
                 described_done = False
@@ -510,6 +539,7 @@ class Syncer:
                     if source and await asyncio.to_thread(
                         self._copy_local_chunk, *source, c["sha256"], c["size"], fd, offsets[i]
                     ):
+                        advance(c["size"])
                         continue
                     resp = await self.api.blob_http.get(c["url"])
                     raise_for_error(resp)
@@ -518,6 +548,7 @@ class Syncer:
                         raise ApiError(502, "corrupt_data", "a chunk arrived damaged", {})
                     self.api.stats.bytes_received += len(data)
                     await asyncio.to_thread(os.pwrite, fd, data, offsets[i])
+                    advance(len(data))
 
             await asyncio.gather(*(worker() for _ in range(min(self.api.parallel, len(described)))))
             self.log(f"fetched {target.name}, syncing it to disk")
@@ -535,7 +566,12 @@ class Syncer:
         return chunks
 
     async def _stream_content(
-        self, file_id: str, version: int, described: list[dict[str, Any]], fd: int
+        self,
+        file_id: str,
+        version: int,
+        described: list[dict[str, Any]],
+        fd: int,
+        advance: Callable[[int], None],
     ) -> None:
         """Write the version's bytes to `fd`, checking each chunk's hash as it completes."""
         index = filled = 0
@@ -559,6 +595,7 @@ class Syncer:
                             raise ApiError(502, "corrupt_data", "a chunk arrived damaged", {})
                         index, filled, hasher = index + 1, 0, hashlib.sha256()
                 self.api.stats.bytes_received += len(raw)
+                advance(len(raw))
         if index != len(described):
             raise ApiError(502, "incomplete", "the download ended early", {})
 
