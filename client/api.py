@@ -158,22 +158,36 @@ class CofferClient:
             if not cursor:
                 return items
 
+    async def list_by_id(self, folder_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params = {"id": folder_id, "limit": 1000}
+            if cursor:
+                params["cursor"] = cursor
+            body = await self.request("GET", "/api/file", params=params)
+            items += body["items"]
+            cursor = body["cursor"]
+            if not cursor:
+                return items
+
     async def upload(
         self,
         local: Path,
-        remote: str,
+        remote: str | dict[str, str],
         *,
         chunk_size: int = CHUNK_SIZE,
         base_version: int | None = None,
         chunks: list[tuple[str, int]] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
-        """Upload `local` to `remote`; returns the committed file object."""
+        """Upload `local` to `remote` (a path in our tree, or {"parent_id","name"});
+        returns the committed file object."""
         if chunks is None:
             chunks = await asyncio.to_thread(chunk_hashes, local, chunk_size)
         size = sum(s for _, s in chunks)
         body: dict[str, Any] = {
-            "path": remote,
+            **({"path": remote} if isinstance(remote, str) else remote),
             "size": size,
             "chunks": [{"sha256": sha, "size": s} for sha, s in chunks],
         }

@@ -106,6 +106,9 @@ class Syncer:
         self.progress = progress
         self.report = Report()
         self.lock = asyncio.Lock()
+        # Set when the remote root is a folder another user shared with us: such a tree is
+        # addressed by ids (parent_id + name), as it is not in our own path namespace.
+        self.shared_root_id: str | None = None
 
     # ---------------------------------------------------------------- paths
 
@@ -154,11 +157,11 @@ class Syncer:
     async def scan_remote(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         files: dict[str, dict[str, Any]] = {}
         folders: dict[str, dict[str, Any]] = {}
-        pending = [self.remote_root]
+        pending: list[tuple[str, str | None]] = [(self.remote_root, self.shared_root_id)]
         while pending:
-            folder = pending.pop()
+            folder, folder_id = pending.pop()
             try:
-                items = await self.api.list(folder)
+                items = await self.list_children(folder, folder_id)
             except ApiError as exc:
                 if exc.status == 404 and folder == self.remote_root:
                     return files, folders
@@ -169,10 +172,48 @@ class Syncer:
                     continue
                 if item["kind"] == "folder":
                     folders[rel] = item
-                    pending.append(item["path"])
+                    pending.append((item["path"], item["id"]))
                 else:
                     files[rel] = item
         return files, folders
+
+    async def list_children(self, path: str, folder_id: str | None) -> list[dict[str, Any]]:
+        if self.shared_root_id is None or folder_id is None:
+            return await self.api.list(path)
+        return await self.api.list_by_id(folder_id)
+
+    async def _resolve_root(self) -> None:
+        """Own folder (created if missing), or a folder shared with us of that name."""
+        self.shared_root_id = None
+        if self.remote_root == "/":
+            return
+        try:
+            await self.api.request(
+                "GET", "/api/file", params={"path": self.remote_root, "limit": 1}
+            )
+            return
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        shared = await self.api.request("GET", "/api/shared")
+        for item in shared["items"]:
+            if item["kind"] == "folder" and item["path"].casefold() == self.remote_root.casefold():
+                self.shared_root_id = item["id"]
+                return
+        await self._create_folder({"path": self.remote_root})
+
+    def target(self, rel: str) -> dict[str, str]:
+        """How to name `rel` to the server: a path in our tree, or parent id + name."""
+        if self.shared_root_id is None:
+            return {"path": self.remote_path(rel)}
+        parent, _, name = rel.rpartition("/")
+        parent_id = self.shared_root_id
+        if parent:
+            entry = self.state.get(parent)
+            if entry is None or entry.file_id is None:
+                raise ApiError(409, "parent_unknown", f"folder {parent} is not synced yet", {})
+            parent_id = entry.file_id
+        return {"parent_id": parent_id, "name": name}
 
     # ---------------------------------------------------------------- reconcile
 
@@ -181,8 +222,7 @@ class Syncer:
         async with self.lock:
             self.log("pass begins")
             start_cursor = await self._latest_cursor()
-            if self.remote_root != "/":
-                await self._ensure_remote_folder(self.remote_root)
+            await self._resolve_root()
             local_files, local_dirs = await asyncio.to_thread(self.scan_local)
             remote_files, remote_folders = await self.scan_remote()
             known = self.state.all()
@@ -200,7 +240,7 @@ class Syncer:
             for rel in sorted(local_dirs - remote_folders.keys()):
                 if rel in known and known[rel].kind == "folder":
                     continue  # deleted remotely: handled after the files
-                folder = await self._ensure_remote_folder(self.remote_path(rel))
+                folder = await self._create_folder(self.target(rel))
                 self.state.put(Entry(rel, "folder", folder["id"] if folder else None))
             for rel in local_dirs & remote_folders.keys():
                 if rel not in known:
@@ -237,9 +277,9 @@ class Syncer:
             return None
         return int(body["cursor"])
 
-    async def _ensure_remote_folder(self, path: str) -> dict[str, Any] | None:
+    async def _create_folder(self, target: dict[str, str]) -> dict[str, Any] | None:
         try:
-            return await self.api.request("POST", "/api/folder", json={"path": path})
+            return await self.api.request("POST", "/api/folder", json=target)
         except ApiError as exc:
             if exc.code != "exists":
                 raise
@@ -300,7 +340,7 @@ class Syncer:
                 continue
             try:
                 moved = await self.api.request(
-                    "PATCH", f"/api/file/{old.file_id}", json={"path": self.remote_path(rel)}
+                    "PATCH", f"/api/file/{old.file_id}", json=self.target(rel)
                 )
             except ApiError:
                 continue
@@ -403,24 +443,15 @@ class Syncer:
             with self._bar(f"↑ {rel}", sum(size for _, size in chunks)) as advance:
                 f = await self.api.upload(
                     path,
-                    self.remote_path(rel),
+                    self.target(rel),
                     base_version=base_version,
                     chunks=chunks,
                     progress=advance,
                 )
         except ApiError as exc:
             if exc.code in ("conflict", "exists"):
-                remote = await self.api.request(
-                    "GET",
-                    "/api/file",
-                    params={
-                        "path": str(PurePosixPath(self.remote_path(rel)).parent),
-                        "limit": 1000,
-                    },
-                )
-                match = next(
-                    (i for i in remote["items"] if i["path"] == self.remote_path(rel)), None
-                )
+                files, _ = await self.scan_remote()
+                match = files.get(rel)
                 if match is not None:
                     await self._conflict(rel, match)
                     return
@@ -648,7 +679,7 @@ class Syncer:
 
     async def _remove_remote_folder_if_synced(self, rel: str, folder: dict[str, Any]) -> None:
         try:
-            items = await self.api.list(folder["path"])
+            items = await self.list_children(folder["path"], folder["id"])
         except ApiError:
             return
         if items:

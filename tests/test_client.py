@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import User
@@ -119,6 +120,13 @@ def test_login_stores_a_private_token_and_errors_are_clear(tmp_path: Path, base_
     back = tmp_path / "back.txt"
     assert device.run("download", "/docs/report.txt", str(back)).returncode == 0
     assert back.read_bytes() == src.read_bytes()
+    friend = User(base_url)
+    shared = device.run("share", "/docs/report.txt", friend.username, "--role", "viewer")
+    assert shared.returncode == 0, shared.stderr
+    assert [i["name"] for i in friend.http.get("/api/shared").json()["items"]] == ["report.txt"]
+    link = device.run("link", "/docs/report.txt", "--expires", "7d")
+    assert link.returncode == 0 and "/s/" in link.stdout
+    assert httpx.get(link.stdout.strip() + "/download").content == src.read_bytes()
     assert device.run("rm", "/docs/report.txt").returncode == 0
     assert device.run("download", "/docs/report.txt", str(back)).returncode == 1
     assert device.run("logout").returncode == 0
@@ -203,7 +211,7 @@ def test_edits_on_both_sides_keep_both_as_a_conflicted_copy(
     assert tree(a.folder) == tree(b.folder)
 
 
-def test_kill9_mid_upload_then_restart_converges_without_duplicates(
+def test_kill9_mid_upload_and_mid_download_then_restart_converges(
     devices: tuple[Device, Device, User],
 ) -> None:
     a, b, user = devices
@@ -221,11 +229,28 @@ def test_kill9_mid_upload_then_restart_converges_without_duplicates(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     a.sync_once()
+    # B is killed while downloading: the real name never holds a partial file.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "--quiet", "sync", "--once", str(b.folder)],
+        env=b.env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_for(lambda: any((b.folder / ".coffer" / "tmp").glob("*.part")))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    target = b.folder / "large.bin"
+    assert not target.exists() or target.read_bytes() == data
+    status = b.run("status", str(b.folder))
+    assert status.returncode == 0 and "synced entries" in status.stdout
     b.sync_once()
     assert (b.folder / "large.bin").read_bytes() == data
     items = user.http.get("/api/file", params={"path": "/"}).json()["items"]
     assert [i["name"] for i in items] == ["large.bin"]
     assert list((a.folder / ".coffer" / "tmp").iterdir()) == []
+    assert list((b.folder / ".coffer" / "tmp").iterdir()) == []
 
 
 def test_live_sync_follows_changes_on_the_other_device_and_survives_a_server_restart(
@@ -267,3 +292,36 @@ def test_live_sync_follows_changes_on_the_other_device_and_survives_a_server_res
                 proc.kill()
     assert live_a.returncode == 0 and live_b.returncode == 0
     assert tree(a.folder) == tree(b.folder)
+
+
+def test_a_folder_shared_with_another_user_syncs_both_ways(tmp_path: Path, base_url: str) -> None:
+    owner, guest = User(base_url), User(base_url)
+    mine = Device(tmp_path, "owner", base_url, owner)
+    theirs = Device(tmp_path, "guest", base_url, guest)
+    (mine.folder / "Team" / "plans").mkdir(parents=True)
+    (mine.folder / "Team" / "plans" / "q1.txt").write_text("owner's plan")
+    mine.sync_once()
+    team = next(
+        i
+        for i in owner.http.get("/api/file", params={"path": "/"}).json()["items"]
+        if i["name"] == "Team"
+    )
+    shared = owner.http.post(
+        f"/api/file/{team['id']}/share", json={"username": guest.username, "role": "editor"}
+    )
+    assert shared.status_code == 201, shared.text
+
+    done = theirs.run("sync", "--once", str(theirs.folder), "--remote", "/Team")
+    assert done.returncode == 0, done.stderr
+    assert (theirs.folder / "plans" / "q1.txt").read_text() == "owner's plan"
+
+    (theirs.folder / "plans" / "q1.txt").write_text("guest's edit")
+    (theirs.folder / "notes").mkdir()
+    (theirs.folder / "notes" / "from-guest.txt").write_text("hello owner")
+    done = theirs.run("sync", "--once", str(theirs.folder), "--remote", "/Team")
+    assert done.returncode == 0, done.stderr
+    mine.sync_once()
+    assert (mine.folder / "Team" / "plans" / "q1.txt").read_text() == "guest's edit"
+    assert (mine.folder / "Team" / "notes" / "from-guest.txt").read_text() == "hello owner"
+    # Nothing landed in the guest's own tree.
+    assert guest.http.get("/api/file", params={"path": "/"}).json()["items"] == []
