@@ -28,6 +28,7 @@ test: $(STAMP) e2e-deps
 bench: $(STAMP)
 	$(PY) bench/transfer.py
 	$(PY) bench/events.py
+	$(PY) bench/sync.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app jobs client tests bench

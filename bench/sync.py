@@ -83,11 +83,8 @@ def main() -> None:
             httpx.post(f"{url}/api/auth/register", json={"username": user, "password": "benchmark"})
             folders, envs = [], []
             for name in ("a", "b"):
-                env = {
-                    **os.environ,
-                    "COFFER_CONFIG_DIR": str(work / f"config-{name}"),
-                    "COFFER_SYNC_TRACE": "1",
-                }
+                # COFFER_SYNC_TRACE=1 python bench/sync.py: the clients' timestamped logs.
+                env = {**os.environ, "COFFER_CONFIG_DIR": str(work / f"config-{name}")}
                 subprocess.run(
                     [
                         sys.executable,
