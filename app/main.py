@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from app.auth.middleware import IdentityMiddleware, require_user
@@ -31,6 +32,18 @@ from app.sharing.service import SharingService
 from app.storage.base import BlobStore
 from app.storage.factory import open_store
 from app.storage.routes import get_chunk, put_chunk
+from app.web.routes import (
+    STATIC_DIR,
+    files_page,
+    home,
+    login_page,
+    login_submit,
+    logout_submit,
+    preview,
+    register_page,
+    register_submit,
+    shared_page,
+)
 
 log = logging.getLogger("coffer")
 
@@ -104,10 +117,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
             unlock_link,
             link_download,
             link_preview,
+            home,
+            login_page,
+            login_submit,
+            register_page,
+            register_submit,
+            logout_submit,
+            files_page,
+            shared_page,
+            preview,
         ],
     )
     return Litestar(
-        route_handlers=[api, healthz, readyz],
+        route_handlers=[
+            api,
+            healthz,
+            readyz,
+            create_static_files_router(path="/static", directories=[STATIC_DIR]),
+        ],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "store": Provide(provide_store, sync_to_thread=False),

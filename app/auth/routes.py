@@ -19,7 +19,38 @@ LOGIN_FAILURES = 10
 LOGIN_WINDOW_SECONDS = 15 * 60
 
 
-async def _authenticate(request: Request, username: str, password: str) -> User:
+def session_cookies(settings: Settings, raw: str, csrf_token: str) -> list[Cookie]:
+    max_age = settings.session_ttl_seconds
+    return [
+        Cookie(
+            key=SESSION_COOKIE,
+            value=raw,
+            httponly=True,
+            samesite="lax",
+            secure=settings.cookie_secure,
+            max_age=max_age,
+            path="/",
+        ),
+        # Readable by the page's JavaScript, which echoes it in X-CSRF-Token.
+        Cookie(
+            key=CSRF_COOKIE,
+            value=csrf_token,
+            httponly=False,
+            samesite="lax",
+            secure=settings.cookie_secure,
+            max_age=max_age,
+            path="/",
+        ),
+    ]
+
+
+CLEARED_COOKIES = [
+    Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/"),
+    Cookie(key=CSRF_COOKIE, value="", max_age=0, path="/"),
+]
+
+
+async def authenticate(request: Request, username: str, password: str) -> User:
     key = f"{request.client.host if request.client else '-'}:{str(username).casefold()}"
     wait = await ratelimit.blocked("login", key, LOGIN_FAILURES, LOGIN_WINDOW_SECONDS)
     if wait:
@@ -48,49 +79,21 @@ class AuthController(Controller):
     async def login(
         self, request: Request, data: Credentials, settings: Settings
     ) -> Response[SessionOut]:
-        user = await _authenticate(request, data.username, data.password)
+        user = await authenticate(request, data.username, data.password)
         raw, session = await service.start_session(settings, user)
-        max_age = settings.session_ttl_seconds
         return Response(
             SessionOut(id=str(user.id), username=user.username, csrf_token=session.csrf_token),
-            cookies=[
-                Cookie(
-                    key=SESSION_COOKIE,
-                    value=raw,
-                    httponly=True,
-                    samesite="lax",
-                    secure=settings.cookie_secure,
-                    max_age=max_age,
-                    path="/",
-                ),
-                # Readable by the page's JavaScript, which echoes it in X-CSRF-Token.
-                Cookie(
-                    key=CSRF_COOKIE,
-                    value=session.csrf_token,
-                    httponly=False,
-                    samesite="lax",
-                    secure=settings.cookie_secure,
-                    max_age=max_age,
-                    path="/",
-                ),
-            ],
+            cookies=session_cookies(settings, raw, session.csrf_token),
         )
 
     @post("/logout", status_code=204)
     async def logout(self, request: Request) -> Response[None]:
         await service.revoke(request.scope["auth"])
-        return Response(
-            None,
-            status_code=204,
-            cookies=[
-                Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/"),
-                Cookie(key=CSRF_COOKIE, value="", max_age=0, path="/"),
-            ],
-        )
+        return Response(None, status_code=204, cookies=CLEARED_COOKIES)
 
     @post("/token", opt=PUBLIC, status_code=201)
     async def create_token(self, request: Request, data: TokenRequest) -> TokenOut:
-        user = await _authenticate(request, data.username, data.password)
+        user = await authenticate(request, data.username, data.password)
         return TokenOut(token=await service.issue_token(user, data.device_name))
 
     @delete("/token", status_code=204)

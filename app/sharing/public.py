@@ -141,7 +141,7 @@ def _human_size(n: int) -> str:
     return f"{n} B"
 
 
-def _previewable(name: str) -> str | None:
+def previewable(name: str) -> str | None:
     kind = mimetypes.guess_type(name)[0] or ""
     return kind if kind.startswith(PREVIEW_TYPES) else None
 
@@ -188,7 +188,7 @@ async def link_page(
         "crumbs": _crumbs(opened, relative),
     }
     if node.kind == "file":
-        context["preview"] = _previewable(node.name)
+        context["preview"] = previewable(node.name)
         context["preview_url"] = f"{opened.base}/preview{_qs(relative)}"
         context["download_url"] = f"{opened.base}/download{_qs(relative)}"
     else:
@@ -327,7 +327,7 @@ async def link_preview(
 ) -> Response[Any]:
     try:
         _, node = await _file_for_bytes(request, token, settings, path)
-        media_type = _previewable(node.name)
+        media_type = previewable(node.name)
         if media_type is None:
             raise LinkPageError(415, "No preview", "This kind of file cannot be previewed.")
     except LinkPageError as exc:

@@ -1,0 +1,1 @@
+"""The browser UI: pages rendered on the server, enhanced by htmx."""

@@ -1,0 +1,308 @@
+"""The browser UI: server-rendered pages, enhanced by htmx and static/app.js.
+
+One handler renders the whole page, or only the `#listing` fragment when htmx asks
+(`HX-Request`), so pages work without JavaScript for the basics: login, register, listing,
+download. Everything that changes data goes through the JSON API (the same one the sync
+client uses) with the session cookie and the X-CSRF-Token header; the forms served here
+(login, register, logout) carry their own checks.
+"""
+
+from __future__ import annotations
+
+import hmac
+import mimetypes
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from litestar import Request, Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+
+from app.auth import service as auth
+from app.auth.routes import CLEARED_COOKIES, authenticate, session_cookies
+from app.errors import CofferError
+from app.events.service import ChangeFeed
+from app.files import paths
+from app.files.routes import content_response
+from app.files.service import FileService, head_version_of
+from app.settings import Settings
+from app.sharing.public import PREVIEW_HEADERS, previewable
+from app.sharing.service import SharingService
+from app.storage.base import BlobStore
+
+PUBLIC = {"public": True}
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+SORTS = {"name", "size", "modified"}
+
+
+def _principal(request: Request) -> auth.Principal | None:
+    principal = request.scope.get("auth")
+    return principal if isinstance(principal, auth.Principal) else None
+
+
+def _login_redirect(request: Request) -> Redirect:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return Redirect(f"/login?next={quote(target)}")
+
+
+def _files_for(
+    request: Request,
+    settings: Settings,
+    store: BlobStore,
+    feed: ChangeFeed,
+    principal: auth.Principal,
+) -> FileService:
+    return FileService(
+        settings=settings,
+        store=store,
+        user=principal.user,
+        base_url=settings.public_url or str(request.base_url),
+        feed=feed,
+        device=principal.device_name or "browser",
+    )
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def icon_for(item: dict[str, Any]) -> tuple[str, str]:
+    """A small text badge (and its colour class): DIR, or the kind of file."""
+    if item["kind"] == "folder":
+        return "DIR", "folder"
+    kind = mimetypes.guess_type(item["name"])[0] or ""
+    if kind.startswith("image/"):
+        return "IMG", "image"
+    if kind == "application/pdf":
+        return "PDF", "pdf"
+    ext = item["name"].rpartition(".")[2] if "." in item["name"] else ""
+    return (ext[:4].upper() or "FILE"), "file"
+
+
+def _decorate(item: dict[str, Any]) -> dict[str, Any]:
+    modified = datetime.fromisoformat(item["modified_at"].replace("Z", "+00:00"))
+    return {
+        **item,
+        "icon": icon_for(item)[0],
+        "icon_class": icon_for(item)[1],
+        "human_size": "—" if item["kind"] == "folder" else human_size(item["size"]),
+        "human_date": modified.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
+        "previewable": item["kind"] == "file" and previewable(item["name"]) is not None,
+    }
+
+
+def _sorted(items: list[dict[str, Any]], sort: str, order: str) -> list[dict[str, Any]]:
+    key = {
+        "name": lambda i: i["name"].casefold(),
+        "size": lambda i: i["size"],
+        "modified": lambda i: i["modified_at"],
+    }[sort]
+    ordered = sorted(items, key=key, reverse=order == "desc")
+    return [i for i in ordered if i["kind"] == "folder"] + [
+        i for i in ordered if i["kind"] != "folder"
+    ]
+
+
+def _crumbs(path: str) -> list[tuple[str, str]]:
+    out = [("All files", "/")]
+    for ancestor in [*paths.ancestors(path), path] if path != "/" else []:
+        out.append((paths.split(ancestor)[1], ancestor))
+    return out
+
+
+def _page(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Template:
+    principal = _principal(request)
+    return Template(
+        template_name=template,
+        context={
+            "user": principal.user if principal else None,
+            "csrf": principal.csrf_token if principal and principal.via == "session" else "",
+            **context,
+        },
+        status_code=status,
+    )
+
+
+# ---------------------------------------------------------------- account pages
+
+
+@get("/", opt=PUBLIC, include_in_schema=False)
+async def home(request: Request) -> Redirect:
+    return Redirect("/files" if _principal(request) else "/login")
+
+
+@get("/login", opt=PUBLIC, include_in_schema=False)
+async def login_page(request: Request, next: str = "/files") -> Template:
+    return _page(request, "login.html", {"next": _safe_next(next), "error": None, "username": ""})
+
+
+def _safe_next(target: str) -> str:
+    # Only same-site paths: "//evil.example" or "https://..." would leave the site.
+    return target if target.startswith("/") and not target.startswith("//") else "/files"
+
+
+@post("/login", opt=PUBLIC, include_in_schema=False)
+async def login_submit(
+    request: Request,
+    settings: Settings,
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[Any]:
+    username, password = data.get("username", ""), data.get("password", "")
+    target = _safe_next(data.get("next", "/files"))
+    try:
+        user = await authenticate(request, username, password)
+    except CofferError as exc:
+        return _page(
+            request,
+            "login.html",
+            {"next": target, "error": exc.message, "username": username},
+            status=exc.status_code,
+        )
+    raw, session = await auth.start_session(settings, user)
+    return Redirect(target, cookies=session_cookies(settings, raw, session.csrf_token))
+
+
+@get("/register", opt=PUBLIC, include_in_schema=False)
+async def register_page(request: Request) -> Template:
+    return _page(request, "register.html", {"error": None, "username": ""})
+
+
+@post("/register", opt=PUBLIC, include_in_schema=False)
+async def register_submit(
+    request: Request,
+    settings: Settings,
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[Any]:
+    username, password = data.get("username", ""), data.get("password", "")
+    if password != data.get("password2", password):
+        return _page(
+            request,
+            "register.html",
+            {"error": "The two passwords differ.", "username": username},
+            status=400,
+        )
+    try:
+        user = await auth.register(settings, username, password)
+    except CofferError as exc:
+        return _page(
+            request,
+            "register.html",
+            {"error": exc.message, "username": username},
+            status=exc.status_code,
+        )
+    raw, session = await auth.start_session(settings, user)
+    return Redirect("/files", cookies=session_cookies(settings, raw, session.csrf_token))
+
+
+@post("/logout", opt=PUBLIC, include_in_schema=False)
+async def logout_submit(
+    request: Request,
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Redirect:
+    principal = _principal(request)
+    # A plain form post: the CSRF token travels as a field instead of a header.
+    if principal is not None and hmac.compare_digest(
+        data.get("csrf", ""), principal.csrf_token or ""
+    ):
+        await auth.revoke(principal)
+    return Redirect("/login", cookies=CLEARED_COOKIES)
+
+
+# ------------------------------------------------------------------ file pages
+
+
+@get("/files", opt=PUBLIC, include_in_schema=False)
+async def files_page(
+    request: Request,
+    settings: Settings,
+    store: BlobStore,
+    feed: ChangeFeed,
+    path: str | None = None,
+    id: str | None = None,
+    sort: str = "name",
+    order: str = "asc",
+) -> Response[Any]:
+    principal = _principal(request)
+    if principal is None:
+        return _login_redirect(request)
+    files = _files_for(request, settings, store, feed, principal)
+    sort = sort if sort in SORTS else "name"
+    order = "desc" if order == "desc" else "asc"
+    try:
+        folder_path = paths.normalize_path(path or "/") if id is None else None
+        items, cursor = await files.list_folder(folder_path, id, 1000, None)
+        shared_folder = None
+        if id is not None:
+            scoped, node = await files.open(id)
+            shared_folder = scoped.out(node)
+    except CofferError as exc:
+        return _page(
+            request,
+            "files.html",
+            {"error": exc.message, "items": [], "crumbs": []},
+            status=exc.status_code,
+        )
+    where = shared_folder["path"] if shared_folder else folder_path or "/"
+    context = {
+        "items": [_decorate(i) for i in _sorted(items, sort, order)],
+        "more": cursor is not None,
+        "path": where,
+        "folder_id": id or "",
+        "role": shared_folder["role"] if shared_folder else "owner",
+        "crumbs": [] if shared_folder else _crumbs(where),
+        "sort": sort,
+        "order": order,
+        "query": f"id={quote(id)}" if id else f"path={quote(where)}",
+        "error": None,
+    }
+    template = "_listing.html" if request.headers.get("hx-request") else "files.html"
+    return _page(request, template, context)
+
+
+@get("/shared", opt=PUBLIC, include_in_schema=False)
+async def shared_page(
+    request: Request, settings: Settings, store: BlobStore, feed: ChangeFeed
+) -> Response[Any]:
+    principal = _principal(request)
+    if principal is None:
+        return _login_redirect(request)
+    sharing = SharingService(_files_for(request, settings, store, feed, principal))
+    items = [_decorate(i) for i in await sharing.shared_with_me()]
+    template = "_shared.html" if request.headers.get("hx-request") else "shared.html"
+    return _page(request, template, {"items": items})
+
+
+@get("/preview/{file_id:str}", opt=PUBLIC, include_in_schema=False)
+async def preview(
+    request: Request, file_id: str, settings: Settings, store: BlobStore, feed: ChangeFeed
+) -> Response[Any]:
+    """A file shown inline (images, text as plain text, PDF), sandboxed like link previews."""
+    principal = _principal(request)
+    if principal is None:
+        return _login_redirect(request)
+    files = _files_for(request, settings, store, feed, principal)
+    _, node = await files.open(file_id)
+    media_type = previewable(node.name)
+    if node.kind != "file" or media_type is None:
+        return Response(
+            {"error": {"code": "no_preview", "message": "cannot preview this"}}, status_code=415
+        )
+    if media_type.startswith("text/"):
+        media_type = "text/plain; charset=utf-8"
+    return await content_response(
+        request,
+        store,
+        node,
+        await head_version_of(node),
+        disposition="inline",
+        media_type=media_type,
+        extra_headers={} if media_type == "application/pdf" else PREVIEW_HEADERS,
+    )
