@@ -6,6 +6,7 @@
 const CHUNK = 4 * 1024 * 1024;
 const PARALLEL = 4;
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+const me = document.querySelector('meta[name="username"]')?.content || "";
 
 class ApiError extends Error {
   constructor(status, code, message, body) {
@@ -139,8 +140,10 @@ async function uploadFile(file, relPath) {
   uploads.total += file.size;
   if (!uploads.active++) uploads.started = performance.now();
   let sent = 0;
+  let finished = false;
   const began = performance.now();
   const show = (text) => {
+    if (finished && !text) return; // a straggling worker after a failure or cancel
     const pct = file.size ? (100 * sent) / file.size : 100;
     bar.value = pct;
     const speed = sent / Math.max((performance.now() - began) / 1000, 0.001);
@@ -196,7 +199,10 @@ async function uploadFile(file, relPath) {
     row.querySelector(".cancel").remove();
     refreshListing();
   } catch (err) {
-    status.textContent = err.name === "AbortError" ? "cancelled" : `failed: ${err.message}`;
+    finished = true;
+    const cancelled = abort.signal.aborted;
+    abort.abort(); // stop the other chunk transfers of this file
+    status.textContent = cancelled ? "cancelled" : `failed: ${err.message}`;
     uploads.total -= file.size;
     uploads.done -= sent;
   } finally {
@@ -397,7 +403,10 @@ const feed = { cursor: null, failures: 0, mode: "socket" };
 function handleEvents(events) {
   if (!events.length) return;
   for (const e of events) {
-    if (e.type === "share.added" && e.actor) toast(`${e.actor} shared ${e.path} with you`);
+    // The owner hears of their own share too; only the recipient gets the toast.
+    if (e.type === "share.added" && e.actor && e.actor !== me) {
+      toast(`${e.actor} shared ${e.path.replace(/^\//, "")} with you`);
+    }
   }
   refreshListing();
 }
