@@ -133,9 +133,9 @@ def test_public_link_with_password_then_revoked(
 ) -> None:
     alice = people().register()
     a = alice.page
-    digest = drop_file(a, "report.pdf", 300_000, 11)
-    expect(upload_row(a, "report.pdf").locator(".status")).to_have_text("done")
-    row(a, "report.pdf").get_by_role("button", name="Share report.pdf").click()
+    digest = drop_file(a, "archive.zip", 300_000, 11)
+    expect(upload_row(a, "archive.zip").locator(".status")).to_have_text("done")
+    row(a, "archive.zip").get_by_role("button", name="Share archive.zip").click()
     dialog = a.locator("#share-dialog")
     dialog.get_by_label("Password (optional)").fill("open sesame")
     dialog.get_by_label("Expires (optional)").fill("2031-01-01T12:00")
@@ -157,7 +157,7 @@ def test_public_link_with_password_then_revoked(
     shot(anon, "public-link")
     with anon.expect_download() as info:
         anon.get_by_role("link", name="Download").click()
-    saved = tmp_path / "report.pdf"
+    saved = tmp_path / "archive.zip"
     info.value.save_as(saved)
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == digest
 

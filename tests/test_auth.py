@@ -147,3 +147,18 @@ def test_password_guessing_is_throttled_per_address_and_username(base_url: str) 
         == 200
     )
     assert victim.http.get("/api/me").status_code == 200
+
+
+def test_login_and_register_forms_refuse_other_sites_but_work_from_ours(base_url: str) -> None:
+    user = User(base_url)
+    form = {"username": user.username, "password": user.password, "next": "/files"}
+    evil = httpx.post(f"{base_url}/login", data=form, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403 and evil.json()["error"]["code"] == "cross_site"
+    ours = httpx.post(f"{base_url}/login", data=form, headers={"Origin": base_url})
+    assert ours.status_code == 302 and ours.headers["location"] == "/files"
+    assert "coffer_session" in ours.cookies
+    wrong = httpx.post(f"{base_url}/login", data={**form, "password": "not it at all"})
+    assert wrong.status_code == 401 and "wrong username or password" in wrong.text
+    page = httpx.get(f"{base_url}/files", cookies=ours.cookies)
+    assert page.status_code == 200 and "<table" in page.text  # works without JavaScript
+    assert httpx.get(f"{base_url}/files").status_code == 302  # anonymous: to the login page

@@ -14,7 +14,7 @@ import mimetypes
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from litestar import Request, Response, get, post
 from litestar.enums import RequestEncodingType
@@ -144,6 +144,20 @@ async def login_page(request: Request, next: str = "/files") -> Template:
     return _page(request, "login.html", {"next": _safe_next(next), "error": None, "username": ""})
 
 
+def _cross_site(request: Request) -> bool:
+    """A form posted from another site (login CSRF: signing the victim into the
+    attacker's account). Browsers send Origin with every cross-site POST."""
+    origin = request.headers.get("origin")
+    return bool(origin) and urlsplit(origin).netloc != request.headers.get("host")
+
+
+def _refuse_cross_site() -> Response[Any]:
+    return Response(
+        {"error": {"code": "cross_site", "message": "this form must be sent from this site"}},
+        status_code=403,
+    )
+
+
 def _safe_next(target: str) -> str:
     # Only same-site paths: "//evil.example" or "https://..." would leave the site.
     return target if target.startswith("/") and not target.startswith("//") else "/files"
@@ -155,6 +169,8 @@ async def login_submit(
     settings: Settings,
     data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Response[Any]:
+    if _cross_site(request):
+        return _refuse_cross_site()
     username, password = data.get("username", ""), data.get("password", "")
     target = _safe_next(data.get("next", "/files"))
     try:
@@ -181,6 +197,8 @@ async def register_submit(
     settings: Settings,
     data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Response[Any]:
+    if _cross_site(request):
+        return _refuse_cross_site()
     username, password = data.get("username", ""), data.get("password", "")
     if password != data.get("password2", password):
         return _page(
