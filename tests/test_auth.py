@@ -154,6 +154,8 @@ def test_login_and_register_forms_refuse_other_sites_but_work_from_ours(base_url
     form = {"username": user.username, "password": user.password, "next": "/files"}
     evil = httpx.post(f"{base_url}/login", data=form, headers={"Origin": "https://evil.example"})
     assert evil.status_code == 403 and evil.json()["error"]["code"] == "cross_site"
+    sneaky = httpx.post(f"{base_url}/login", data=form, headers={"Sec-Fetch-Site": "cross-site"})
+    assert sneaky.status_code == 403
     ours = httpx.post(f"{base_url}/login", data=form, headers={"Origin": base_url})
     assert ours.status_code == 302 and ours.headers["location"] == "/files"
     assert "coffer_session" in ours.cookies

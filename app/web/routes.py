@@ -147,8 +147,14 @@ async def login_page(request: Request, next: str = "/files") -> Template:
 def _cross_site(request: Request) -> bool:
     """A form posted from another site (login CSRF: signing the victim into the
     attacker's account). Browsers send Origin with every cross-site POST."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:  # modern browsers say it outright
+        return fetch_site not in ("same-origin", "none")
     origin = request.headers.get("origin")
-    return bool(origin) and urlsplit(origin).netloc != request.headers.get("host")
+    # "null": our pages send no referrer, and some browsers then send Origin: null.
+    return (
+        bool(origin) and origin != "null" and urlsplit(origin).netloc != request.headers.get("host")
+    )
 
 
 def _refuse_cross_site() -> Response[Any]:
