@@ -81,14 +81,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return state.feed
 
     def provide_files(request: Request, store: BlobStore, feed: ChangeFeed) -> FileService:
-        principal = request.scope["auth"]
-        return FileService(
-            settings=settings,
-            store=store,
-            user=principal.user,
-            base_url=settings.public_url or str(request.base_url),
-            feed=feed,
-            device=principal.device_name,
+        return FileService.for_caller(
+            settings, store, feed, request.scope["auth"], str(request.base_url)
         )
 
     def provide_sharing(files: FileService) -> SharingService:

@@ -146,23 +146,18 @@ class CofferClient:
     # ------------------------------------------------------------- files
 
     async def list(self, path: str = "/") -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor = None
-        while True:
-            params = {"path": path, "limit": 1000}
-            if cursor:
-                params["cursor"] = cursor
-            body = await self.request("GET", "/api/file", params=params)
-            items += body["items"]
-            cursor = body["cursor"]
-            if not cursor:
-                return items
+        """Every item in the folder at `path` (all pages)."""
+        return await self._list_all({"path": path})
 
     async def list_by_id(self, folder_id: str) -> list[dict[str, Any]]:
+        """Every item in the folder with this id (e.g. one shared with us)."""
+        return await self._list_all({"id": folder_id})
+
+    async def _list_all(self, where: dict[str, str]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         cursor = None
         while True:
-            params = {"id": folder_id, "limit": 1000}
+            params: dict[str, Any] = {**where, "limit": 1000}
             if cursor:
                 params["cursor"] = cursor
             body = await self.request("GET", "/api/file", params=params)

@@ -122,6 +122,21 @@ class FileService:
     ns: User | None = None
     access: Access = OWNER
 
+    @classmethod
+    def for_caller(
+        cls, settings: Settings, store: BlobStore, feed: ChangeFeed, principal: Any, base_url: str
+    ) -> FileService:
+        """The service for an authenticated request (`principal` from the auth layer)."""
+        return cls(
+            settings=settings,
+            store=store,
+            user=principal.user,
+            base_url=settings.public_url or base_url,
+            feed=feed,
+            # Versions name the device that made them; a browser session has no name.
+            device=principal.device_name or ("browser" if principal.via == "session" else None),
+        )
+
     @property
     def namespace(self) -> User:
         return self.ns or self.user

@@ -132,7 +132,7 @@ async def target(opened: OpenLink, raw_path: str | None) -> tuple[FileNode, str]
     return node, relative.lstrip("/")
 
 
-def _human_size(n: int) -> str:
+def human_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if size < 1000 or unit == "TB":
@@ -181,7 +181,7 @@ async def link_page(
     context: dict[str, Any] = {
         "name": node.name,
         "kind": node.kind,
-        "size": _human_size(node.size),
+        "size": human_size(node.size),
         "modified": node.modified_at.strftime("%Y-%m-%d %H:%M UTC"),
         "allow_download": opened.link.allow_download,
         "base": opened.base,
@@ -210,7 +210,7 @@ async def link_page(
             {
                 "name": c.name,
                 "kind": c.kind,
-                "size": _human_size(c.size) if c.kind == "file" else "",
+                "size": human_size(c.size) if c.kind == "file" else "",
                 "modified": c.modified_at.strftime("%Y-%m-%d %H:%M"),
                 "url": f"{opened.base}{_qs(_join(relative, c.name))}",
                 "download_url": f"{opened.base}/download{_qs(_join(relative, c.name))}",
@@ -332,6 +332,13 @@ async def link_preview(
             raise LinkPageError(415, "No preview", "This kind of file cannot be previewed.")
     except LinkPageError as exc:
         return error_page(exc)
+    return await preview_response(request, store, node, media_type)
+
+
+async def preview_response(
+    request: Request, store: BlobStore, node: FileNode, media_type: str
+) -> Response[Any]:
+    """The file's bytes shown inline by the browser, never able to run script here."""
     if media_type.startswith("text/"):
         media_type = "text/plain; charset=utf-8"  # shown, never rendered as HTML
     return await content_response(

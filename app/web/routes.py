@@ -26,14 +26,14 @@ from app.auth.routes import CLEARED_COOKIES, authenticate, session_cookies
 from app.errors import CofferError
 from app.events.service import ChangeFeed
 from app.files import paths
-from app.files.routes import content_response
-from app.files.service import FileService, head_version_of
+from app.files.service import FileService
 from app.settings import Settings
-from app.sharing.public import PREVIEW_HEADERS, previewable
+from app.sharing.public import human_size, preview_response, previewable
 from app.sharing.service import SharingService
 from app.storage.base import BlobStore
 
 PUBLIC = {"public": True}
+FormData = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SORTS = {"name", "size", "modified"}
 
@@ -55,23 +55,7 @@ def _files_for(
     feed: ChangeFeed,
     principal: auth.Principal,
 ) -> FileService:
-    return FileService(
-        settings=settings,
-        store=store,
-        user=principal.user,
-        base_url=settings.public_url or str(request.base_url),
-        feed=feed,
-        device=principal.device_name or "browser",
-    )
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
+    return FileService.for_caller(settings, store, feed, principal, str(request.base_url))
 
 
 def icon_for(item: dict[str, Any]) -> tuple[str, str]:
@@ -173,7 +157,7 @@ def _safe_next(target: str) -> str:
 async def login_submit(
     request: Request,
     settings: Settings,
-    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+    data: FormData,
 ) -> Response[Any]:
     if _cross_site(request):
         return _refuse_cross_site()
@@ -188,6 +172,10 @@ async def login_submit(
             {"next": target, "error": exc.message, "username": username},
             status=exc.status_code,
         )
+    return await _signed_in(settings, user, target)
+
+
+async def _signed_in(settings: Settings, user: Any, target: str) -> Redirect:
     raw, session = await auth.start_session(settings, user)
     return Redirect(target, cookies=session_cookies(settings, raw, session.csrf_token))
 
@@ -201,7 +189,7 @@ async def register_page(request: Request) -> Template:
 async def register_submit(
     request: Request,
     settings: Settings,
-    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+    data: FormData,
 ) -> Response[Any]:
     if _cross_site(request):
         return _refuse_cross_site()
@@ -222,14 +210,13 @@ async def register_submit(
             {"error": exc.message, "username": username},
             status=exc.status_code,
         )
-    raw, session = await auth.start_session(settings, user)
-    return Redirect("/files", cookies=session_cookies(settings, raw, session.csrf_token))
+    return await _signed_in(settings, user, "/files")
 
 
 @post("/logout", opt=PUBLIC, include_in_schema=False)
 async def logout_submit(
     request: Request,
-    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+    data: FormData,
 ) -> Redirect:
     principal = _principal(request)
     # A plain form post: the CSRF token travels as a field instead of a header.
@@ -319,14 +306,4 @@ async def preview(
         return Response(
             {"error": {"code": "no_preview", "message": "cannot preview this"}}, status_code=415
         )
-    if media_type.startswith("text/"):
-        media_type = "text/plain; charset=utf-8"
-    return await content_response(
-        request,
-        store,
-        node,
-        await head_version_of(node),
-        disposition="inline",
-        media_type=media_type,
-        extra_headers={} if media_type == "application/pdf" else PREVIEW_HEADERS,
-    )
+    return await preview_response(request, store, node, media_type)
