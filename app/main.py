@@ -43,6 +43,7 @@ from app.web.routes import (
     register_page,
     register_submit,
     shared_page,
+    trash_page,
 )
 
 log = logging.getLogger("coffer")
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             logout_submit,
             files_page,
             shared_page,
+            trash_page,
             preview,
         ],
     )

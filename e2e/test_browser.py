@@ -232,3 +232,35 @@ def test_live_updates_fall_back_to_long_poll_when_websockets_are_blocked(
         "button", name="Delete from-another-tab.txt"
     ).click()
     expect(row(watcher, "from-another-tab.txt")).to_have_count(0, timeout=3000)
+
+
+def test_restore_an_earlier_version_and_a_deleted_file(
+    people: Callable[..., Person], tmp_path: Path
+) -> None:
+    alice = people().register()
+    page = alice.page
+    page.on("dialog", lambda d: d.accept())
+    first = drop_file(page, "draft.txt", 5000, 21)
+    expect(upload_row(page, "draft.txt").locator(".status")).to_have_text("done")
+    drop_file(page, "draft.txt", 6000, 22)  # a second version
+    expect(upload_row(page, "draft.txt").locator(".status").first).to_have_text("done")
+    expect(row(page, "draft.txt").locator("td.size")).to_have_text("6.0 KB")
+
+    row(page, "draft.txt").get_by_role("button", name="Versions of draft.txt").click()
+    dialog = page.locator("#versions-dialog")
+    expect(dialog.locator("tbody tr")).to_have_count(2)
+    dialog.get_by_role("button", name="Restore version 1").click()
+    expect(row(page, "draft.txt").locator("td.size")).to_have_text("5.0 KB")
+    file_id = row(page, "draft.txt").get_attribute("data-id")
+    body = alice.context.request.get(f"/api/file/{file_id}/content").body()
+    assert hashlib.sha256(body).hexdigest() == first
+
+    row(page, "draft.txt").get_by_role("button", name="Delete draft.txt").click()
+    expect(row(page, "draft.txt")).to_have_count(0)
+    page.get_by_role("link", name="Trash").click()
+    expect(row(page, "draft.txt")).to_be_visible()
+    shot(page, "trash")
+    row(page, "draft.txt").get_by_role("button", name="Restore draft.txt").click()
+    expect(page.get_by_text("The trash is empty.")).to_be_visible()
+    page.get_by_role("link", name="All files").click()
+    expect(row(page, "draft.txt").locator("td.size")).to_have_text("5.0 KB")

@@ -53,7 +53,8 @@ function refreshListing() {
   refreshTimer = setTimeout(() => {
     const target = listing();
     if (!target || !window.htmx) return;
-    const url = target.dataset.shared ? "/shared" : location.pathname + location.search;
+    const url = target.dataset.shared ? "/shared" : target.dataset.trash ? "/trash"
+      : location.pathname + location.search;
     htmx.ajax("GET", url, { target: "#listing", swap: "outerHTML" });
   }, 60);
 }
@@ -302,6 +303,14 @@ async function rowAction(button) {
       await api("PATCH", `/api/file/${id}`, { path: `${dest.replace(/\/$/, "")}/${name}` });
     } else if (action === "share") {
       return openShareDialog(id, name);
+    } else if (action === "versions") {
+      return openVersions(id, name);
+    } else if (action === "restore") {
+      const restored = await api("POST", `/api/trash/${id}/restore`);
+      toast(`Restored ${restored.path}`);
+    } else if (action === "purge") {
+      if (!confirm(`Delete ${name} forever? This cannot be undone.`)) return;
+      await api("DELETE", `/api/trash/${id}`);
     }
     refreshListing();
   } catch (err) {
@@ -396,6 +405,42 @@ function setUpShareDialog() {
   });
 }
 
+// ------------------------------------------------------------------ version history
+
+async function openVersions(id, name) {
+  const dialog = document.getElementById("versions-dialog");
+  document.getElementById("versions-title").textContent = `Versions of ${name}`;
+  const body = document.getElementById("versions-list");
+  const versions = await api("GET", `/api/file/${id}/versions`);
+  body.replaceChildren(...versions.map((v, i) => {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<td></td><td></td><td></td><td class="num"></td><td class="row-actions">` +
+      `<a class="button secondary small" download>Download</a> ` +
+      `<button type="button" class="secondary small">Restore</button></td>`;
+    const cells = tr.querySelectorAll("td");
+    cells[0].textContent = `${v.version}${i === 0 ? " (current)" : ""}${v.damaged ? " damaged" : ""}`;
+    cells[1].textContent = v.modified_at.slice(0, 16).replace("T", " ");
+    cells[2].textContent = v.author_device || "";
+    cells[3].textContent = human(v.size);
+    const link = tr.querySelector("a");
+    link.href = `/api/file/${id}/content?version=${v.version}`;
+    link.setAttribute("aria-label", `Download version ${v.version}`);
+    const restore = tr.querySelector("button");
+    restore.setAttribute("aria-label", `Restore version ${v.version}`);
+    if (i === 0) restore.remove();
+    else restore.onclick = async () => {
+      try {
+        await api("POST", `/api/file/${id}/versions/${v.version}/restore`);
+        dialog.close();
+        toast(`Restored version ${v.version} of ${name}`);
+        refreshListing();
+      } catch (err) { toast(err.message); }
+    };
+    return tr;
+  }));
+  dialog.showModal();
+}
+
 // ---------------------------------------------------------------------- live feed
 
 const feed = { cursor: null, failures: 0, mode: "socket" };
@@ -468,4 +513,7 @@ document.addEventListener("click", (e) => {
 });
 setUpUploads();
 setUpShareDialog();
+document.getElementById("versions-close")?.addEventListener("click", () => {
+  document.getElementById("versions-dialog").close();
+});
 startFeed().catch(() => longPoll(60000));

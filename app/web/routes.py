@@ -26,6 +26,7 @@ from app.auth.routes import CLEARED_COOKIES, authenticate, session_cookies
 from app.errors import CofferError
 from app.events.service import ChangeFeed
 from app.files import paths
+from app.files.history import HistoryService
 from app.files.service import FileService
 from app.settings import Settings
 from app.sharing.public import human_size, preview_response, previewable
@@ -288,6 +289,25 @@ async def shared_page(
     sharing = SharingService(_files_for(request, settings, store, feed, principal))
     items = [_decorate(i) for i in await sharing.shared_with_me()]
     template = "_shared.html" if request.headers.get("hx-request") else "shared.html"
+    return _page(request, template, {"items": items})
+
+
+@get("/trash", opt=PUBLIC, include_in_schema=False)
+async def trash_page(
+    request: Request, settings: Settings, store: BlobStore, feed: ChangeFeed
+) -> Response[Any]:
+    """What you deleted, newest first, with restore and delete-forever buttons."""
+    principal = _principal(request)
+    if principal is None:
+        return _login_redirect(request)
+    history = HistoryService(_files_for(request, settings, store, feed, principal))
+    items, _ = await history.trash(1000, None)
+    for item in items:
+        deleted = datetime.fromisoformat(item["deleted_at"].replace("Z", "+00:00"))
+        item["human_date"] = deleted.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+        item["human_size"] = "—" if item["kind"] == "folder" else human_size(item["size"])
+        item["icon"], item["icon_class"] = icon_for(item)
+    template = "_trash.html" if request.headers.get("hx-request") else "trash.html"
     return _page(request, template, {"items": items})
 
 
