@@ -397,7 +397,7 @@ class LiveSync:
             if self.syncer.rel_of(e.get("path") or "") is not None
             or self.syncer.rel_of(e.get("old_path") or "") is not None
         ]
-        if relevant:
+        if relevant and not await self.syncer.apply_events(relevant):
             # Move the cursor on only after a pass that began after these events.
             self.passed.clear()
             self.wake.set()

@@ -270,6 +270,59 @@ class Syncer:
                 self.state.set_meta("cursor", str(start_cursor))
             return self.report
 
+    async def apply_events(self, events: list[dict[str, Any]]) -> bool:
+        """Apply simple remote file events directly, without a full pass: a new or changed
+        file we have not edited locally is downloaded, a deleted one we have not edited is
+        deleted. False when any event needs a full pass (folders, moves, shares, local
+        edits: anything where the three-way comparison must look at everything)."""
+        async with self.lock:
+            for event in events:
+                rel = self.rel_of(event.get("path") or "")
+                old = event.get("old_path")
+                if rel is None and (old is None or self.rel_of(old) is None):
+                    continue  # not under the synced folder
+                if rel is None or event.get("kind") != "file" or self.ignore(rel):
+                    return False
+                kind = event["type"]
+                entry = self.state.get(rel)
+                if entry is not None and entry.kind != "file":
+                    return False
+                try:
+                    st = os.stat(self.local(rel))
+                    here: LocalFile | None = LocalFile(st.st_size, st.st_mtime_ns)
+                except FileNotFoundError:
+                    here = None
+                edited_here = here is not None and (
+                    entry is None or not self._unchanged(here, entry)
+                )
+                if kind in ("file.created", "file.updated", "file.restored"):
+                    if entry is not None and entry.content_hash == event.get("content_hash"):
+                        continue  # our own change coming back, or already applied
+                    if edited_here or (here is None and entry is not None):
+                        return False  # changed or deleted here too: full comparison
+                    remote = {
+                        "id": event["file_id"],
+                        "version": event["version"],
+                        "content_hash": event["content_hash"],
+                        "size": event["size"],
+                    }
+                    try:
+                        await self._download(rel, remote)
+                    except ApiError:
+                        return False  # changed again or gone since: a full pass sorts it out
+                elif kind == "file.deleted":
+                    if entry is None:
+                        continue
+                    if edited_here:
+                        return False
+                    self.local(rel).unlink(missing_ok=True)
+                    self.state.delete(rel)
+                    self.report.deleted_local.append(rel)
+                    self.log(f"deleted {rel}")
+                else:
+                    return False
+            return True
+
     async def _latest_cursor(self) -> int | None:
         try:
             body = await self.api.request("GET", "/api/file/events", params={"cursor": "latest"})
@@ -496,17 +549,18 @@ class Syncer:
         target = self.local(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         with self._bar(f"↓ {rel}", remote["size"]) as advance:
-            chunks = await self.fetch(remote["id"], target, advance)
+            chunks, head = await self.fetch(remote["id"], target, advance)
         st = target.stat()
+        # Record what was fetched (the head now), which may be newer than `remote`.
         self.state.put(
             Entry(
                 rel,
                 "file",
                 remote["id"],
-                remote["version"],
+                head["version"],
                 st.st_size,
                 st.st_mtime_ns,
-                remote["content_hash"],
+                head["content_hash"],
                 chunks,
             )
         )
@@ -529,8 +583,9 @@ class Syncer:
         file_id: str,
         target: Path,
         advance: Callable[[int], None] = lambda _n: None,
-    ) -> list[tuple[str, int]]:
-        """Assemble the server's file at `target` from local chunks and downloaded ones."""
+    ) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+        """Assemble the server's file at `target` from local chunks and downloaded ones;
+        returns its chunk list and the file object it describes."""
         described: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -594,7 +649,7 @@ class Syncer:
             tmp.unlink(missing_ok=True)
             raise ApiError(502, "corrupt_data", "downloaded file does not match its hash", {})
         os.replace(tmp, target)
-        return chunks
+        return chunks, body
 
     async def _stream_content(
         self,
