@@ -308,7 +308,9 @@ async def trash_page(
         item["human_size"] = "—" if item["kind"] == "folder" else human_size(item["size"])
         item["icon"], item["icon_class"] = icon_for(item)
     template = "_trash.html" if request.headers.get("hx-request") else "trash.html"
-    return _page(request, template, {"items": items})
+    return _page(
+        request, template, {"items": items, "retention_days": settings.trash_retention_days}
+    )
 
 
 @get("/preview/{file_id:str}", opt=PUBLIC, include_in_schema=False)
