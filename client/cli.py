@@ -228,7 +228,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     pending = [
         rel
         for rel, lf in files.items()
-        if rel not in known or (known[rel].size, known[rel].mtime_ns) != (lf.size, lf.mtime_ns)
+        if rel not in known or not Syncer._unchanged(lf, known[rel])
     ]
     gone = [rel for rel, e in known.items() if e.kind == "file" and rel not in files]
     print(f"{len(known)} synced entries, cursor {syncer.state.get_meta('cursor')}")
@@ -252,6 +252,7 @@ async def cmd_sync(args: argparse.Namespace) -> int:
     bars = progress_bar(args.quiet)
     async with client_for(login) as api:
         syncer = Syncer(api, folder, args.remote, login.device_name, log=log, progress=bars)
+        syncer.discard_interrupted_downloads()
         with bars:
             report = await syncer.reconcile()
         if args.once:

@@ -98,8 +98,6 @@ class Syncer:
         self.remote_root = "/" + remote_root.strip("/") if remote_root.strip("/") else "/"
         self.device = device
         self.state = SyncState(self.root)
-        for stale in (self.state.dir / "tmp").iterdir():
-            stale.unlink(missing_ok=True)  # a download a crash interrupted
         self.ignore = Ignore(self.root)
         self.log = log
         # Shows transfers of files over PROGRESS_MIN bytes (a rich Progress, or None).
@@ -109,6 +107,12 @@ class Syncer:
         # Set when the remote root is a folder another user shared with us: such a tree is
         # addressed by ids (parent_id + name), as it is not in our own path namespace.
         self.shared_root_id: str | None = None
+
+    def discard_interrupted_downloads(self) -> None:
+        """Remove temp files of downloads a crash cut short. Only the process about to
+        sync may do this: `coffer status` beside a running sync must not."""
+        for stale in (self.state.dir / "tmp").iterdir():
+            stale.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- paths
 

@@ -26,7 +26,7 @@ from bson import ObjectId
 from pymongo import MongoClient
 
 from tests.conftest import User, content_hash
-from tests.stack import Stack
+from tests.stack import Stack, wait_http
 from tests.test_integrity import CHUNK, age_chunks, chunk_file, flip_byte, purge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +37,6 @@ def kill9_and_restart(stack: Stack, name: str) -> None:
     proc.kill9()
     proc.start()
     if name.startswith("web"):
-        from tests.stack import wait_http
-
         wait_http(f"{stack.url(name)}/healthz")
 
 

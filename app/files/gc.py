@@ -33,8 +33,8 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from app.auth.models import User
-from app.files.integrity import chunk_id, now_ms
-from app.files.models import ChunkMapPage, FileVersion, MaintenanceState, StoredChunk
+from app.files.integrity import chunk_id, now_ms, owner_chunk_pages
+from app.files.models import MaintenanceState, StoredChunk
 from app.storage.base import BlobStore
 
 log = logging.getLogger("coffer.gc")
@@ -57,15 +57,8 @@ def gc_paused(pause_file: Path | None) -> bool:
 async def referenced_chunks(owner: str) -> set[str]:
     """Every chunk hash any version of the owner uses (memory: one hash per unique chunk)."""
     refs: set[str] = set()
-    version_ids = [
-        str(doc["_id"])
-        async for doc in FileVersion.get_pymongo_collection().find({"owner_id": owner}, {"_id": 1})
-    ]
-    for start in range(0, len(version_ids), 500):
-        async for page in ChunkMapPage.get_pymongo_collection().find(
-            {"version_id": {"$in": version_ids[start : start + 500]}}, {"chunks": 1}
-        ):
-            refs.update(sha for sha, _ in page["chunks"])
+    async for page in owner_chunk_pages(owner):
+        refs.update(sha for sha, _ in page["chunks"])
     return refs
 
 

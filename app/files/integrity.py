@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.errors import CorruptData, ServiceUnavailable
+from app.events.service import epoch_ms
 from app.files.models import ChunkMapPage, FileNode, FileVersion, MaintenanceState, StoredChunk
 from app.storage.base import BlobStore
 
@@ -35,7 +36,7 @@ _background: set[asyncio.Task[Any]] = set()
 
 
 def now_ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)
+    return epoch_ms(datetime.now(UTC))
 
 
 def chunk_id(owner: str, sha256: str) -> str:
@@ -136,9 +137,9 @@ async def mark_chunk(owner: str, sha256: str, state: str, seen_put_ms: int | Non
     return True
 
 
-async def _versions_using(owner: str, hashes: set[str]) -> list[str]:
-    """Ids of the owner's versions whose chunk maps contain any of these hashes."""
-    hits: list[str] = []
+async def owner_chunk_pages(owner: str) -> AsyncIterator[dict[str, Any]]:
+    """Every chunk-map page ({"version_id", "chunks"}) of every version of the owner:
+    committed, historic, trashed or a pending upload's."""
     version_ids = [
         str(doc["_id"])
         async for doc in FileVersion.get_pymongo_collection().find({"owner_id": owner}, {"_id": 1})
@@ -148,8 +149,15 @@ async def _versions_using(owner: str, hashes: set[str]) -> list[str]:
             {"version_id": {"$in": version_ids[start : start + BATCH]}},
             {"version_id": 1, "chunks": 1},
         ):
-            if page["version_id"] not in hits and any(sha in hashes for sha, _ in page["chunks"]):
-                hits.append(page["version_id"])
+            yield page
+
+
+async def _versions_using(owner: str, hashes: set[str]) -> list[str]:
+    """Ids of the owner's versions whose chunk maps contain any of these hashes."""
+    hits: list[str] = []
+    async for page in owner_chunk_pages(owner):
+        if page["version_id"] not in hits and any(sha in hashes for sha, _ in page["chunks"]):
+            hits.append(page["version_id"])
     return hits
 
 

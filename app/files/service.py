@@ -38,7 +38,12 @@ from app.errors import (
 )
 from app.events.service import ChangeFeed, epoch_ms, make_change
 from app.files import paths
-from app.files.integrity import read_verified_chunk, record_stored_chunk, touch_chunks
+from app.files.integrity import (
+    hash_in_store,
+    read_verified_chunk,
+    record_stored_chunk,
+    touch_chunks,
+)
 from app.files.models import (
     PAGE_SIZE,
     ChunkMapPage,
@@ -557,19 +562,13 @@ class FileService:
 
         async def verify(sha: str) -> str | None:
             async with sem:
-                size = await self.store.stat(owner, sha)
-                if size is None:
-                    return None
-                h = hashlib.sha256()
-                n = 0
-                async for piece in self.store.read(owner, sha):
-                    h.update(piece)
-                    n += len(piece)
-                if h.hexdigest() != sha or n != sizes[sha]:
-                    await self.store.delete(owner, sha)
+                found = await hash_in_store(self.store, owner, sha, sizes[sha])
+                if found != "stored":
+                    if found == "corrupt":
+                        await self.store.delete(owner, sha)
                     return None
                 try:
-                    await record_stored_chunk(self.owner, sha, n, verified=True)
+                    await record_stored_chunk(self.owner, sha, sizes[sha], verified=True)
                 except ServiceUnavailable:
                     return None  # being garbage-collected: it must be sent again
                 return sha

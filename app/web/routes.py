@@ -72,14 +72,16 @@ def icon_for(item: dict[str, Any]) -> tuple[str, str]:
     return (ext[:4].upper() or "FILE"), "file"
 
 
-def _decorate(item: dict[str, Any]) -> dict[str, Any]:
-    modified = datetime.fromisoformat(item["modified_at"].replace("Z", "+00:00"))
+def _decorate(item: dict[str, Any], date_field: str = "modified_at") -> dict[str, Any]:
+    """What a row shows besides the API's fields: badge, human size and date."""
+    when = datetime.fromisoformat(item[date_field].replace("Z", "+00:00"))
+    icon, icon_class = icon_for(item)
     return {
         **item,
-        "icon": icon_for(item)[0],
-        "icon_class": icon_for(item)[1],
+        "icon": icon,
+        "icon_class": icon_class,
         "human_size": "—" if item["kind"] == "folder" else human_size(item["size"]),
-        "human_date": modified.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
+        "human_date": when.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
         "previewable": item["kind"] == "file" and previewable(item["name"]) is not None,
     }
 
@@ -302,11 +304,7 @@ async def trash_page(
         return _login_redirect(request)
     history = HistoryService(_files_for(request, settings, store, feed, principal))
     items, _ = await history.trash(1000, None)
-    for item in items:
-        deleted = datetime.fromisoformat(item["deleted_at"].replace("Z", "+00:00"))
-        item["human_date"] = deleted.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
-        item["human_size"] = "—" if item["kind"] == "folder" else human_size(item["size"])
-        item["icon"], item["icon_class"] = icon_for(item)
+    items = [_decorate(item, "deleted_at") for item in items]
     template = "_trash.html" if request.headers.get("hx-request") else "trash.html"
     return _page(
         request, template, {"items": items, "retention_days": settings.trash_retention_days}
