@@ -23,7 +23,7 @@ from app.events.routes import events_socket, read_events
 from app.events.service import ChangeFeed
 from app.files.history import HistoryService
 from app.files.routes import FileController, TrashController, create_folder
-from app.files.service import FileService, finish_all_pending_ops
+from app.files.service import FileService, finish_all_commits, finish_all_pending_ops
 from app.health import healthz, readyz
 from app.settings import Settings, get_settings
 from app.sharing.public import link_download, link_page, link_preview, unlock_link
@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finished = await finish_all_pending_ops()
         if finished:
             log.warning("completed %d folder operation(s) interrupted by a crash", finished)
+        finished = await finish_all_commits()
+        if finished:
+            log.warning("completed %d commit(s) interrupted by a crash", finished)
 
     async def on_shutdown(app: Litestar) -> None:
         await app.state.hub.close()

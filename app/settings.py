@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     gc_lease_seconds: float = 60
     # Default per-user quota in bytes; 0 means unlimited.
     default_quota_bytes: int = 0
+    # Tests only: "name=seconds,..." makes the server pause at those failpoints
+    # (see app/failpoints.py) so a fault test can kill it at an exact step.
+    failpoints: str = ""
 
     min_chunk_size: int = 64 * KIB
     max_chunk_size: int = 16 * MIB

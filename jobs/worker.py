@@ -20,7 +20,7 @@ from app.files.gc import GarbageCollector, pause_file_for
 from app.files.integrity import scrub
 from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession
 from app.files.retention import empty_trash, thin_versions
-from app.files.service import finish_all_pending_ops
+from app.files.service import finish_all_commits, finish_all_pending_ops, finish_commit
 from app.settings import get_settings
 from app.storage.factory import open_store
 
@@ -56,8 +56,8 @@ async def sweep_outboxes(ctx: dict[str, Any]) -> int:
 
 
 async def finish_interrupted_ops(ctx: dict[str, Any]) -> int:
-    """Complete folder moves/trashes a crashed web process left half done."""
-    return await finish_all_pending_ops()
+    """Complete commits and folder moves/trashes a crashed web process left half done."""
+    return await finish_all_commits() + await finish_all_pending_ops()
 
 
 async def expire_uploads(ctx: dict[str, Any]) -> int:
@@ -68,11 +68,13 @@ async def expire_uploads(ctx: dict[str, Any]) -> int:
     """
     expired = 0
     async for session in UploadSession.find(UploadSession.expires_at < datetime.now(UTC)):
+        node = await FileNode.get(PydanticObjectId(session.file_id))
+        if node is not None:
+            await finish_commit(node)  # a head version is never "pending" past this
         version = await FileVersion.get(PydanticObjectId(session.version_id))
         if version is not None and version.state == "pending":
             await ChunkMapPage.find(ChunkMapPage.version_id == session.version_id).delete()
             await version.delete()
-        node = await FileNode.get(PydanticObjectId(session.file_id))
         if node is not None and not node.committed:
             others = await UploadSession.find(
                 UploadSession.file_id == session.file_id, UploadSession.id != session.id

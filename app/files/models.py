@@ -53,6 +53,10 @@ class FileNode(Document):
     pending_op: dict[str, str] | None = None
     # The head version uses a chunk the store lost or holds damaged (see integrity.py).
     damaged: bool = False
+    # What follows a commit's compare-and-set (mark the version committed, count the bytes),
+    # recorded in that same write so a crash cannot leave the head's version "pending" (where
+    # upload expiry would drop it). Cleared by `finish_commit`; see service.py.
+    commit_tail: dict[str, Any] | None = None
     # The outbox: the last change made to this node, and whether every recipient's feed
     # has it yet (see app/events/service.py).
     outbox: dict[str, Any] | None = None

@@ -37,6 +37,7 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.events.service import ChangeFeed, epoch_ms, make_change
+from app.failpoints import failpoint
 from app.files import paths
 from app.files.integrity import (
     hash_in_store,
@@ -635,6 +636,10 @@ class FileService:
         on the node, retried on a concurrent change; None if it has the head's bytes."""
         file_id = str(node.id)
         while True:
+            if node.head_version_id == str(version.id):
+                # A retried commit whose compare-and-set landed before the web process died.
+                await finish_commit(node)
+                return await self._reload(file_id)
             if node.committed and node.content_hash == version.content_hash:
                 return None
             if base_version is not None and node.version != base_version:
@@ -642,8 +647,15 @@ class FileService:
                     "the file changed since base_version", code="conflict", version=node.version
                 )
             await self.feed.flush_node(node)
+            await finish_commit(node)  # the previous commit's, if a crash cut it short
             new_version = node.version + 1
             t = now()
+            tail = {
+                "version_id": str(version.id),
+                "version": new_version,
+                "at": t,
+                "usage_delta": version.size - (node.size if node.committed else 0),
+            }
             change = self._change(
                 "file.updated" if node.committed else "file.created",
                 node,
@@ -666,6 +678,7 @@ class FileService:
                         "rev": node.rev + 1,
                         "outbox": change,
                         "outbox_pending": True,
+                        "commit_tail": tail,
                     }
                 },
             )
@@ -673,13 +686,8 @@ class FileService:
                 break
             node = await self._reload(file_id)
 
-        old_size = node.size if node.committed else 0
-        await FileVersion.get_pymongo_collection().update_one(
-            {"_id": version.id},
-            {"$set": {"version": new_version, "state": "committed", "committed_at": t}},
-        )
-        if version.size != old_size:
-            await _add_usage(self.owner, version.size - old_size)
+        await failpoint("commit.after_head")
+        await _finish_commit_tail(node.id, self.owner, tail)
         await self.feed.changed("files", file_id, change)
         return await self._reload(file_id)
 
@@ -873,6 +881,42 @@ async def _close_session(session: UploadSession) -> None:
         {"_id": session.id},
         {"$set": {"committed": True, "expires_at": now() + timedelta(hours=1)}},
     )
+
+
+async def finish_commit(node: FileNode) -> None:
+    """Complete a commit whose compare-and-set a crash separated from its follow-up."""
+    if node.commit_tail:
+        await _finish_commit_tail(node.id, node.owner_id, node.commit_tail)
+
+
+async def _finish_commit_tail(
+    node_id: PydanticObjectId | None, owner: str, tail: dict[str, Any]
+) -> None:
+    """Mark the new head's version committed, then clear the marker and count its bytes.
+
+    Idempotent: the version update may repeat; only the call that clears the marker adds
+    to the owner's usage, so a retry never counts twice (a crash right between those two
+    writes loses one file's delta from the usage figure, never any data).
+    """
+    await FileVersion.get_pymongo_collection().update_one(
+        {"_id": PydanticObjectId(tail["version_id"])},
+        {"$set": {"version": tail["version"], "state": "committed", "committed_at": tail["at"]}},
+    )
+    cleared = await FileNode.get_pymongo_collection().update_one(
+        {"_id": node_id, "commit_tail.version_id": tail["version_id"]},
+        {"$set": {"commit_tail": None}},
+    )
+    if cleared.modified_count:
+        await _add_usage(owner, tail["usage_delta"])
+
+
+async def finish_all_commits() -> int:
+    """Complete every commit a crashed web process left without its follow-up."""
+    done = 0
+    async for node in FileNode.find({"commit_tail.version_id": {"$exists": True}}):
+        await finish_commit(node)
+        done += 1
+    return done
 
 
 async def _add_usage(owner: str, delta: int) -> None:
