@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -325,3 +327,73 @@ def test_a_folder_shared_with_another_user_syncs_both_ways(tmp_path: Path, base_
     assert (mine.folder / "Team" / "notes" / "from-guest.txt").read_text() == "hello owner"
     # Nothing landed in the guest's own tree.
     assert guest.http.get("/api/file", params={"path": "/"}).json()["items"] == []
+
+
+def root_names(user: User) -> set[str]:
+    return {i["name"] for i in user.http.get("/api/file/").json()["items"]}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_unreadable_and_unwritable_paths_are_skipped_reported_and_retried(
+    base_url: str,
+) -> None:
+    """Run as an ordinary user (tests run as root, who may read anything): a file it cannot
+    read and a folder it cannot write into are skipped and reported, the rest syncs, and
+    both go through once the permissions allow."""
+    user = User(base_url)
+    nobody = 65534
+    home = Path(tempfile.mkdtemp(prefix="coffer-perm-"))
+    try:
+        home.chmod(0o755)
+        folder = home / "folder"
+        (folder / "locked").mkdir(parents=True)
+        (folder / "notes.txt").write_text("readable")
+        secret = folder / "secret.txt"
+        secret.write_text("root only")
+        secret.chmod(0o600)
+        for path in (home, folder, folder / "notes.txt"):
+            os.chown(path, nobody, nobody)  # secret.txt and locked/ stay root's
+        (folder / "locked").chmod(0o555)
+        assert user.http.post("/api/folder", json={"path": "/locked"}).status_code in (200, 201)
+        user.upload("/locked/from-elsewhere.txt", b"written by another device")
+
+        def coffer(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+            env = {
+                **os.environ,
+                "HOME": str(home),
+                "COFFER_CONFIG_DIR": str(home / "config"),
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+            command = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+            return subprocess.run(
+                [*command, sys.executable, "-m", "client.cli", *args],
+                input=stdin,
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        login = coffer(
+            "login", base_url, "--username", user.username, "--password-stdin",
+            stdin=user.password + "\n",
+        )  # fmt: skip
+        assert login.returncode == 0, login.stderr
+        first = coffer("sync", "--once", str(folder))
+        assert first.returncode == 1, first.stderr  # something was skipped
+        report = json.loads(first.stdout)
+        skipped = sorted(item.split(":")[0] for item in report["skipped"])
+        assert skipped == ["locked/from-elsewhere.txt", "secret.txt"], report
+        assert "secret.txt" in first.stderr + first.stdout
+        assert {"notes.txt", "secret.txt"} & root_names(user) == {"notes.txt"}
+
+        secret.chmod(0o644)
+        (folder / "locked").chmod(0o777)
+        second = coffer("sync", "--once", str(folder))
+        assert second.returncode == 0, second.stderr
+        downloaded = folder / "locked" / "from-elsewhere.txt"
+        assert downloaded.read_bytes() == b"written by another device"
+        assert {"notes.txt", "secret.txt"} <= root_names(user)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
