@@ -154,8 +154,9 @@ async def db(stack: Stack) -> AsyncIterator[None]:
 async def test_old_versions_are_thinned_but_the_last_ten_kept(
     alice: User, stack: Stack, db: None
 ) -> None:
-    for i in range(16):
+    for i in range(16):  # interleaved with another file's versions, which stay untouched
         f = await asyncio.to_thread(alice.upload, "/thin.txt", f"version {i}".encode())
+        other = await asyncio.to_thread(alice.upload, "/other.txt", f"other {i}".encode())
     now = datetime.now(UTC)
     noon_10_days_ago = (now - timedelta(days=10)).replace(hour=12, minute=0, second=0)
     when = {  # 1-3 past retention, 4-6 within one old day, 7-16 recent (untouched)
@@ -175,6 +176,10 @@ async def test_old_versions_are_thinned_but_the_last_ten_kept(
     left = await asyncio.to_thread(lambda: alice.http.get(f"/api/file/{f['id']}/versions").json())
     # Past retention: gone. The same old day: the newest of it stays. The last 10: all kept.
     assert [v["version"] for v in left] == [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6]
+    kept = await asyncio.to_thread(
+        lambda: alice.http.get(f"/api/file/{other['id']}/versions").json()
+    )
+    assert [v["version"] for v in kept] == list(range(16, 0, -1))
     got = await asyncio.to_thread(
         lambda: alice.http.get(f"/api/file/{f['id']}/content", params={"version": 6}).content
     )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from beanie import PydanticObjectId
+from pydantic import BaseModel, Field
 
 from app.files.history import HistoryService
 from app.files.models import ChunkMapPage, FileNode, FileVersion
@@ -19,6 +20,16 @@ from app.files.service import as_utc
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+
+
+class VersionAge(BaseModel):
+    """The fields of a version that thinning looks at."""
+
+    id: PydanticObjectId = Field(alias="_id")
+    file_id: str
+    version: int | None = None
+    committed_at: datetime | None = None
+    created_at: datetime
 
 
 def versions_to_drop(
@@ -58,32 +69,46 @@ def versions_to_drop(
 
 
 async def thin_versions(now: datetime, retention: timedelta, keep_min: int) -> int:
-    """Apply the thinning rule to every file with more than `keep_min` versions."""
+    """Apply the thinning rule to every file with more than `keep_min` versions.
+
+    One pass over the committed versions in file order (the (file_id, version) index), so
+    only one file's versions are in memory at a time, however many files there are.
+    """
     dropped = 0
-    counts: dict[str, int] = {}
-    async for doc in FileVersion.get_pymongo_collection().find(
-        {"state": "committed"}, {"file_id": 1}
+    group: list[VersionAge] = []
+    async for version in (
+        FileVersion.find(FileVersion.state == "committed")
+        .sort("+file_id", "-version")
+        .project(VersionAge)
     ):
-        counts[doc["file_id"]] = counts.get(doc["file_id"], 0) + 1
-    for file_id, count in counts.items():
-        if count <= keep_min:
-            continue
-        node = await FileNode.get(PydanticObjectId(file_id))
-        head = node.head_version_id if node else None
-        found = await FileVersion.find(
-            FileVersion.file_id == file_id, FileVersion.state == "committed"
-        ).to_list()
-        drop = versions_to_drop(
-            [(v.version or 0, v.committed_at or v.created_at) for v in found],
-            now,
-            retention,
-            keep_min,
-        )
-        for version in found:
-            if version.version in drop and str(version.id) != head:
-                await ChunkMapPage.find(ChunkMapPage.version_id == str(version.id)).delete()
-                await version.delete()
-                dropped += 1
+        if group and version.file_id != group[0].file_id:
+            dropped += await _thin_file(group, now, retention, keep_min)
+            group = []
+        group.append(version)
+    if group:
+        dropped += await _thin_file(group, now, retention, keep_min)
+    return dropped
+
+
+async def _thin_file(
+    versions: list[VersionAge], now: datetime, retention: timedelta, keep_min: int
+) -> int:
+    if len(versions) <= keep_min:
+        return 0
+    node = await FileNode.get(PydanticObjectId(versions[0].file_id))
+    head = node.head_version_id if node else None
+    drop = versions_to_drop(
+        [(v.version or 0, v.committed_at or v.created_at) for v in versions],
+        now,
+        retention,
+        keep_min,
+    )
+    dropped = 0
+    for version in versions:
+        if version.version in drop and str(version.id) != head:
+            await ChunkMapPage.find(ChunkMapPage.version_id == str(version.id)).delete()
+            await FileVersion.find(FileVersion.id == version.id).delete()
+            dropped += 1
     return dropped
 
 
