@@ -253,35 +253,50 @@ async def cmd_sync(args: argparse.Namespace) -> int:
     async with client_for(login) as api:
         syncer = Syncer(api, folder, args.remote, login.device_name, log=log, progress=bars)
         syncer.discard_interrupted_downloads()
+        if not args.once:
+            with bars:
+                await LiveSync(syncer).run()
+            return 0
         with bars:
             report = await syncer.reconcile()
-        if args.once:
-            stats = api.stats
-            print(
-                json.dumps(
-                    {
-                        **vars(report),
-                        "chunks_sent": stats.chunks_sent,
-                        "bytes_sent": stats.bytes_sent,
-                        "bytes_received": stats.bytes_received,
-                    }
-                )
+        stats = api.stats
+        print(
+            json.dumps(
+                {
+                    **vars(report),
+                    "chunks_sent": stats.chunks_sent,
+                    "bytes_sent": stats.bytes_sent,
+                    "bytes_received": stats.bytes_received,
+                }
             )
-            return 1 if report.skipped else 0
-        with bars:
-            await LiveSync(syncer).run()
-    return 0
+        )
+        return 1 if report.skipped else 0
 
 
 class LiveSync:
-    """Keep syncing: a local change (watchdog) or a remote event (long-poll feed) starts
-    a pass; passes never overlap and changes that arrive during one start another."""
+    """Keep syncing: a local change (watchdog) or a remote event (WebSocket or long-poll
+    feed) starts a pass; passes never overlap and changes that arrive during one start
+    another. Changed files the watcher named get a targeted pass (no tree walk, no remote
+    listing); folders, renames, remote changes that need it, and a rescan every
+    `RESCAN_SECONDS` (a safety net for events the watcher may drop) get a full one."""
+
+    RESCAN_SECONDS = 600
 
     def __init__(self, syncer: Syncer) -> None:
         self.syncer = syncer
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
         self.passed = asyncio.Event()  # set after each pass
+        self.dirty: set[str] = set()  # files the watcher saw change since the last pass
+        self.full_needed = False
+
+    def local_change(self, rel: str | None) -> None:
+        """A file changed (rel), or something only a full pass handles (None)."""
+        if rel is None:
+            self.full_needed = True
+        else:
+            self.dirty.add(rel)
+        self.wake.set()
 
     async def run(self) -> None:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -290,19 +305,35 @@ class LiveSync:
         loop = asyncio.get_running_loop()
         root = self.syncer.root
         state_dir = str(root / ".coffer")
-        wake = self.wake
+        changed = self.local_change
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
-                if str(event.src_path).startswith(state_dir):
+                src = str(event.src_path)
+                if src.startswith(state_dir):
+                    return  # our own state, and downloads renamed into place from .coffer/tmp
+                if event.is_directory and event.event_type == "modified":
+                    return  # an entry inside changed: that entry has its own event
+                if event.is_directory or event.event_type == "moved":
+                    # Folders and renames need the full pass (renames are sent as moves).
+                    loop.call_soon_threadsafe(changed, None)
                     return
-                loop.call_soon_threadsafe(wake.set)
+                rel = os.path.relpath(src, root).replace(os.sep, "/")
+                loop.call_soon_threadsafe(changed, rel)
 
         observer = Observer()
         observer.schedule(Handler(), str(root), recursive=True)
         observer.start()
+        try:
+            # The first full pass starts once the watcher is up, so no change slips
+            # between them. Its errors end the command (exit codes 3 and 4).
+            await self.syncer.reconcile()
+        except BaseException:
+            observer.stop()
+            raise
+        self.dirty.clear()  # the pass saw these
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
         feed = asyncio.create_task(self.follow_feed())
@@ -310,28 +341,44 @@ class LiveSync:
             while not self.stop.is_set():
                 waiter = asyncio.create_task(self.wake.wait())
                 stopper = asyncio.create_task(self.stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {waiter, stopper},
+                    timeout=self.RESCAN_SECONDS,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 waiter.cancel()
                 stopper.cancel()
                 if self.stop.is_set():
                     break
+                if not done:
+                    self.full_needed = True  # the periodic rescan
                 await asyncio.sleep(0.02)  # let a burst of events settle
                 self.wake.clear()
                 self.passed.clear()
-                await self.pass_with_retry()
+                dirty, self.dirty = self.dirty, set()
+                full, self.full_needed = self.full_needed or not dirty, False
+                await self.pass_with_retry(None if full else dirty)
                 self.passed.set()
         finally:
             feed.cancel()
             observer.stop()
             await asyncio.to_thread(observer.join)
 
-    async def pass_with_retry(self) -> None:
+    async def pass_with_retry(self, paths: set[str] | None) -> None:
+        """A targeted pass over `paths` (None: a full pass), falling back to a full pass
+        when it cannot decide alone or fails; retried with backoff while unreachable."""
         delay = 0.5
         while not self.stop.is_set():
             try:
+                if paths is not None and await self.syncer.sync_paths(paths):
+                    return
+                paths = None
                 await self.syncer.reconcile()
                 return
             except (httpx.HTTPError, ApiError) as exc:
+                if paths is not None:
+                    paths = None  # whatever went wrong, the full pass re-examines it all
+                    continue
                 if isinstance(exc, ApiError) and exc.status < 500 and exc.status != 429:
                     self.syncer.log(f"sync error: {exc}")
                     return
@@ -401,7 +448,7 @@ class LiveSync:
         if relevant and not await self.syncer.apply_events(relevant):
             # Move the cursor on only after a pass that began after these events.
             self.passed.clear()
-            self.wake.set()
+            self.local_change(None)
             await self.passed.wait()
         self.syncer.state.set_meta("cursor", cursor)
 

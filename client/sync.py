@@ -19,7 +19,7 @@ import fnmatch
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -80,6 +80,23 @@ def conflict_name(rel: str, device: str, when: datetime | None = None) -> str:
     stamp = (when or datetime.now()).strftime("%Y-%m-%d %H%M%S")
     name = f"{p.stem} (conflicted copy {device} {stamp}){p.suffix}"
     return str(p.with_name(name)) if str(p.parent) != "." else name
+
+
+# Files a pass syncs at once: small files are bound by round trips (register, PUT,
+# commit), so several in flight multiply throughput; a large file's chunks are already
+# sent in parallel by the API client.
+FILES_IN_PARALLEL = 8
+
+
+async def run_all(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run the jobs concurrently; the first error cancels the rest and is raised as is."""
+    tasks = [asyncio.create_task(job) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Syncer:
@@ -250,18 +267,25 @@ class Syncer:
                 if rel not in known:
                     self.state.put(Entry(rel, "folder", remote_folders[rel]["id"]))
 
-            for rel in sorted(
-                local_files.keys()
-                | remote_files.keys()
-                | set(p for p, e in known.items() if e.kind == "file")
-            ):
-                try:
-                    await self._sync_file(
-                        rel, local_files.get(rel), remote_files.get(rel), known.get(rel)
-                    )
-                except PermissionError as exc:
-                    self.report.skipped.append(f"{rel}: {exc.strerror or exc}")
-                    self.log(f"skipped {rel}: permission denied")
+            paths = iter(
+                sorted(
+                    local_files.keys()
+                    | remote_files.keys()
+                    | set(p for p, e in known.items() if e.kind == "file")
+                )
+            )
+
+            async def sync_files() -> None:
+                for rel in paths:  # shared by the workers: each path is taken once
+                    try:
+                        await self._sync_file(
+                            rel, local_files.get(rel), remote_files.get(rel), known.get(rel)
+                        )
+                    except PermissionError as exc:
+                        self.report.skipped.append(f"{rel}: {exc.strerror or exc}")
+                        self.log(f"skipped {rel}: permission denied")
+
+            await run_all([sync_files() for _ in range(FILES_IN_PARALLEL)])
 
             # Folders deleted on one side since the last sync.
             for rel in sorted((e.path for e in known.values() if e.kind == "folder"), reverse=True):
@@ -270,8 +294,10 @@ class Syncer:
                     self._remove_local_dir_if_empty(rel)
                 elif there and not here:
                     await self._remove_remote_folder_if_synced(rel, remote_folders[rel])
-            if start_cursor is not None and self.state.get_meta("cursor") is None:
+            # Every change before the pass began is covered by it: never replay those.
+            if start_cursor is not None and start_cursor > int(self.state.get_meta("cursor") or -1):
                 self.state.set_meta("cursor", str(start_cursor))
+            self.log("pass done")
             return self.report
 
     async def apply_events(self, events: list[dict[str, Any]]) -> bool:
@@ -285,10 +311,14 @@ class Syncer:
                 old = event.get("old_path")
                 if rel is None and (old is None or self.rel_of(old) is None):
                     continue  # not under the synced folder
-                if rel is None or event.get("kind") != "file" or self.ignore(rel):
+                if rel is None or self.ignore(rel):
                     return False
                 kind = event["type"]
                 entry = self.state.get(rel)
+                if event.get("kind") == "folder":
+                    if kind == "file.created" and self._apply_new_folder(rel, event, entry):
+                        continue
+                    return False
                 if entry is not None and entry.kind != "file":
                     return False
                 try:
@@ -326,6 +356,81 @@ class Syncer:
                 else:
                     return False
             return True
+
+    def _apply_new_folder(self, rel: str, event: dict[str, Any], entry: Entry | None) -> bool:
+        """A folder created on the server: ours already (our own event coming back) or
+        made here now. False when the tree around it is not as the state says."""
+        if entry is not None:
+            return entry.kind == "folder" and entry.file_id == event["file_id"]
+        parent = rel.rpartition("/")[0]
+        if parent and getattr(self.state.get(parent), "kind", None) != "folder":
+            return False
+        path = self.local(rel)
+        if path.exists() and not path.is_dir():
+            return False
+        path.mkdir(exist_ok=True)
+        self.state.put(Entry(rel, "folder", event["file_id"]))
+        return True
+
+    async def sync_paths(self, rels: set[str]) -> bool:
+        """Send local changes to these files without a full pass (no tree walk, no remote
+        listing): what the watcher saw is compared with the state of the last agreement.
+        False when anything needs the full three-way pass: folders, links, a file in a
+        folder not synced yet, or a deletion the server's copy no longer matches."""
+        async with self.lock:
+            for rel in sorted(rels):
+                if self.ignore(rel):
+                    continue
+                entry = self.state.get(rel)
+                if entry is not None and (entry.kind != "file" or not entry.file_id):
+                    return False
+                try:
+                    st = os.stat(self.local(rel), follow_symlinks=False)
+                except FileNotFoundError:
+                    if entry is not None and not await self._delete_if_unchanged(entry):
+                        return False
+                    continue
+                if not os.path.stat.S_ISREG(st.st_mode):
+                    return False
+                here = LocalFile(st.st_size, st.st_mtime_ns)
+                if entry is not None and self._unchanged(here, entry):
+                    continue
+                parent = rel.rpartition("/")[0]
+                if parent and getattr(self.state.get(parent), "kind", None) != "folder":
+                    return False  # a new folder: the full pass creates it first
+                try:
+                    local_hash, chunks = await self._local_hash(rel, here, entry)
+                except FileNotFoundError:
+                    continue  # gone again: its deletion event follows
+                except PermissionError as exc:
+                    self.report.skipped.append(f"{rel}: {exc.strerror or exc}")
+                    self.log(f"skipped {rel}: permission denied")
+                    continue
+                if entry is not None and local_hash == entry.content_hash:
+                    self.state.put(Entry(**{**vars(entry), "mtime_ns": here.mtime_ns}))
+                    continue  # touched, not changed
+                await self._upload(rel, entry.version if entry else None, chunks)
+            return True
+
+    async def _delete_if_unchanged(self, entry: Entry) -> bool:
+        """A synced file deleted here: delete it on the server (to the trash) if the server
+        still has what we last agreed on. False when it changed there (full pass)."""
+        try:
+            remote = await self.api.request("GET", f"/api/file/{entry.file_id}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            self.state.delete(entry.path)  # gone there too
+            return True
+        if remote["content_hash"] != entry.content_hash or self.rel_of(remote["path"]) != (
+            entry.path
+        ):
+            return False
+        await self._delete_remote(remote["id"])
+        self.state.delete(entry.path)
+        self.report.deleted_remote.append(entry.path)
+        self.log(f"deleted {entry.path} on the server")
+        return True
 
     async def _latest_cursor(self) -> int | None:
         try:
@@ -509,6 +614,12 @@ class Syncer:
             if exc.code in ("conflict", "exists"):
                 files, _ = await self.scan_remote()
                 match = files.get(rel)
+                if match is not None and match["content_hash"] == content_hash(chunks):
+                    self.state.put(
+                        Entry(rel, "file", match["id"], match["version"], st.st_size,
+                              st.st_mtime_ns, match["content_hash"], chunks)
+                    )  # fmt: skip
+                    return  # the server already has these bytes there
                 if match is not None:
                     await self._conflict(rel, match)
                     return

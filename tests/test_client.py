@@ -61,13 +61,15 @@ class Device:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    def start_live(self) -> subprocess.Popen[str]:
+    def start_live(self, trace: Path | None = None) -> subprocess.Popen[str]:
+        """`coffer sync DIR` until stopped; with `trace`, its timestamped log goes there."""
+        env = {**self.env, "COFFER_SYNC_TRACE": "1"} if trace else self.env
         return subprocess.Popen(
             [sys.executable, "-m", "client.cli", "--quiet", "sync", str(self.folder)],
-            env=self.env,
+            env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=trace.open("w") if trace else subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
@@ -83,11 +85,24 @@ def tree(folder: Path) -> dict[str, bytes]:
     return out
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 15) -> None:
+def wait_for(check: Callable[[], bool], timeout: float = 15, logs: tuple[Path, ...] = ()) -> None:
+    """Poll until `check()`; on a time-out the failure shows the tail of each of `logs`."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "timed out"
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
+            raise AssertionError(f"timed out after {timeout} s\n{tails}")
         time.sleep(0.02)
+
+
+def stop_live(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture
@@ -285,15 +300,46 @@ def test_live_sync_follows_changes_on_the_other_device_and_survives_a_server_res
             )
         )
     finally:
-        for proc in (live_a, live_b):
-            proc.send_signal(signal.SIGINT)
-        for proc in (live_a, live_b):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_live(live_a, live_b)
     assert live_a.returncode == 0 and live_b.returncode == 0
     assert tree(a.folder) == tree(b.folder)
+
+
+def test_live_file_changes_are_sent_without_rescanning_the_tree(
+    devices: tuple[Device, Device, User], tmp_path: Path
+) -> None:
+    """Editing, adding and deleting files in a synced tree of 200 files: each change reaches
+    the other device, and the sending client never walks the tree or lists the server
+    again (its log shows no full pass after the first); a new folder does take one."""
+    a, b, _ = devices
+    for i in range(200):
+        (a.folder / f"d{i % 20}").mkdir(exist_ok=True)
+        (a.folder / f"d{i % 20}" / f"f{i}.txt").write_text(f"file {i}")
+    a.sync_once()
+    b.sync_once()
+    log, log_b = tmp_path / "laptop.log", tmp_path / "desk.log"
+    live_a, live_b = a.start_live(trace=log), b.start_live(trace=log_b)
+    logs = (log, log_b)
+    try:
+        for trace in logs:  # the first (full) pass
+            wait_for(lambda trace=trace: "pass done" in trace.read_text(), logs=logs)
+        full_passes = log.read_text().count("pass begins")
+        (a.folder / "d3" / "f3.txt").write_text("edited on the laptop")
+        edited = b.folder / "d3" / "f3.txt"
+        wait_for(lambda: edited.read_text() == "edited on the laptop", logs=logs)
+        (a.folder / "d4" / "new.txt").write_text("new on the laptop")
+        wait_for(lambda: (b.folder / "d4" / "new.txt").exists(), logs=logs)
+        (a.folder / "d5" / "f5.txt").unlink()
+        wait_for(lambda: not (b.folder / "d5" / "f5.txt").exists(), logs=logs)
+        assert log.read_text().count("pass begins") == full_passes, log.read_text()[-2000:]
+        (a.folder / "fresh" / "deeper").mkdir(parents=True)
+        (a.folder / "fresh" / "deeper" / "x.txt").write_text("in a new folder")
+        wait_for(lambda: (b.folder / "fresh" / "deeper" / "x.txt").exists(), logs=logs)
+        assert log.read_text().count("pass begins") > full_passes
+    finally:
+        stop_live(live_a, live_b)
+    assert tree(a.folder) == tree(b.folder)
+    assert (b.folder / "d4" / "new.txt").read_text() == "new on the laptop"
 
 
 def test_a_folder_shared_with_another_user_syncs_both_ways(tmp_path: Path, base_url: str) -> None:
