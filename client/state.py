@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,17 @@ CREATE TABLE IF NOT EXISTS entries (
     chunks TEXT                     -- JSON [[sha256, size], ...]
 );
 CREATE INDEX IF NOT EXISTS entries_file_id ON entries(file_id);
+-- Where each chunk of a synced file sits, so a download finds local copies by hash
+-- without reading every entry's chunk list.
+CREATE TABLE IF NOT EXISTS chunk_index (
+    sha256 TEXT NOT NULL,
+    path TEXT NOT NULL,
+    offset INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunk_index_sha ON chunk_index(sha256);
+CREATE INDEX IF NOT EXISTS chunk_index_path ON chunk_index(path);
 """
+SCHEMA_VERSION = 2  # 2: chunk_index
 
 
 @dataclass
@@ -50,6 +62,35 @@ class SyncState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self._rebuild_chunk_index()  # a state written by an older client
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # The connection is in autocommit mode (isolation_level=None): begin explicitly.
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _rebuild_chunk_index(self) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM chunk_index")
+            for path, chunks in self.db.execute(
+                "SELECT path, chunks FROM entries WHERE chunks IS NOT NULL"
+            ).fetchall():
+                self._index_chunks(path, [tuple(c) for c in json.loads(chunks)])
+
+    def _index_chunks(self, path: str, chunks: list[tuple[str, int]]) -> None:
+        rows, offset = [], 0
+        for sha, size in chunks:
+            rows.append((sha, path, offset))
+            offset += size
+        self.db.executemany("INSERT INTO chunk_index VALUES (?, ?, ?)", rows)
 
     def close(self) -> None:
         self.db.close()
@@ -73,40 +114,42 @@ class SyncState:
         return {row[0]: self._entry(row) for row in self.db.execute("SELECT * FROM entries")}
 
     def put(self, e: Entry) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                e.path,
-                e.kind,
-                e.file_id,
-                e.version,
-                e.size,
-                e.mtime_ns,
-                e.content_hash,
-                json.dumps(e.chunks) if e.chunks is not None else None,
-            ),
-        )
+        with self._transaction():  # the entry and its chunk positions change together
+            self.db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    e.path,
+                    e.kind,
+                    e.file_id,
+                    e.version,
+                    e.size,
+                    e.mtime_ns,
+                    e.content_hash,
+                    json.dumps(e.chunks) if e.chunks is not None else None,
+                ),
+            )
+            self.db.execute("DELETE FROM chunk_index WHERE path=?", (e.path,))
+            if e.chunks:
+                self._index_chunks(e.path, e.chunks)
 
     def delete(self, path: str) -> None:
         """Forget the path and, for a folder, everything under it."""
-        self.db.execute(
-            "DELETE FROM entries WHERE path=? OR (path > ? AND path < ?)",
-            (path, path + "/", path + "0"),  # '0' sorts right after '/'
-        )
+        below = (path, path + "/", path + "0")  # '0' sorts right after '/'
+        with self._transaction():
+            self.db.execute("DELETE FROM entries WHERE path=? OR (path > ? AND path < ?)", below)
+            self.db.execute(
+                "DELETE FROM chunk_index WHERE path=? OR (path > ? AND path < ?)", below
+            )
 
     def chunk_source(self, sha: str) -> tuple[str, int, tuple[int, int]] | None:
         """A synced local file known to hold this chunk, to copy instead of downloading
         it: (path, offset, (size, mtime_ns) the file had when synced)."""
-        for path, chunks, size, mtime_ns in self.db.execute(
-            "SELECT path, chunks, size, mtime_ns FROM entries WHERE chunks LIKE ?",
-            (f'%"{sha}"%',),
-        ):
-            offset = 0
-            for chunk_sha, chunk_size in json.loads(chunks):
-                if chunk_sha == sha:
-                    return path, offset, (size, mtime_ns)
-                offset += chunk_size
-        return None
+        row = self.db.execute(
+            "SELECT c.path, c.offset, e.size, e.mtime_ns FROM chunk_index c"
+            " JOIN entries e ON e.path = c.path WHERE c.sha256=? LIMIT 1",
+            (sha,),
+        ).fetchone()
+        return (row[0], row[1], (row[2], row[3])) if row else None
 
     @staticmethod
     def _entry(row: tuple) -> Entry:
