@@ -121,6 +121,16 @@ def test_sharing_shows_up_live_and_changes_follow_without_reload(
     started = time.monotonic()
     expect(row(b, "minutes.txt")).to_be_visible(timeout=2000)
     print(f"new row on the other user's page after {time.monotonic() - started:.2f}s")
+    # Rows update in place: a keyboard user's focus and the untouched row's DOM node
+    # survive the next live change.
+    b.get_by_role("link", name="Download minutes.txt").focus()
+    b.evaluate("document.activeElement.closest('tr').dataset.marked = 'still me'")
+    drop_file(a, "agenda.txt", 1024, 5)
+    expect(row(b, "agenda.txt")).to_be_visible(timeout=2000)
+    assert b.evaluate("document.activeElement.getAttribute('aria-label')") == (
+        "Download minutes.txt"
+    )
+    expect(row(b, "minutes.txt")).to_have_attribute("data-marked", "still me")
     a.on("dialog", lambda d: d.accept())
     row(a, "minutes.txt").get_by_role("button", name="Delete minutes.txt").click()
     expect(row(b, "minutes.txt")).to_have_count(0, timeout=2000)
