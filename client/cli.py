@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import getpass
 import json
 import os
@@ -281,6 +282,7 @@ class LiveSync:
     `RESCAN_SECONDS` (a safety net for events the watcher may drop) get a full one."""
 
     RESCAN_SECONDS = 600
+    RETRY_SKIPPED_SECONDS = 30
 
     def __init__(self, syncer: Syncer) -> None:
         self.syncer = syncer
@@ -357,8 +359,12 @@ class LiveSync:
                 self.passed.clear()
                 dirty, self.dirty = self.dirty, set()
                 full, self.full_needed = self.full_needed or not dirty, False
+                skipped = len(self.syncer.report.skipped)
                 await self.pass_with_retry(None if full else dirty)
                 self.passed.set()
+                if len(self.syncer.report.skipped) > skipped:
+                    # Files skipped for a full disk or permissions: try again in a while.
+                    loop.call_later(self.RETRY_SKIPPED_SECONDS, self.local_change, None)
         finally:
             feed.cancel()
             observer.stop()
@@ -522,7 +528,8 @@ def main(argv: list[str] | None = None) -> None:
             console.print(f"coffer: {exc}", highlight=False)
             code = EXIT_FAILED
     except OSError as exc:
-        console.print(f"coffer: {exc}", highlight=False)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        console.print(f"coffer: {'disk full: ' if full else ''}{exc}", highlight=False)
         code = EXIT_FAILED
     except KeyboardInterrupt:
         code = 130

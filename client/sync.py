@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import os
@@ -281,9 +282,9 @@ class Syncer:
                         await self._sync_file(
                             rel, local_files.get(rel), remote_files.get(rel), known.get(rel)
                         )
-                    except PermissionError as exc:
-                        self.report.skipped.append(f"{rel}: {exc.strerror or exc}")
-                        self.log(f"skipped {rel}: permission denied")
+                    except OSError as exc:
+                        if not self._skip(rel, exc):
+                            raise
 
             await run_all([sync_files() for _ in range(FILES_IN_PARALLEL)])
 
@@ -402,15 +403,33 @@ class Syncer:
                     local_hash, chunks = await self._local_hash(rel, here, entry)
                 except FileNotFoundError:
                     continue  # gone again: its deletion event follows
-                except PermissionError as exc:
-                    self.report.skipped.append(f"{rel}: {exc.strerror or exc}")
-                    self.log(f"skipped {rel}: permission denied")
+                except OSError as exc:
+                    if not self._skip(rel, exc):
+                        raise
                     continue
                 if entry is not None and local_hash == entry.content_hash:
                     self.state.put(Entry(**{**vars(entry), "mtime_ns": here.mtime_ns}))
                     continue  # touched, not changed
-                await self._upload(rel, entry.version if entry else None, chunks)
+                try:
+                    await self._upload(rel, entry.version if entry else None, chunks)
+                except OSError as exc:
+                    if not self._skip(rel, exc):
+                        raise
             return True
+
+    def _skip(self, rel: str, exc: OSError) -> bool:
+        """A local problem with one file (cannot read it, cannot write there, the disk is
+        full): report it and go on with the rest; the next pass tries it again. False for
+        anything else, which ends the pass."""
+        if isinstance(exc, PermissionError):
+            why = "permission denied"
+        elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "disk full"
+        else:
+            return False
+        self.report.skipped.append(f"{rel}: {exc.strerror or exc}")
+        self.log(f"skipped {rel}: {why}")
+        return True
 
     async def _delete_if_unchanged(self, entry: Entry) -> bool:
         """A synced file deleted here: delete it on the server (to the trash) if the server

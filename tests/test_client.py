@@ -3,6 +3,7 @@ and two folders) of one account against the running stack."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -443,3 +444,36 @@ def test_unreadable_and_unwritable_paths_are_skipped_reported_and_retried(
         assert {"notes.txt", "secret.txt"} <= root_names(user)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_local_disk_skips_what_does_not_fit_and_syncs_it_once_there_is_room(
+    tmp_path: Path, base_url: str
+) -> None:
+    user = User(base_url)
+    big = os.urandom(12 * MIB)
+    user.upload("/big.bin", big)
+    user.upload("/small.txt", b"fits")
+    device = Device(tmp_path, "tiny", base_url, user)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(device.folder)], check=True
+    )
+    try:
+        first = device.run("sync", "--once", str(device.folder))
+        assert first.returncode == 1, first.stderr
+        report = json.loads(first.stdout)
+        assert [s.split(":")[0] for s in report["skipped"]] == ["big.bin"], report
+        assert "disk full" in first.stderr + first.stdout
+        assert (device.folder / "small.txt").read_bytes() == b"fits"
+        assert not (device.folder / "big.bin").exists()  # never a partial file
+        assert list((device.folder / ".coffer" / "tmp").iterdir()) == []
+
+        remount = ["mount", "-o", "remount,size=64m", str(device.folder)]
+        subprocess.run(remount, check=True)
+        second = device.run("sync", "--once", str(device.folder))
+        assert second.returncode == 0, second.stderr
+        assert hashlib.sha256((device.folder / "big.bin").read_bytes()).digest() == (
+            hashlib.sha256(big).digest()
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(device.folder)], check=False)
