@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,12 +57,52 @@ def gc_paused(pause_file: Path | None) -> bool:
         return False
 
 
-async def referenced_chunks(owner: str) -> set[str]:
-    """Every chunk hash any version of the owner uses (memory: one hash per unique chunk)."""
-    refs: set[str] = set()
-    async for page in owner_chunk_pages(owner):
-        refs.update(sha for sha, _ in page["chunks"])
-    return refs
+class ScratchSets:
+    """The referenced hashes and the candidates of one owner's collection, kept in a
+    temporary SQLite file rather than in memory: an owner may have millions of chunks,
+    and the collector's memory must not grow with how much they store."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="coffer-gc-")
+        self.db = sqlite3.connect(Path(self._dir.name) / "gc.db")
+        self.db.executescript(
+            """
+            PRAGMA journal_mode=OFF;
+            PRAGMA synchronous=OFF;
+            CREATE TABLE refs (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;
+            CREATE TABLE candidates (state TEXT NOT NULL, id TEXT NOT NULL);
+            """
+        )
+
+    def __enter__(self) -> ScratchSets:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.db.close()
+        self._dir.cleanup()
+
+    def add_refs(self, hashes: Iterable[str]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?)", ((h,) for h in hashes))
+
+    def add_candidates(self, docs: list[dict[str, Any]]) -> None:
+        """Keep those of these chunk records that no version references."""
+        self.db.executemany(
+            "INSERT INTO candidates SELECT ?, ? WHERE NOT EXISTS"
+            " (SELECT 1 FROM refs WHERE sha256 = ?)",
+            ((d["state"], d["_id"], d["sha256"]) for d in docs),
+        )
+
+    def candidate_batches(self, size: int) -> Iterator[tuple[str, list[str]]]:
+        rows = self.db.execute("SELECT state, id FROM candidates ORDER BY state, rowid")
+        state, ids = "", []
+        for row_state, chunk in rows:
+            if ids and (row_state != state or len(ids) >= size):
+                yield state, ids
+                ids = []
+            state = row_state
+            ids.append(chunk)
+        if ids:
+            yield state, ids
 
 
 class GarbageCollector:
@@ -130,20 +173,21 @@ class GarbageCollector:
 
     async def collect_owner(self, owner: str, cutoff: int) -> bool:
         """Delete the owner's unreferenced chunks; False if a backup paused collection."""
-        refs = await referenced_chunks(owner)
-        candidates: dict[str, list[str]] = {}  # state -> ids
-        async for doc in self.chunks.find(
-            {"owner_id": owner, "used_ms": {"$lt": cutoff}, "state": {"$in": COLLECTABLE}},
-            {"sha256": 1, "state": 1},
-        ):
-            if doc["sha256"] not in refs:
-                candidates.setdefault(doc["state"], []).append(doc["_id"])
-        del refs
-        for state, ids in candidates.items():
-            for start in range(0, len(ids), self.batch):
-                if not await self._collect_batch(
-                    owner, state, ids[start : start + self.batch], cutoff
-                ):
+        with ScratchSets() as scratch:
+            async for page in owner_chunk_pages(owner):
+                scratch.add_refs(sha for sha, _ in page["chunks"])
+            docs: list[dict[str, Any]] = []
+            async for doc in self.chunks.find(
+                {"owner_id": owner, "used_ms": {"$lt": cutoff}, "state": {"$in": COLLECTABLE}},
+                {"sha256": 1, "state": 1},
+            ):
+                docs.append(doc)
+                if len(docs) >= 1000:
+                    scratch.add_candidates(docs)
+                    docs = []
+            scratch.add_candidates(docs)
+            for state, ids in scratch.candidate_batches(self.batch):
+                if not await self._collect_batch(owner, state, ids, cutoff):
                     return False
         return True
 
