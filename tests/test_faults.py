@@ -162,14 +162,16 @@ def test_kill9_web_mid_commit_leaves_the_old_or_the_new_version(
 def test_kill9_web_between_a_commit_and_its_follow_up(stack: Stack, base_url: str) -> None:
     """The crash window the timed kills above hit only by luck: the head already points at
     the new version, which is not yet marked committed. The retried commit, the worker's
-    sweep and upload expiry must all keep that version, never drop it as an abandoned one."""
+    sweep, upload expiry and a later commit must all keep that version (never drop it as
+    an abandoned upload, never renumber it)."""
     user = User(base_url)
     paused = stack.start_web("web-failpoint", COFFER_FAILPOINTS="commit.after_head=30")
+    newer = os.urandom(CHUNK)
     try:
-        for retry in (True, False):
+        for then in ("retry", "worker", "superseded"):
             old, new = os.urandom(2 * CHUNK), os.urandom(3 * CHUNK)
-            f = user.upload(f"/tail-{retry}.bin", old)
-            reg = upload_chunks(user, f"/tail-{retry}.bin", new)
+            f = user.upload(f"/tail-{then}.bin", old)
+            reg = upload_chunks(user, f"/tail-{then}.bin", new)
             commit = threading.Thread(
                 target=_quiet,
                 args=(
@@ -188,23 +190,26 @@ def test_kill9_web_between_a_commit_and_its_follow_up(stack: Stack, base_url: st
                 time.sleep(0.02)
             paused.kill9()
             commit.join()
-            if retry:  # the client retries its commit, as the sync client and browser do
-                again = user.http.post(
-                    f"/api/file/{f['id']}/commit", json={"upload_id": reg["upload_id"]}
-                )
+            retry = {"upload_id": reg["upload_id"]}
+            expected = [(2, len(new)), (1, len(old))]
+            if then == "retry":  # the client retries its commit, as sync client and browser do
+                again = user.http.post(f"/api/file/{f['id']}/commit", json=retry)
                 assert again.status_code == 200 and again.json()["version"] == 2, again.text
-            else:  # the client is gone: the worker finishes, then the upload session expires
+            elif then == "worker":  # the client is gone: the worker finishes, the upload expires
                 asyncio.run(run_in_worker(stack, "finish_interrupted_ops"))
                 with mongo(stack) as client:
                     client.coffer.upload_sessions.update_many(
                         {"file_id": f["id"]}, {"$set": {"expires_at": datetime(2000, 1, 1)}}
                     )
                 asyncio.run(run_in_worker(stack, "expire_uploads"))
+            else:  # another device commits first; the old client's late retry changes nothing
+                user.upload(f"/tail-{then}.bin", newer)
+                late = user.http.post(f"/api/file/{f['id']}/commit", json=retry)
+                assert late.status_code == 200 and late.json()["version"] == 3, late.text
+                expected.insert(0, (3, len(newer)))
+                new = newer
             versions = user.http.get(f"/api/file/{f['id']}/versions").json()
-            assert [(v["version"], v["size"]) for v in versions] == [
-                (2, len(new)),
-                (1, len(old)),
-            ], versions
+            assert [(v["version"], v["size"]) for v in versions] == expected, versions
             got = user.http.get(f"/api/file/{f['id']}/content")
             assert got.status_code == 200 and content_hash(got.content) == content_hash(new)
             paused.start()
@@ -213,7 +218,7 @@ def test_kill9_web_between_a_commit_and_its_follow_up(stack: Stack, base_url: st
         paused.stop()
         del stack.procs["web-failpoint"]
     usage = user.http.get("/api/me").json()
-    assert usage["usage_bytes"] == 2 * 3 * CHUNK, usage
+    assert usage["usage_bytes"] == 2 * 3 * CHUNK + CHUNK, usage
 
 
 def test_kill9_web_mid_move_of_a_folder_of_1000_files(stack: Stack, base_url: str) -> None:

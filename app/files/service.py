@@ -597,6 +597,11 @@ class FileService:
         version = await FileVersion.get(PydanticObjectId(session.version_id))
         if session.committed or version is None:
             return await self._reload(file_id)  # a retried commit: it already happened
+        if version.state == "committed":
+            # Its commit landed before a crash and was finished since (maybe superseded by
+            # a later commit): never make it the head again under a new number.
+            await _close_session(session)
+            return await self._reload(file_id)
 
         chunk_sizes: dict[str, int] = {}
         first_index: dict[str, int] = {}
