@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -62,6 +63,21 @@ def test_versions_are_kept_readable_and_restorable(alice: User, bob: User) -> No
     alice.http.post(f"/api/file/{f['id']}/share", json={"username": bob.username, "role": "viewer"})
     assert len(bob.http.get(f"/api/file/{f['id']}/versions").json()) == 4
     assert bob.http.post(f"/api/file/{f['id']}/versions/2/restore").status_code == 403
+
+
+def test_concurrent_restores_of_one_version_make_one_version(alice: User, stack: Stack) -> None:
+    for body in (b"keep this", b"then this", b"and this"):
+        f = alice.upload("/twice.txt", body)
+
+    def restore() -> int:
+        return alice.http.post(f"/api/file/{f['id']}/versions/1/restore").status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert set(pool.map(lambda _: restore(), range(6))) == {200}
+    versions = alice.http.get(f"/api/file/{f['id']}/versions").json()
+    assert [v["version"] for v in versions] == [4, 3, 2, 1]
+    with MongoClient(stack.env["MONGODB_URL"]) as mongo:  # no copy left behind, unreferenced
+        assert mongo.coffer.file_versions.count_documents({"file_id": f["id"]}) == 4
 
 
 def test_trash_restore_and_purge(alice: User, bob: User) -> None:

@@ -110,7 +110,11 @@ class HistoryService:
         if pages:
             await ChunkMapPage.insert_many(pages)
         head = await scoped._advance_head(node, copy, None)
-        return scoped.out(head or node)
+        if head is None:  # another restore of the same bytes got there first: drop the copy
+            await ChunkMapPage.find(ChunkMapPage.version_id == str(copy.id)).delete()
+            await copy.delete()
+            return scoped.out(await scoped._reload(str(node.id)))
+        return scoped.out(head)
 
     # ------------------------------------------------------------------ trash
 
