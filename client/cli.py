@@ -290,6 +290,7 @@ class LiveSync:
         self.stop = asyncio.Event()
         self.passed = asyncio.Event()  # set after each pass
         self.dirty: set[str] = set()  # files the watcher saw change since the last pass
+        self.moves: list[tuple[str, str]] = []  # files it saw renamed, in order
         self.full_needed = False
 
     def local_change(self, rel: str | None) -> None:
@@ -300,6 +301,10 @@ class LiveSync:
             self.dirty.add(rel)
         self.wake.set()
 
+    def local_move(self, src: str, dest: str) -> None:
+        self.moves.append((src, dest))
+        self.wake.set()
+
     async def run(self) -> None:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
@@ -307,7 +312,10 @@ class LiveSync:
         loop = asyncio.get_running_loop()
         root = self.syncer.root
         state_dir = str(root / ".coffer")
-        changed = self.local_change
+        changed, moved = self.local_change, self.local_move
+
+        def rel_of(path: str) -> str:
+            return os.path.relpath(path, root).replace(os.sep, "/")
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
@@ -318,12 +326,14 @@ class LiveSync:
                     return  # our own state, and downloads renamed into place from .coffer/tmp
                 if event.is_directory and event.event_type == "modified":
                     return  # an entry inside changed: that entry has its own event
-                if event.is_directory or event.event_type == "moved":
-                    # Folders and renames need the full pass (renames are sent as moves).
-                    loop.call_soon_threadsafe(changed, None)
-                    return
-                rel = os.path.relpath(src, root).replace(os.sep, "/")
-                loop.call_soon_threadsafe(changed, rel)
+                if event.is_directory or (
+                    event.event_type == "moved" and str(event.dest_path).startswith(state_dir)
+                ):
+                    loop.call_soon_threadsafe(changed, None)  # folders: the full pass
+                elif event.event_type == "moved":
+                    loop.call_soon_threadsafe(moved, rel_of(src), rel_of(str(event.dest_path)))
+                else:
+                    loop.call_soon_threadsafe(changed, rel_of(src))
 
         observer = Observer()
         observer.schedule(Handler(), str(root), recursive=True)
@@ -336,6 +346,7 @@ class LiveSync:
             observer.stop()
             raise
         self.dirty.clear()  # the pass saw these
+        self.moves.clear()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
         feed = asyncio.create_task(self.follow_feed())
@@ -358,9 +369,10 @@ class LiveSync:
                 self.wake.clear()
                 self.passed.clear()
                 dirty, self.dirty = self.dirty, set()
-                full, self.full_needed = self.full_needed or not dirty, False
+                moves, self.moves = self.moves, []
+                full, self.full_needed = self.full_needed or not (dirty or moves), False
                 skipped = len(self.syncer.report.skipped)
-                await self.pass_with_retry(None if full else dirty)
+                await self.pass_with_retry(None if full else (dirty, moves))
                 self.passed.set()
                 if len(self.syncer.report.skipped) > skipped:
                     # Files skipped for a full disk or permissions: try again in a while.
@@ -370,13 +382,15 @@ class LiveSync:
             observer.stop()
             await asyncio.to_thread(observer.join)
 
-    async def pass_with_retry(self, paths: set[str] | None) -> None:
-        """A targeted pass over `paths` (None: a full pass), falling back to a full pass
-        when it cannot decide alone or fails; retried with backoff while unreachable."""
+    async def pass_with_retry(self, changes: tuple[set[str], list[tuple[str, str]]] | None) -> None:
+        """A targeted pass over the changed and renamed files (None: a full pass), falling
+        back to a full pass when it cannot decide alone or fails; retried with backoff
+        while unreachable."""
+        paths = changes
         delay = 0.5
         while not self.stop.is_set():
             try:
-                if paths is not None and await self.syncer.sync_paths(paths):
+                if paths is not None and await self.syncer.sync_paths(*paths):
                     return
                 paths = None
                 await self.syncer.reconcile()

@@ -20,7 +20,7 @@ import fnmatch
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -98,6 +98,14 @@ async def run_all(jobs: list[Coroutine[Any, Any, None]]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _lexists(path: Path) -> bool:
+    try:
+        os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class Syncer:
@@ -304,8 +312,9 @@ class Syncer:
     async def apply_events(self, events: list[dict[str, Any]]) -> bool:
         """Apply simple remote file events directly, without a full pass: a new or changed
         file we have not edited locally is downloaded, a deleted one we have not edited is
-        deleted. False when any event needs a full pass (folders, moves, shares, local
-        edits: anything where the three-way comparison must look at everything)."""
+        deleted, a renamed one is renamed, a new folder is made. False when any event needs
+        a full pass (folder moves and deletions, shares, local edits: anything where the
+        three-way comparison must look at everything)."""
         async with self.lock:
             for event in events:
                 rel = self.rel_of(event.get("path") or "")
@@ -345,6 +354,9 @@ class Syncer:
                         await self._download(rel, remote)
                     except ApiError:
                         return False  # changed again or gone since: a full pass sorts it out
+                elif kind == "file.moved":
+                    if not self._apply_remote_rename(rel, event, entry):
+                        return False
                 elif kind == "file.deleted":
                     if entry is None:
                         continue
@@ -357,6 +369,36 @@ class Syncer:
                 else:
                     return False
             return True
+
+    def _apply_remote_rename(self, rel: str, event: dict[str, Any], entry: Entry | None) -> bool:
+        """A file renamed on the server: already here (our own move coming back) or renamed
+        here now, if the local copy is as last synced and the new name is free. False:
+        the full pass decides."""
+        if entry is not None:
+            return entry.file_id == event["file_id"]
+        old = self.rel_of(event.get("old_path") or "")
+        before = self.state.get(old) if old else None
+        if old is None or before is None or before.file_id != event["file_id"]:
+            return False
+        source, target = self.local(old), self.local(rel)
+        try:
+            st = os.stat(source, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        parent = rel.rpartition("/")[0]
+        if (
+            not self._unchanged(LocalFile(st.st_size, st.st_mtime_ns), before)
+            or _lexists(target)
+            or (parent and getattr(self.state.get(parent), "kind", None) != "folder")
+        ):
+            return False
+        os.rename(source, target)
+        self.state.delete(old)
+        version = event.get("version") or before.version
+        self.state.put(Entry(**{**vars(before), "path": rel, "version": version}))
+        self.report.moved.append(f"{old} -> {rel}")
+        self.log(f"moved {old} -> {rel}")
+        return True
 
     def _apply_new_folder(self, rel: str, event: dict[str, Any], entry: Entry | None) -> bool:
         """A folder created on the server: ours already (our own event coming back) or
@@ -373,12 +415,19 @@ class Syncer:
         self.state.put(Entry(rel, "folder", event["file_id"]))
         return True
 
-    async def sync_paths(self, rels: set[str]) -> bool:
+    async def sync_paths(self, rels: set[str], moves: Sequence[tuple[str, str]] = ()) -> bool:
         """Send local changes to these files without a full pass (no tree walk, no remote
         listing): what the watcher saw is compared with the state of the last agreement.
-        False when anything needs the full three-way pass: folders, links, a file in a
-        folder not synced yet, or a deletion the server's copy no longer matches."""
+        Renames of synced files go first, as moves. False when anything needs the full
+        three-way pass: folders, links, a file in a folder not synced yet, a rename onto a
+        synced file, or a deletion the server's copy no longer matches."""
         async with self.lock:
+            rels = set(rels)
+            for src, dest in moves:
+                left = await self._rename_file(src, dest)
+                if left is None:
+                    return False
+                rels |= left
             for rel in sorted(rels):
                 if self.ignore(rel):
                     continue
@@ -416,6 +465,45 @@ class Syncer:
                     if not self._skip(rel, exc):
                         raise
             return True
+
+    async def _rename_file(self, src: str, dest: str) -> set[str] | None:
+        """A file renamed here. A synced file renamed unchanged is moved on the server
+        (no upload; history kept). Anything else, such as an editor saving through a temp
+        file or a new name put back at the old path, is left as the two paths to compare
+        one by one. None: the full pass must decide."""
+        entry = self.state.get(src)
+        if (
+            entry is None
+            or entry.kind != "file"
+            or not entry.file_id
+            or self.ignore(src)
+            or self.ignore(dest)
+            or _lexists(self.local(src))
+        ):
+            return {src, dest}
+        try:
+            st = os.stat(self.local(dest), follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # renamed again since: the full pass sees where it ended up
+        parent = dest.rpartition("/")[0]
+        if (
+            not os.path.stat.S_ISREG(st.st_mode)
+            or (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns)
+            or self.state.get(dest) is not None
+            or (parent and getattr(self.state.get(parent), "kind", None) != "folder")
+        ):
+            return None
+        try:
+            moved = await self.api.request(
+                "PATCH", f"/api/file/{entry.file_id}", json=self.target(dest)
+            )
+        except ApiError:
+            return None  # taken there, or gone: the full pass sorts it out
+        self.state.delete(src)
+        self.state.put(Entry(**{**vars(entry), "path": dest, "version": moved["version"]}))
+        self.report.moved.append(f"{src} -> {dest}")
+        self.log(f"moved {src} -> {dest}")
+        return set()
 
     def _skip(self, rel: str, exc: OSError) -> bool:
         """A local problem with one file (cannot read it, cannot write there, the disk is

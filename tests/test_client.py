@@ -309,10 +309,11 @@ def test_live_sync_follows_changes_on_the_other_device_and_survives_a_server_res
 def test_live_file_changes_are_sent_without_rescanning_the_tree(
     devices: tuple[Device, Device, User], tmp_path: Path
 ) -> None:
-    """Editing, adding and deleting files in a synced tree of 200 files: each change reaches
-    the other device, and the sending client never walks the tree or lists the server
-    again (its log shows no full pass after the first); a new folder does take one."""
-    a, b, _ = devices
+    """Editing, adding, deleting, renaming and safe-saving files in a synced tree of 200
+    files: each change reaches the other device, and the sending client never walks the
+    tree or lists the server again (its log shows no full pass after the first); a new
+    folder does take one."""
+    a, b, user = devices
     for i in range(200):
         (a.folder / f"d{i % 20}").mkdir(exist_ok=True)
         (a.folder / f"d{i % 20}" / f"f{i}.txt").write_text(f"file {i}")
@@ -332,6 +333,21 @@ def test_live_file_changes_are_sent_without_rescanning_the_tree(
         wait_for(lambda: (b.folder / "d4" / "new.txt").exists(), logs=logs)
         (a.folder / "d5" / "f5.txt").unlink()
         wait_for(lambda: not (b.folder / "d5" / "f5.txt").exists(), logs=logs)
+        # A rename into another folder is a move on the server: same file, no upload.
+        before = user.http.get("/api/file/", params={"path": "/d7"}).json()["items"]
+        moved_id = next(i["id"] for i in before if i["name"] == "f7.txt")
+        (a.folder / "d7" / "f7.txt").rename(a.folder / "d8" / "renamed.txt")
+        wait_for(lambda: (b.folder / "d8" / "renamed.txt").exists(), logs=logs)
+        wait_for(lambda: not (b.folder / "d7" / "f7.txt").exists(), logs=logs)
+        after = user.http.get(f"/api/file/{moved_id}").json()
+        assert after["path"] == "/d8/renamed.txt" and after["version"] == 1, after
+        # The other device renamed its copy in place too (no download).
+        wait_for(lambda: "moved d7/f7.txt -> d8/renamed.txt" in log_b.read_text(), logs=logs)
+        # An editor's safe save (write a temp file, rename it over the original) is an edit.
+        (a.folder / "d6" / "f6.txt.tmp").write_text("saved atomically")
+        os.replace(a.folder / "d6" / "f6.txt.tmp", a.folder / "d6" / "f6.txt")
+        saved = b.folder / "d6" / "f6.txt"
+        wait_for(lambda: saved.read_text() == "saved atomically", logs=logs)
         assert log.read_text().count("pass begins") == full_passes, log.read_text()[-2000:]
         (a.folder / "fresh" / "deeper").mkdir(parents=True)
         (a.folder / "fresh" / "deeper" / "x.txt").write_text("in a new folder")
