@@ -23,7 +23,7 @@ from app.events.routes import events_socket, read_events
 from app.events.service import ChangeFeed
 from app.files.history import HistoryService
 from app.files.routes import FileController, TrashController, create_folder
-from app.files.service import FileService, finish_all_commits, finish_all_pending_ops
+from app.files.service import FileService, finish_interrupted_writes
 from app.health import healthz, readyz
 from app.settings import Settings, get_settings
 from app.sharing.public import link_download, link_page, link_preview, unlock_link
@@ -59,12 +59,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.hub.start()
         app.state.queue = JobQueue(settings.redis)
         app.state.feed = ChangeFeed(app.state.hub, app.state.queue.enqueue_fanout)
-        finished = await finish_all_pending_ops()
+        finished = await finish_interrupted_writes()
         if finished:
-            log.warning("completed %d folder operation(s) interrupted by a crash", finished)
-        finished = await finish_all_commits()
-        if finished:
-            log.warning("completed %d commit(s) interrupted by a crash", finished)
+            log.warning("completed %d write(s) interrupted by a crash", finished)
 
     async def on_shutdown(app: Litestar) -> None:
         await app.state.hub.close()

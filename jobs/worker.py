@@ -20,7 +20,7 @@ from app.files.gc import GarbageCollector, pause_file_for
 from app.files.integrity import scrub
 from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession
 from app.files.retention import empty_trash, thin_versions
-from app.files.service import finish_all_commits, finish_all_pending_ops, finish_commit
+from app.files.service import finish_commit, finish_interrupted_writes
 from app.settings import get_settings
 from app.storage.factory import open_store
 
@@ -57,7 +57,7 @@ async def sweep_outboxes(ctx: dict[str, Any]) -> int:
 
 async def finish_interrupted_ops(ctx: dict[str, Any]) -> int:
     """Complete commits and folder moves/trashes a crashed web process left half done."""
-    return await finish_all_commits() + await finish_all_pending_ops()
+    return await finish_interrupted_writes()
 
 
 async def expire_uploads(ctx: dict[str, Any]) -> int:

@@ -3,11 +3,13 @@
 Consistency without transactions (nx-27017 has none that isolate):
 - A new version becomes visible through one compare-and-set on the file document
   (`rev`); its chunk map and chunks are written before, so a crash leaves at worst an
-  unreferenced pending version, never a half-visible one.
+  unreferenced pending version, never a half-visible one. The same write records what
+  must follow it (`commit_tail`: mark the version committed, count its bytes), which
+  `finish_commit` completes if a crash cuts it short.
 - A folder move or trash touches many documents. The folder's own document records the
   operation (`pending_op`) in the same write that performs it on the folder; the
-  descendants are then rewritten idempotently and the marker cleared. `finish_pending_ops`
-  completes any operation a crash interrupted (run at start-up and by the worker).
+  descendants are then rewritten idempotently and the marker cleared.
+`finish_interrupted_writes` completes both kinds after a crash (start-up and the worker).
 """
 
 from __future__ import annotations
@@ -915,15 +917,6 @@ async def _finish_commit_tail(
         await _add_usage(owner, tail["usage_delta"])
 
 
-async def finish_all_commits() -> int:
-    """Complete every commit a crashed web process left without its follow-up."""
-    done = 0
-    async for node in FileNode.find({"commit_tail.version_id": {"$exists": True}}):
-        await finish_commit(node)
-        done += 1
-    return done
-
-
 async def _add_usage(owner: str, delta: int) -> None:
     if delta:
         await User.get_pymongo_collection().update_one(
@@ -1029,10 +1022,19 @@ async def _restore_descendants(folder: FileNode, op: dict[str, str]) -> None:
     await _add_usage(folder.owner_id, restored)
 
 
-async def finish_all_pending_ops() -> int:
-    """Complete every folder operation a crash left half done. Returns how many."""
+async def finish_interrupted_writes() -> int:
+    """Complete every commit follow-up and folder operation a crashed web process left
+    half done, in one scan of the tree (web start-up and the worker). Returns how many."""
     count = 0
-    async for node in FileNode.find({"pending_op.op": {"$in": ["move", "trash", "restore"]}}):
+    async for node in FileNode.find(
+        {
+            "$or": [
+                {"commit_tail.version_id": {"$exists": True}},
+                {"pending_op.op": {"$in": ["move", "trash", "restore"]}},
+            ]
+        }
+    ):
+        await finish_commit(node)
         await finish_pending_op(node)
         count += 1
     return count
