@@ -386,18 +386,17 @@ class LiveSync:
         """A targeted pass over the changed and renamed files (None: a full pass), falling
         back to a full pass when it cannot decide alone or fails; retried with backoff
         while unreachable."""
-        paths = changes
         delay = 0.5
         while not self.stop.is_set():
             try:
-                if paths is not None and await self.syncer.sync_paths(*paths):
+                if changes is not None and await self.syncer.sync_paths(*changes):
                     return
-                paths = None
+                changes = None
                 await self.syncer.reconcile()
                 return
             except (httpx.HTTPError, ApiError) as exc:
-                if paths is not None:
-                    paths = None  # whatever went wrong, the full pass re-examines it all
+                if changes is not None:
+                    changes = None  # whatever went wrong, the full pass re-examines it all
                     continue
                 if isinstance(exc, ApiError) and exc.status < 500 and exc.status != 429:
                     self.syncer.log(f"sync error: {exc}")

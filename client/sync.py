@@ -385,28 +385,34 @@ class Syncer:
             st = os.stat(source, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        parent = rel.rpartition("/")[0]
         if (
             not self._unchanged(LocalFile(st.st_size, st.st_mtime_ns), before)
             or _lexists(target)
-            or (parent and getattr(self.state.get(parent), "kind", None) != "folder")
+            or not self._in_synced_folder(rel)
         ):
             return False
         os.rename(source, target)
-        self.state.delete(old)
-        version = event.get("version") or before.version
-        self.state.put(Entry(**{**vars(before), "path": rel, "version": version}))
-        self.report.moved.append(f"{old} -> {rel}")
-        self.log(f"moved {old} -> {rel}")
+        self._record_move(before, rel, version=event.get("version") or before.version)
         return True
+
+    def _in_synced_folder(self, rel: str) -> bool:
+        """Its folder is the root or one the state knows as synced (exists on both sides)."""
+        parent = rel.rpartition("/")[0]
+        return not parent or getattr(self.state.get(parent), "kind", None) == "folder"
+
+    def _record_move(self, entry: Entry, rel: str, **changes: Any) -> None:
+        """A synced file now lives at `rel` on both sides (moved by either of them)."""
+        self.state.delete(entry.path)
+        self.state.put(Entry(**{**vars(entry), "path": rel, **changes}))
+        self.report.moved.append(f"{entry.path} -> {rel}")
+        self.log(f"moved {entry.path} -> {rel}")
 
     def _apply_new_folder(self, rel: str, event: dict[str, Any], entry: Entry | None) -> bool:
         """A folder created on the server: ours already (our own event coming back) or
         made here now. False when the tree around it is not as the state says."""
         if entry is not None:
             return entry.kind == "folder" and entry.file_id == event["file_id"]
-        parent = rel.rpartition("/")[0]
-        if parent and getattr(self.state.get(parent), "kind", None) != "folder":
+        if not self._in_synced_folder(rel):
             return False
         path = self.local(rel)
         if path.exists() and not path.is_dir():
@@ -445,8 +451,7 @@ class Syncer:
                 here = LocalFile(st.st_size, st.st_mtime_ns)
                 if entry is not None and self._unchanged(here, entry):
                     continue
-                parent = rel.rpartition("/")[0]
-                if parent and getattr(self.state.get(parent), "kind", None) != "folder":
+                if not self._in_synced_folder(rel):
                     return False  # a new folder: the full pass creates it first
                 try:
                     local_hash, chunks = await self._local_hash(rel, here, entry)
@@ -485,12 +490,11 @@ class Syncer:
             st = os.stat(self.local(dest), follow_symlinks=False)
         except FileNotFoundError:
             return None  # renamed again since: the full pass sees where it ended up
-        parent = dest.rpartition("/")[0]
         if (
             not os.path.stat.S_ISREG(st.st_mode)
             or (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns)
             or self.state.get(dest) is not None
-            or (parent and getattr(self.state.get(parent), "kind", None) != "folder")
+            or not self._in_synced_folder(dest)
         ):
             return None
         try:
@@ -499,10 +503,7 @@ class Syncer:
             )
         except ApiError:
             return None  # taken there, or gone: the full pass sorts it out
-        self.state.delete(src)
-        self.state.put(Entry(**{**vars(entry), "path": dest, "version": moved["version"]}))
-        self.report.moved.append(f"{src} -> {dest}")
-        self.log(f"moved {src} -> {dest}")
+        self._record_move(entry, dest, version=moved["version"])
         return set()
 
     def _skip(self, rel: str, exc: OSError) -> bool:
@@ -573,11 +574,9 @@ class Syncer:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.local(old.path), target)
             st = target.stat()
-            self.state.delete(old.path)
-            self.state.put(Entry(**{**vars(old), "path": rel, "mtime_ns": st.st_mtime_ns}))
+            self._record_move(old, rel, mtime_ns=st.st_mtime_ns)
             local_files[rel] = LocalFile(st.st_size, st.st_mtime_ns)
             del local_files[old.path]
-            self.report.moved.append(f"{old.path} -> {rel}")
 
     async def _apply_local_moves(
         self,
@@ -614,22 +613,16 @@ class Syncer:
             except ApiError:
                 continue
             del vanished[old.content_hash]
-            self.state.delete(old.path)
-            self.state.put(
-                Entry(
-                    rel,
-                    "file",
-                    old.file_id,
-                    moved["version"],
-                    lf.size,
-                    lf.mtime_ns,
-                    old.content_hash,
-                    chunks,
-                )
+            self._record_move(
+                old,
+                rel,
+                version=moved["version"],
+                size=lf.size,
+                mtime_ns=lf.mtime_ns,
+                chunks=chunks,
             )
             remote_files[rel] = moved
             remote_files.pop(old.path, None)
-            self.report.moved.append(f"{old.path} -> {rel}")
 
     @staticmethod
     def _unchanged(lf: LocalFile, entry: Entry) -> bool:
