@@ -13,14 +13,15 @@ from arq import cron
 from arq.connections import RedisSettings
 from beanie import PydanticObjectId
 
+from app.core.query import match
 from app.db import connect
 from app.events.hub import Hub
 from app.events.service import OUTBOX_SOURCES, ChangeFeed, outbox_id
 from app.files.gc import GarbageCollector, pause_file_for
 from app.files.integrity import scrub
-from app.files.models import ChunkMapPage, FileNode, FileVersion, UploadSession
+from app.files.models import FileNode, FileVersion, UploadSession
 from app.files.retention import empty_trash, thin_versions
-from app.files.service import finish_commit, finish_interrupted_writes
+from app.files.service import delete_chunk_maps, finish_commit, finish_interrupted_writes
 from app.settings import get_settings
 from app.storage.factory import open_store
 
@@ -73,12 +74,14 @@ async def expire_uploads(ctx: dict[str, Any]) -> int:
             await finish_commit(node)  # a head version is never "pending" past this
         version = await FileVersion.get(PydanticObjectId(session.version_id))
         if version is not None and version.state == "pending":
-            await ChunkMapPage.find(ChunkMapPage.version_id == session.version_id).delete()
+            await delete_chunk_maps([version])
             await version.delete()
         if node is not None and not node.committed:
-            others = await UploadSession.find(
-                UploadSession.file_id == session.file_id, UploadSession.id != session.id
-            ).count()
+            others = [
+                s
+                for s in await UploadSession.find(match(file_id=session.file_id)).to_list()
+                if s.id != session.id
+            ]
             if not others:
                 await node.delete()
         await session.delete()

@@ -16,6 +16,7 @@ from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.auth.models import ApiToken, BrowserSession, User
+from app.core.query import match
 from app.errors import BadRequest, Conflict, Unauthorized
 from app.settings import Settings
 
@@ -86,7 +87,7 @@ async def authenticate(username: object, password: object) -> User:
     """The user these credentials belong to, or 401 (same answer for any wrong part)."""
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise Unauthorized("wrong username or password", code="bad_credentials")
-    user = await User.find_one(User.username_key == username.casefold())
+    user = await User.find_one(match(username_key=username.casefold()))
     try:
         await asyncio.to_thread(
             _hasher.verify, user.password_hash if user else _DUMMY_HASH, password[:MAX_PASSWORD]

@@ -29,6 +29,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from app.core.query import match
 from app.events.hub import Hub
 from app.events.models import HOLE, Event, EventCounter
 from app.files.models import FileNode
@@ -203,9 +204,7 @@ async def append_event(
     the duplicate check is skipped (one query less on the hot path); in the rare race
     with the sweeper the unique index still refuses the copy, at the cost of a seq hole.
     """
-    if not fresh and await Event.find_one(
-        Event.recipient_id == recipient, Event.change_id == delivery_id
-    ):
+    if not fresh and await Event.find_one(match(recipient_id=recipient, change_id=delivery_id)):
         return None
     counters = EventCounter.get_pymongo_collection()
     while True:
@@ -226,9 +225,7 @@ async def append_event(
             ).insert()
             return seq
         except DuplicateKeyError:
-            if await Event.find_one(
-                Event.recipient_id == recipient, Event.change_id == delivery_id
-            ):
+            if await Event.find_one(match(recipient_id=recipient, change_id=delivery_id)):
                 return None  # a concurrent fan-out delivered it
             # A reader filled our seq as a hole while we were slow: take the next one.
             continue
@@ -339,7 +336,9 @@ class ChangeFeed:
         threshold = now() - timedelta(seconds=older_than)
         count = 0
         for model in OUTBOX_SOURCES.values():
-            async for doc in model.find({"outbox_pending": True, "outbox.at": {"$lt": threshold}}):
+            async for doc in model.find(
+                match({"outbox.at": {"$lt": threshold}}, outbox_pending=True)
+            ):
                 await self.flush_node(doc)
                 count += 1
         return count
@@ -352,7 +351,7 @@ class ChangeFeed:
 
     async def cursor_at(self, recipient: str, since: datetime) -> int:
         first = (
-            await Event.find(Event.recipient_id == recipient, Event.at_ms > epoch_ms(since))
+            await Event.find(match(recipient_id=recipient, at_ms={"$gt": epoch_ms(since)}))
             .sort("+seq")
             .limit(1)
             .to_list()
@@ -377,7 +376,7 @@ class ChangeFeed:
         waited_since: float | None = None
         while True:
             docs = (
-                await Event.find(Event.recipient_id == recipient, Event.seq > cursor)
+                await Event.find(match(recipient_id=recipient, seq={"$gt": cursor}))
                 .sort("+seq")
                 .limit(limit + 1)
                 .to_list()

@@ -36,6 +36,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from app.auth.models import User
+from app.core.query import match
 from app.files.integrity import chunk_id, now_ms, owner_chunk_pages
 from app.files.models import MaintenanceState, StoredChunk
 from app.storage.base import BlobStore
@@ -162,7 +163,9 @@ class GarbageCollector:
 
     async def finish_deleting(self) -> None:
         """Complete deletions a killed run left half done (their chunks are unreferenced)."""
-        docs = await self.chunks.find({"state": "deleting"}, {"owner_id": 1, "sha256": 1}).to_list()
+        docs = await self.chunks.find(
+            match(state="deleting"), {"owner_id": 1, "sha256": 1}
+        ).to_list()
         for start in range(0, len(docs), self.batch):
             part = docs[start : start + self.batch]
             await self._delete_blobs([(d["owner_id"], d["sha256"]) for d in part])
@@ -178,7 +181,7 @@ class GarbageCollector:
                 scratch.add_refs(sha for sha, _ in page["chunks"])
             docs: list[dict[str, Any]] = []
             async for doc in self.chunks.find(
-                {"owner_id": owner, "used_ms": {"$lt": cutoff}, "state": {"$in": COLLECTABLE}},
+                {**match(owner_id=owner, used_ms={"$lt": cutoff}), "state": {"$in": COLLECTABLE}},
                 {"sha256": 1, "state": 1},
             ):
                 docs.append(doc)

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from beanie import PydanticObjectId
-
+from app.core.query import match
 from app.errors import BadRequest, NotFound
 from app.files import paths
 from app.files.models import ChunkMapPage, FileNode, FileVersion
 from app.files.service import (
     FileService,
     _add_usage,
+    delete_chunk_maps,
     finish_pending_op,
     iso,
     now,
@@ -60,9 +60,7 @@ class HistoryService:
         if node.kind != "file":
             raise BadRequest("folders have no versions", code="is_a_folder")
         found = (
-            await FileVersion.find(
-                FileVersion.file_id == str(node.id), FileVersion.state == "committed"
-            )
+            await FileVersion.find(match(file_id=str(node.id), state="committed"))
             .sort("-version")
             .to_list()
         )
@@ -70,9 +68,7 @@ class HistoryService:
 
     async def version(self, node: FileNode, number: int) -> FileVersion:
         found = await FileVersion.find_one(
-            FileVersion.file_id == str(node.id),
-            FileVersion.version == number,
-            FileVersion.state == "committed",
+            match(file_id=str(node.id), version=number, state="committed")
         )
         if found is None:
             raise NotFound(f"version {number} does not exist (any more)", code="no_version")
@@ -105,13 +101,13 @@ class HistoryService:
                 start_offset=page.start_offset,
                 chunks=page.chunks,
             )
-            async for page in ChunkMapPage.find(ChunkMapPage.version_id == str(old.id))
+            async for page in ChunkMapPage.find(match(version_id=str(old.id)))
         ]
         if pages:
             await ChunkMapPage.insert_many(pages)
         head = await scoped._advance_head(node, copy, None)
         if head is None:  # another restore of the same bytes got there first: drop the copy
-            await ChunkMapPage.find(ChunkMapPage.version_id == str(copy.id)).delete()
+            await delete_chunk_maps([copy])
             await copy.delete()
             return scoped.out(await scoped._reload(str(node.id)))
         return scoped.out(head)
@@ -133,21 +129,31 @@ class HistoryService:
         self, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """What the caller deleted (each deleted item once, not everything under it)."""
-        query: dict[str, Any] = {"owner_id": str(self.files.user.id), "trash_root": True}
+        owner = str(self.files.user.id)
+        items: list[FileNode] = []
+        deleted_ms: dict[str, Any] = {}
         if cursor:
             ms, _, last_id = cursor.partition("-")
             if not ms.isdigit() or len(last_id) != 24:
                 raise BadRequest("invalid cursor", code="invalid_cursor")
-            query["$or"] = [
-                {"deleted_ms": {"$lt": int(ms)}},
-                {"deleted_ms": int(ms), "_id": {"$lt": parse_id(last_id)}},
-            ]
-        items = (
-            await FileNode.find(query)
-            .sort([("deleted_ms", -1), ("_id", -1)])
-            .limit(limit + 1)
-            .to_list()
-        )
+            # Items deleted in the cursor's very millisecond, after it in (_id desc) order:
+            # read apart and filtered here, since an `$or` or an `_id` range would make the
+            # embedded server read every file.
+            ties = await FileNode.find(
+                match(owner_id=owner, trash_root=True, deleted_ms=int(ms))
+            ).to_list()
+            after = parse_id(last_id)
+            items = sorted((n for n in ties if n.id < after), key=lambda n: n.id, reverse=True)
+            deleted_ms = {"$lt": int(ms)}
+        if len(items) <= limit:
+            items += (
+                await FileNode.find(
+                    match(owner_id=owner, trash_root=True, deleted_ms=deleted_ms or {"$gte": 0})
+                )
+                .sort([("deleted_ms", -1), ("_id", -1)])
+                .limit(limit + 1 - len(items))
+                .to_list()
+            )
         last = items[limit - 1] if len(items) > limit else None
         next_cursor = f"{last.deleted_ms}-{last.id}" if last else None
         return [trash_out(n) for n in items[:limit]], next_cursor
@@ -212,23 +218,19 @@ class HistoryService:
         doomed = [
             doc["_id"]
             async for doc in FileNode.get_pymongo_collection().find(
-                {"owner_id": node.owner_id, "trash_root_id": str(node.id)}, {"_id": 1}
+                match(trash_root_id=str(node.id)), {"_id": 1}
             )
         ]
         for start in range(0, len(doomed), 500):
             ids = doomed[start : start + 500]
-            versions = [
-                str(v["_id"])
-                async for v in FileVersion.get_pymongo_collection().find(
-                    {"file_id": {"$in": [str(i) for i in ids]}}, {"_id": 1}
-                )
-            ]
+            # One indexed query per file: `$in` on file_id would read every version.
+            versions: list[FileVersion] = []
+            for file_id in ids:
+                versions += await FileVersion.find(match(file_id=str(file_id))).to_list()
             if versions:
-                await ChunkMapPage.get_pymongo_collection().delete_many(
-                    {"version_id": {"$in": versions}}
-                )
+                await delete_chunk_maps(versions)
                 await FileVersion.get_pymongo_collection().delete_many(
-                    {"_id": {"$in": [PydanticObjectId(v) for v in versions]}}
+                    {"_id": {"$in": [v.id for v in versions]}}
                 )
             # The trashed item itself last: a crash leaves it listed, so purge can rerun.
             await FileNode.get_pymongo_collection().delete_many(

@@ -25,9 +25,17 @@ from typing import Any
 from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
 
+from app.core.query import match
 from app.errors import CorruptData, ServiceUnavailable
 from app.events.service import epoch_ms
-from app.files.models import ChunkMapPage, FileNode, FileVersion, MaintenanceState, StoredChunk
+from app.files.models import (
+    ChunkMapPage,
+    FileNode,
+    FileVersion,
+    MaintenanceState,
+    StoredChunk,
+    chunk_map_page_ids,
+)
 from app.storage.base import BlobStore
 
 log = logging.getLogger("coffer.integrity")
@@ -140,14 +148,16 @@ async def mark_chunk(owner: str, sha256: str, state: str, seen_put_ms: int | Non
 async def owner_chunk_pages(owner: str) -> AsyncIterator[dict[str, Any]]:
     """Every chunk-map page ({"version_id", "chunks"}) of every version of the owner:
     committed, historic, trashed or a pending upload's."""
-    version_ids = [
-        str(doc["_id"])
-        async for doc in FileVersion.get_pymongo_collection().find({"owner_id": owner}, {"_id": 1})
+    page_ids = [
+        page_id
+        async for doc in FileVersion.get_pymongo_collection().find(
+            match(owner_id=owner), {"_id": 1, "chunk_count": 1}
+        )
+        for page_id in chunk_map_page_ids(str(doc["_id"]), doc.get("chunk_count", 0))
     ]
-    for start in range(0, len(version_ids), BATCH):
+    for start in range(0, len(page_ids), BATCH):
         async for page in ChunkMapPage.get_pymongo_collection().find(
-            {"version_id": {"$in": version_ids[start : start + BATCH]}},
-            {"version_id": 1, "chunks": 1},
+            {"_id": {"$in": page_ids[start : start + BATCH]}}, {"version_id": 1, "chunks": 1}
         ):
             yield page
 
@@ -161,24 +171,32 @@ async def _versions_using(owner: str, hashes: set[str]) -> list[str]:
     return hits
 
 
+async def _set_damaged(version_ids: list[str], damaged: bool) -> None:
+    """Flag (or clear) these versions, and each file whose head one of them is."""
+    versions = FileVersion.get_pymongo_collection()
+    for vid in version_ids:
+        doc = await versions.find_one_and_update(
+            {"_id": PydanticObjectId(vid)}, {"$set": {"damaged": damaged}}, {"file_id": 1}
+        )
+        if doc is not None:
+            await FileNode.get_pymongo_collection().update_one(
+                {"_id": PydanticObjectId(doc["file_id"]), "head_version_id": {"$eq": vid}},
+                {"$set": {"damaged": damaged}},
+            )
+
+
 async def flag_damaged(owner: str, hashes: set[str]) -> int:
     """Flag every version (and head file) of the owner that uses one of these chunks."""
     hits = await _versions_using(owner, hashes)
-    if hits:
-        await FileVersion.get_pymongo_collection().update_many(
-            {"_id": {"$in": [PydanticObjectId(v) for v in hits]}}, {"$set": {"damaged": True}}
-        )
-        await FileNode.get_pymongo_collection().update_many(
-            {"owner_id": owner, "head_version_id": {"$in": hits}}, {"$set": {"damaged": True}}
-        )
+    await _set_damaged(hits, True)
     return len(hits)
 
 
-async def version_chunks(version_id: str) -> set[str]:
+async def version_chunks(version_id: str, chunk_count: int) -> set[str]:
     return {
         sha
         async for page in ChunkMapPage.get_pymongo_collection().find(
-            {"version_id": version_id}, {"chunks": 1}
+            {"_id": {"$in": chunk_map_page_ids(version_id, chunk_count)}}, {"chunks": 1}
         )
         for sha, _ in page["chunks"]
     }
@@ -188,28 +206,27 @@ async def all_stored(owner: str, hashes: set[str]) -> bool:
     ids = [chunk_id(owner, sha) for sha in hashes]
     good = 0
     for start in range(0, len(ids), 1000):
-        good += await StoredChunk.get_pymongo_collection().count_documents(
-            {"_id": {"$in": ids[start : start + 1000]}, "state": "stored"}
+        # A projected find, not count_documents (which the embedded server answers by
+        # reading the whole collection).
+        good += len(
+            await StoredChunk.get_pymongo_collection()
+            .find({"_id": {"$in": ids[start : start + 1000]}, "state": "stored"}, {"_id": 1})
+            .to_list()
         )
     return good == len(ids)
 
 
 async def heal(owner: str) -> int:
     """Clear the damaged flag of the owner's versions whose chunks are all stored again."""
-    healed = 0
+    healed: list[str] = []
     async for version in FileVersion.get_pymongo_collection().find(
-        {"owner_id": owner, "damaged": True}, {"_id": 1}
+        match(owner_id=owner, damaged=True), {"_id": 1, "chunk_count": 1}
     ):
         vid = str(version["_id"])
-        if await all_stored(owner, await version_chunks(vid)):
-            await FileVersion.get_pymongo_collection().update_one(
-                {"_id": version["_id"]}, {"$set": {"damaged": False}}
-            )
-            await FileNode.get_pymongo_collection().update_many(
-                {"owner_id": owner, "head_version_id": vid}, {"$set": {"damaged": False}}
-            )
-            healed += 1
-    return healed
+        if await all_stored(owner, await version_chunks(vid, version.get("chunk_count", 0))):
+            healed.append(vid)
+    await _set_damaged(healed, False)
+    return len(healed)
 
 
 async def hash_in_store(store: BlobStore, owner: str, sha256: str, size: int) -> str:
@@ -230,10 +247,11 @@ async def hash_in_store(store: BlobStore, owner: str, sha256: str, size: int) ->
 async def scrub(
     store: BlobStore, *, bytes_per_second: int, budget_seconds: float
 ) -> dict[str, int]:
-    """Re-hash stored chunks in `_id` order from where the last run stopped.
+    """Re-hash stored chunks in (owner, sha256) order from where the last run stopped.
 
-    Reads at most `bytes_per_second` and stops after `budget_seconds`; the cursor is saved
-    after every batch, so a killed run loses at most one batch of work.
+    Reads at most `bytes_per_second` and stops after `budget_seconds`; the cursor
+    ("<owner>:<sha256>", the chunk's `_id`) is saved after every batch, so a killed run
+    loses at most one batch of work.
     """
     coll = MaintenanceState.get_pymongo_collection()
     await coll.update_one({"_id": "scrub"}, {"$setOnInsert": {"cursor": ""}}, upsert=True)
@@ -243,13 +261,7 @@ async def scrub(
     started = time.monotonic()
     deadline = started + budget_seconds
     while time.monotonic() < deadline:
-        batch = (
-            await StoredChunk.get_pymongo_collection()
-            .find({"_id": {"$gt": cursor}})
-            .sort("_id", 1)
-            .limit(100)
-            .to_list()
-        )
+        batch = await _next_chunks(cursor, 100)
         if not batch:
             cursor = ""
             stats["passes"] += 1
@@ -271,6 +283,36 @@ async def scrub(
                 break
         await coll.update_one({"_id": "scrub"}, {"$set": {"cursor": cursor}})
     return stats
+
+
+async def _next_chunks(cursor: str, limit: int) -> list[dict[str, Any]]:
+    """The chunks after `cursor` in (owner, sha256) order, through the (owner_id, sha256)
+    index: an `_id` range would make the embedded server read every chunk per batch."""
+    chunks = StoredChunk.get_pymongo_collection()
+    owner, _, sha = cursor.partition(":")
+    if owner:
+        batch = (
+            await chunks.find(match(owner_id=owner, sha256={"$gt": sha}))
+            .sort("sha256", 1)
+            .limit(limit)
+            .to_list()
+        )
+        if batch:
+            return batch
+    following = (
+        await chunks.find({"owner_id": {"$gt": owner}}, {"owner_id": 1})
+        .sort("owner_id", 1)
+        .limit(1)
+        .to_list()
+    )
+    if not following:
+        return []
+    return (
+        await chunks.find(match(owner_id=following[0]["owner_id"]))
+        .sort("sha256", 1)
+        .limit(limit)
+        .to_list()
+    )
 
 
 async def _scrub_one(store: BlobStore, doc: dict[str, Any], stats: dict[str, int]) -> None:

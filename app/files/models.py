@@ -71,7 +71,13 @@ class FileNode(Document):
             ),
             IndexModel([("owner_id", ASCENDING), ("path_key", ASCENDING)]),
             IndexModel([("outbox_pending", ASCENDING)]),
-            IndexModel([("owner_id", ASCENDING), ("trash_root", ASCENDING)]),
+            IndexModel(
+                [("owner_id", ASCENDING), ("trash_root", ASCENDING), ("deleted_ms", ASCENDING)]
+            ),
+            IndexModel([("trash_root_id", ASCENDING)]),
+            # Crash recovery finds half-done writes by these (see finish_interrupted_writes).
+            IndexModel([("commit_tail.version_id", ASCENDING)]),
+            IndexModel([("pending_op.op", ASCENDING)]),
         ]
 
 
@@ -91,7 +97,15 @@ class FileVersion(Document):
 
     class Settings:
         name = "file_versions"
-        indexes = [IndexModel([("file_id", ASCENDING), ("version", DESCENDING)])]
+        indexes = [
+            IndexModel([("file_id", ASCENDING), ("version", DESCENDING)]),
+            IndexModel([("owner_id", ASCENDING)]),
+        ]
+
+
+def chunk_map_page_ids(version_id: str, chunk_count: int) -> list[str]:
+    """The `_id`s of a version's chunk-map pages (lookups by `_id` are always indexed)."""
+    return [f"{version_id}:{n}" for n in range(-(-chunk_count // PAGE_SIZE))]
 
 
 class ChunkMapPage(Document):
@@ -129,7 +143,10 @@ class StoredChunk(Document):
 
     class Settings:
         name = "chunks"
-        indexes = [IndexModel([("owner_id", ASCENDING), ("state", ASCENDING)])]
+        indexes = [
+            IndexModel([("owner_id", ASCENDING), ("state", ASCENDING)]),
+            IndexModel([("owner_id", ASCENDING), ("sha256", ASCENDING)]),
+        ]
 
 
 class UploadSession(Document):

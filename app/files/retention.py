@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from beanie import PydanticObjectId
 from pydantic import BaseModel, Field
 
+from app.core.query import match
 from app.files.history import HistoryService
-from app.files.models import ChunkMapPage, FileNode, FileVersion
-from app.files.service import as_utc
+from app.files.models import FileNode, FileVersion
+from app.files.service import as_utc, delete_chunk_maps
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -28,6 +29,7 @@ class VersionAge(BaseModel):
     id: PydanticObjectId = Field(alias="_id")
     file_id: str
     version: int | None = None
+    chunk_count: int = 0
     committed_at: datetime | None = None
     created_at: datetime
 
@@ -77,9 +79,7 @@ async def thin_versions(now: datetime, retention: timedelta, keep_min: int) -> i
     dropped = 0
     group: list[VersionAge] = []
     async for version in (
-        FileVersion.find(FileVersion.state == "committed")
-        .sort("+file_id", "-version")
-        .project(VersionAge)
+        FileVersion.find(match(state="committed")).sort("+file_id", "-version").project(VersionAge)
     ):
         if group and version.file_id != group[0].file_id:
             dropped += await _thin_file(group, now, retention, keep_min)
@@ -106,8 +106,8 @@ async def _thin_file(
     dropped = 0
     for version in versions:
         if version.version in drop and str(version.id) != head:
-            await ChunkMapPage.find(ChunkMapPage.version_id == str(version.id)).delete()
-            await FileVersion.find(FileVersion.id == version.id).delete()
+            await delete_chunk_maps([version])
+            await FileVersion.get_pymongo_collection().delete_one({"_id": version.id})
             dropped += 1
     return dropped
 
@@ -116,7 +116,7 @@ async def empty_trash(now: datetime, retention: timedelta) -> int:
     """Purge every trashed item deleted longer ago than `retention`."""
     cutoff_ms = int((now - retention).timestamp() * 1000)
     purged = 0
-    async for node in FileNode.find({"trash_root": True, "deleted_ms": {"$lt": cutoff_ms}}):
+    async for node in FileNode.find(match(trash_root=True, deleted_ms={"$lt": cutoff_ms})):
         await HistoryService.purge_node(node)
         purged += 1
     return purged

@@ -21,7 +21,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from beanie import PydanticObjectId
 from bson.errors import InvalidId
@@ -29,6 +29,7 @@ from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from app.auth.models import User
+from app.core.query import match
 from app.errors import (
     BadRequest,
     Conflict,
@@ -54,6 +55,7 @@ from app.files.models import (
     FileVersion,
     StoredChunk,
     UploadSession,
+    chunk_map_page_ids,
 )
 from app.files.schemas import ChunkIn, MoveRequest, NewFolderRequest, UploadRequest
 from app.settings import Settings
@@ -199,9 +201,7 @@ class FileService:
         return scoped, folder
 
     async def node_by_path(self, path: str) -> FileNode | None:
-        return await FileNode.find_one(
-            FileNode.owner_id == self.owner, FileNode.live_key == paths.path_key(path)
-        )
+        return await FileNode.find_one(match(owner_id=self.owner, live_key=paths.path_key(path)))
 
     async def _audience(
         self, node_id: str, path: str, old_path: str | None = None, *, descendants: bool = False
@@ -336,12 +336,7 @@ class FileService:
                     raise BadRequest(f"{path} is a file, not a folder", code="not_a_folder")
                 parent_id = str(folder.id)
         limit = max(1, min(limit, 1000))
-        query: dict[str, Any] = {
-            "owner_id": scoped.owner,
-            "parent_id": parent_id,
-            "deleted_at": None,
-            "committed": True,
-        }
+        query = match(owner_id=scoped.owner, parent_id=parent_id, deleted_at=None, committed=True)
         if cursor:
             query["name_key"] = {"$gt": _decode_cursor(cursor)}
         nodes = await FileNode.find(query).sort("+name_key").limit(limit + 1).to_list()
@@ -416,14 +411,19 @@ class FileService:
         if node is None:
             node = await self._create_pending_file(path)
 
-        session = await UploadSession.find_one(
-            UploadSession.owner_id == self.owner,
-            UploadSession.uploader_id == str(self.user.id),
-            UploadSession.file_id == str(node.id),
-            UploadSession.content_hash == content_hash,
-            UploadSession.committed == False,  # noqa: E712 - a query, not a comparison
-            UploadSession.expires_at > now(),
-        )
+        sessions = await UploadSession.find(
+            match(
+                owner_id=self.owner,
+                file_id=str(node.id),
+                content_hash=content_hash,
+                uploader_id=str(self.user.id),
+                committed=False,
+            )
+        ).to_list()
+        # Expiry is checked here, not in the filter: a datetime in a filter makes the
+        # embedded server read every session.
+        t = now()
+        session = next((s for s in sessions if as_utc(s.expires_at) > t), None)
         resumed = session is not None
         if session is None:
             session = await self._new_session(node, path, req, hashes, content_hash)
@@ -524,7 +524,7 @@ class FileService:
             query["put_ms"] = {"$gte": since_ms}
         for start in range(0, len(ids), 1000):
             async for chunk in StoredChunk.find(
-                {"_id": {"$in": ids[start : start + 1000]}, **query}
+                {"_id": {"$in": ids[start : start + 1000]}, **match(query)}
             ):
                 have.add(chunk.sha256)
         return have
@@ -608,8 +608,8 @@ class FileService:
         chunk_sizes: dict[str, int] = {}
         first_index: dict[str, int] = {}
         index = 0
-        async for page in ChunkMapPage.find(ChunkMapPage.version_id == str(version.id)).sort(
-            "+page"
+        async for page in ChunkMapPage.find(match(version_id=str(version.id))).sort(
+            "+start_offset"
         ):
             for sha, size in page.chunks:
                 chunk_sizes.setdefault(sha, size)
@@ -699,7 +699,7 @@ class FileService:
         return await self._reload(file_id)
 
     async def _drop_pending(self, session: UploadSession, version: FileVersion) -> None:
-        await ChunkMapPage.find(ChunkMapPage.version_id == str(version.id)).delete()
+        await delete_chunk_maps([version])
         await version.delete()
         await _close_session(session)
 
@@ -723,11 +723,10 @@ class FileService:
         chunks = []
         owner = str(self.owner)
         if offset < end:
-            async for page in ChunkMapPage.find(
-                ChunkMapPage.version_id == str(version.id),
-                ChunkMapPage.page >= offset // PAGE_SIZE,
-                ChunkMapPage.page <= (end - 1) // PAGE_SIZE,
-            ).sort("+page"):
+            page_ids = [
+                f"{version.id}:{n}" for n in range(offset // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)
+            ]
+            async for page in ChunkMapPage.find({"_id": {"$in": page_ids}}).sort("+page"):
                 base = page.page * PAGE_SIZE
                 for i, (sha, size) in enumerate(page.chunks):
                     if offset <= base + i < end:
@@ -883,6 +882,19 @@ async def head_version_of(node: FileNode) -> FileVersion:
     return version
 
 
+class HasChunkMap(Protocol):
+    id: Any
+    chunk_count: int
+
+
+async def delete_chunk_maps(versions: Sequence[HasChunkMap]) -> None:
+    ids = [pid for v in versions for pid in chunk_map_page_ids(str(v.id), v.chunk_count)]
+    for start in range(0, len(ids), 1000):
+        await ChunkMapPage.get_pymongo_collection().delete_many(
+            {"_id": {"$in": ids[start : start + 1000]}}
+        )
+
+
 async def _close_session(session: UploadSession) -> None:
     await UploadSession.get_pymongo_collection().update_one(
         {"_id": session.id},
@@ -933,11 +945,9 @@ async def finish_pending_op(folder: FileNode) -> None:
     if op["op"] == "move":
         old_key = paths.path_key(op["from"])
         prefix_len = len(op["from"])
-        query = {
-            "owner_id": folder.owner_id,
-            "path_key": paths.subtree_range(old_key),
-            "deleted_at": None,
-        }
+        query = match(
+            owner_id=folder.owner_id, path_key=paths.subtree_range(old_key), deleted_at=None
+        )
         batch: list[UpdateOne] = []
         async for doc in col.find(query, {"path": 1}):
             new_path = op["to"] + doc["path"][prefix_len:]
@@ -954,11 +964,11 @@ async def finish_pending_op(folder: FileNode) -> None:
         if batch:
             await col.bulk_write(batch, ordered=False)
     elif op["op"] == "trash":
-        query = {
-            "owner_id": folder.owner_id,
-            "path_key": paths.subtree_range(folder.path_key),
-            "deleted_at": None,
-        }
+        query = match(
+            owner_id=folder.owner_id,
+            path_key=paths.subtree_range(folder.path_key),
+            deleted_at=None,
+        )
         freed = 0
         batch = []
         async for doc in col.find(query, {"kind": 1, "size": 1, "committed": 1}):
@@ -994,8 +1004,10 @@ async def _restore_descendants(folder: FileNode, op: dict[str, str]) -> None:
     prefix_len = len(op["from"])
     restored = 0
     batch: list[UpdateOne] = []
-    query = {"owner_id": folder.owner_id, "trash_root_id": op["root"], "_id": {"$ne": folder.id}}
+    query = match(trash_root_id=op["root"])
     async for doc in col.find(query, {"path": 1, "kind": 1, "size": 1, "committed": 1}):
+        if doc["_id"] == folder.id:
+            continue
         new_path = op["to"] + doc["path"][prefix_len:]
         key = paths.path_key(new_path)
         if doc.get("kind") == "file" and doc.get("committed"):
@@ -1025,19 +1037,17 @@ async def _restore_descendants(folder: FileNode, op: dict[str, str]) -> None:
 async def finish_interrupted_writes() -> int:
     """Complete every commit follow-up and folder operation a crashed web process left
     half done, in one scan of the tree (web start-up and the worker). Returns how many."""
-    count = 0
-    async for node in FileNode.find(
-        {
-            "$or": [
-                {"commit_tail.version_id": {"$exists": True}},
-                {"pending_op.op": {"$in": ["move", "trash", "restore"]}},
-            ]
-        }
-    ):
-        await finish_commit(node)
-        await finish_pending_op(node)
-        count += 1
-    return count
+    # Two indexed range queries, not an `$or` with `$exists` (which the embedded server
+    # answers by reading every file).
+    seen: set[PydanticObjectId] = set()
+    for marker in ("commit_tail.version_id", "pending_op.op"):
+        async for node in FileNode.find({marker: {"$gt": ""}}):
+            if node.id in seen:
+                continue
+            seen.add(node.id)  # type: ignore[arg-type]
+            await finish_commit(node)
+            await finish_pending_op(node)
+    return len(seen)
 
 
 def _encode_cursor(name_key: str) -> str:
@@ -1101,8 +1111,7 @@ async def chunk_spans(
     """(sha, size, skip, take) for every chunk overlapping the range, in order."""
     first = (
         await ChunkMapPage.find(
-            ChunkMapPage.version_id == str(version.id),
-            ChunkMapPage.start_offset <= byte_range.start,
+            match(version_id=str(version.id), start_offset={"$lte": byte_range.start})
         )
         .sort("-start_offset")
         .limit(1)

@@ -8,11 +8,13 @@ ancestors. The strongest grant wins; the outermost shared folder is the recipien
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from beanie import PydanticObjectId
 
+from app.core.query import match
 from app.files import paths
 from app.files.models import FileNode
 from app.sharing.models import ROLE_RANK, ROLES, Share
@@ -46,12 +48,14 @@ OWNER = Access(role="owner")
 async def ancestor_nodes(node: FileNode) -> list[FileNode]:
     """The live folders above a live node, outermost first."""
     keys = [paths.path_key(p) for p in paths.ancestors(node.path)]
-    if not keys:
-        return []
-    found = await FileNode.find(
-        {"owner_id": node.owner_id, "live_key": {"$in": keys}, "deleted_at": None}
-    ).to_list()
-    return sorted(found, key=lambda n: len(n.path_key))
+    # One indexed lookup per level: `$in` on live_key would read every file of the owner.
+    found = await asyncio.gather(
+        *(
+            FileNode.find_one(match(owner_id=node.owner_id, live_key=key, deleted_at=None))
+            for key in keys
+        )
+    )
+    return [n for n in found if n is not None]
 
 
 async def resolve_access(user_id: str, node: FileNode) -> Access | None:
@@ -92,7 +96,10 @@ async def audience_for(
     # nothing, and then this is all it costs).
     grants = await (
         Share.get_pymongo_collection()
-        .find({"owner_id": owner_id, "role": {"$in": list(ROLES)}}, {"file_id": 1, "user_id": 1})
+        .find(
+            {"owner_id": {"$eq": owner_id}, "role": {"$in": list(ROLES)}},
+            {"file_id": 1, "user_id": 1},
+        )
         .to_list()
     )
     if not grants:

@@ -28,6 +28,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
+from app.core.query import match
 from app.errors import CofferError
 from app.files import paths
 from app.files.models import FileNode
@@ -81,7 +82,7 @@ def error_page(exc: LinkPageError) -> Template:
 
 
 async def open_link(token: str) -> OpenLink:
-    link = await ShareLink.find_one(ShareLink.token_hash == token_hash(token))
+    link = await ShareLink.find_one(match(token_hash=token_hash(token)))
     if link is None:
         raise LinkPageError(404, "Link not found", "This link does not exist. Check the address.")
     if link.revoked:
@@ -124,8 +125,10 @@ async def target(opened: OpenLink, raw_path: str | None) -> tuple[FileNode, str]
     except CofferError as exc:
         raise LinkPageError(400, "Bad path", exc.message) from None
     node = await FileNode.find_one(
-        FileNode.owner_id == opened.root.owner_id,
-        FileNode.live_key == paths.path_key(paths.join(opened.root.path, relative)),
+        match(
+            owner_id=opened.root.owner_id,
+            live_key=paths.path_key(paths.join(opened.root.path, relative)),
+        )
     )
     if node is None or not node.committed:
         raise LinkPageError(404, "Not found", "There is no such item in this shared folder.")
@@ -194,12 +197,9 @@ async def link_page(
     else:
         children = (
             await FileNode.find(
-                {
-                    "owner_id": node.owner_id,
-                    "parent_id": str(node.id),
-                    "deleted_at": None,
-                    "committed": True,
-                }
+                match(
+                    owner_id=node.owner_id, parent_id=str(node.id), deleted_at=None, committed=True
+                )
             )
             .sort("+name_key")
             .limit(LIST_LIMIT + 1)

@@ -22,6 +22,7 @@ from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.auth.models import User
+from app.core.query import match
 from app.errors import BadRequest, Conflict, NotFound
 from app.events.service import make_change
 from app.files.models import FileNode
@@ -70,7 +71,7 @@ class SharingService:
     async def _recipient(self, username: object) -> User:
         if not isinstance(username, str) or not username:
             raise BadRequest("username is required", code="invalid_username")
-        user = await User.find_one(User.username_key == username.casefold())
+        user = await User.find_one(match(username_key=username.casefold()))
         if user is None:
             raise NotFound(f"there is no user {username!r}", code="unknown_user")
         if user.id == self.caller.id:
@@ -148,12 +149,14 @@ class SharingService:
 
     async def list_grants(self, file_id: str) -> list[dict[str, Any]]:
         _, node = await self.files.open(file_id, "manage")
-        grants = await Share.find({"file_id": str(node.id), "role": {"$in": list(ROLES)}}).to_list()
+        grants = [
+            g for g in await Share.find(match(file_id=str(node.id))).to_list() if g.role in ROLES
+        ]
         return [grant_out(g) for g in sorted(grants, key=lambda g: g.username.casefold())]
 
     async def shared_with_me(self) -> list[dict[str, Any]]:
         """From the derived view (what to list); file details are read fresh."""
-        rows = await SharedWithMe.find(SharedWithMe.recipient_id == str(self.caller.id)).to_list()
+        rows = await SharedWithMe.find(match(recipient_id=str(self.caller.id))).to_list()
         if not rows:
             return []
         nodes = {
@@ -221,14 +224,11 @@ class SharingService:
 
     async def list_links(self, file_id: str) -> list[dict[str, Any]]:
         _, node = await self.files.open(file_id, "manage")
-        links = await ShareLink.find(
-            ShareLink.file_id == str(node.id),
-            ShareLink.revoked == False,  # noqa: E712
-        ).to_list()
+        links = await ShareLink.find(match(file_id=str(node.id), revoked=False)).to_list()
         return [self._link_out(link) for link in sorted(links, key=lambda k: k.created_at)]
 
     async def revoke_link(self, token: str) -> None:
-        link = await ShareLink.find_one(ShareLink.token_hash == token_hash(token))
+        link = await ShareLink.find_one(match(token_hash=token_hash(token)))
         if link is None or link.owner_id != str(self.caller.id):
             raise NotFound("no such link", code="unknown_link")
         await ShareLink.get_pymongo_collection().update_one(
