@@ -153,7 +153,9 @@ def test_nested_grants_follow_the_rules_on_every_route(base_url: str, seed: int)
         check(
             f"share {rel}",
             tree.manage(rel),
-            http.post(f"/api/file/{node}/share", json={"username": owner.username, "role": "viewer"}),
+            http.post(
+                f"/api/file/{node}/share", json={"username": owner.username, "role": "viewer"}
+            ),
         )
 
         r = http.patch(f"/api/file/{node}", json={"name": rel.rsplit("/", 1)[-1] + "-renamed"})

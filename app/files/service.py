@@ -750,10 +750,7 @@ class FileService:
         """Rename or move: to an absolute `path` in the owner's own tree, or by `name`
         and/or `parent_id` (any tree the caller may write to, within one owner's)."""
         scoped, node = await self.open(file_id, "write")
-        if not scoped.access.is_owner and scoped.access.root_id == str(node.id):
-            raise Forbidden(
-                "only the owner can rename or move the shared item itself", code="share_root"
-            )
+        scoped.check_detach("rename or move")
         if req.path is not None:
             if not scoped.access.is_owner:
                 raise BadRequest(
@@ -778,6 +775,17 @@ class FileService:
         updated = await scoped._move(node, new_path)
         access = await resolve_access(str(self.user.id), updated)
         return replace(scoped, access=access or scoped.access).out(updated)
+
+    def check_detach(self, what: str) -> None:
+        """403 unless the caller may take the opened node out of its parent folder."""
+        if self.access.can_detach:
+            return
+        if self.access.granted_here:
+            raise Forbidden(f"only the owner can {what} an item shared with you", code="share_root")
+        raise Forbidden(
+            f"you can view, but not change, the folder this is in, so you cannot {what} it",
+            code="read_only_parent",
+        )
 
     async def _move(self, node: FileNode, new_path: str) -> FileNode:
         if new_path == "/":
@@ -815,8 +823,7 @@ class FileService:
 
     async def trash(self, file_id: str) -> None:
         scoped, node = await self.open(file_id, "write")
-        if not scoped.access.is_owner and scoped.access.root_id == str(node.id):
-            raise Forbidden("only the owner can delete the shared item itself", code="share_root")
+        scoped.check_detach("delete")
         await scoped._trash(node)
 
     async def _trash(self, node: FileNode) -> FileNode:

@@ -4,6 +4,10 @@ Access is decided from the ACL on every request (never from the derived view): t
 owner has every right; anyone else needs a live grant on the node or on one of its
 ancestors. The strongest grant wins; the outermost shared folder is the recipient's
 "root", and every path they see is shown relative to it ("/<root name>/...").
+
+Renaming, moving or deleting a node changes its parent's contents, so a recipient needs
+write access on the parent as well (the role there may be weaker: viewer on /A, editor on
+/A/Sub), and a node that itself carries a grant for the caller is the owner's to change.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ class Access:
     root_id: str | None = None  # the shared folder (or file) the grant comes from
     root_path: str | None = None
     root_name: str | None = None
+    # The caller's role on the node's parent folder (None: no access there at all).
+    parent_role: str | None = "owner"
+    # The node itself carries a live grant for the caller.
+    granted_here: bool = False
 
     @property
     def is_owner(self) -> bool:
@@ -34,6 +42,14 @@ class Access:
     @property
     def can_write(self) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK["editor"]
+
+    @property
+    def can_detach(self) -> bool:
+        """May rename, move or delete the node (take it out of its parent)."""
+        if self.is_owner:
+            return True
+        parent_writable = self.parent_role is not None and ROLE_RANK[self.parent_role] >= 2
+        return self.can_write and parent_writable and not self.granted_here
 
     def view_path(self, owner_path: str) -> str:
         """The path as this caller sees it."""
@@ -70,10 +86,18 @@ async def resolve_access(user_id: str, node: FileNode) -> Access | None:
     ).to_list()
     if not grants:
         return None
-    granted = {g.file_id: g.role for g in grants}
-    role = max((g.role for g in grants if g.role), key=ROLE_RANK.__getitem__)
+    granted = {g.file_id: g.role for g in grants if g.role}
+    role = max(granted.values(), key=ROLE_RANK.__getitem__)
+    above = [granted[str(n.id)] for n in chain[:-1] if str(n.id) in granted]
     root = next(n for n in chain if str(n.id) in granted)
-    return Access(role=role, root_id=str(root.id), root_path=root.path, root_name=root.name)
+    return Access(
+        role=role,
+        root_id=str(root.id),
+        root_path=root.path,
+        root_name=root.name,
+        parent_role=max(above, key=ROLE_RANK.__getitem__) if above else None,
+        granted_here=str(node.id) in granted,
+    )
 
 
 async def audience_for(
