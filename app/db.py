@@ -6,6 +6,7 @@ from beanie import init_beanie
 from pymongo import AsyncMongoClient
 
 from app.auth.models import ApiToken, BrowserSession, User
+from app.core.ratelimit import RateCounter
 from app.events.models import Event, EventCounter
 from app.files.models import (
     ChunkMapPage,
@@ -16,7 +17,7 @@ from app.files.models import (
     UploadSession,
 )
 from app.settings import Settings
-from app.sharing.models import RateCounter, Share, SharedWithMe, ShareLink
+from app.sharing.models import Share, SharedWithMe, ShareLink
 
 DOCUMENT_MODELS = [
     User,

@@ -12,6 +12,8 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from app.core.crypto import PasswordHashingBusy
+
 log = logging.getLogger("coffer")
 
 
@@ -60,6 +62,11 @@ class Gone(CofferError):
 class PayloadTooLarge(CofferError):
     status_code = 413
     code = "too_large"
+
+
+class UnsupportedMediaType(CofferError):
+    status_code = 415
+    code = "unsupported_media_type"
 
 
 class RangeNotSatisfiable(CofferError):
@@ -119,6 +126,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
+    415: "unsupported_media_type",
     429: "too_many_requests",
 }
 
@@ -145,8 +153,18 @@ def _unexpected(_: Request, exc: Exception) -> Response:
     )
 
 
+def _busy(_: Request, exc: PasswordHashingBusy) -> Response:
+    return Response(
+        error_body("busy", "too many sign-ins at once; try again in a moment"),
+        status_code=503,
+        media_type=MediaType.JSON,
+        headers={"Retry-After": "1"},
+    )
+
+
 exception_handlers: dict[type[Exception] | int, Any] = {
     CofferError: _coffer_error,
+    PasswordHashingBusy: _busy,
     ValidationException: _validation_error,
     HTTPException: _http_error,
     Exception: _unexpected,

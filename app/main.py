@@ -13,8 +13,9 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from app.auth.middleware import IdentityMiddleware, require_user
-from app.auth.routes import AuthController, me
+from app.auth.middleware import IdentityMiddleware, refuse_forged_requests, require_user
+from app.auth.routes import AuthController, DeviceController, me
+from app.core.crypto import PasswordHashing
 from app.db import connect
 from app.errors import exception_handlers
 from app.events.hub import Hub
@@ -32,8 +33,13 @@ from app.sharing.service import SharingService
 from app.storage.base import BlobStore
 from app.storage.factory import open_store
 from app.storage.routes import get_chunk, put_chunk
+from app.web.headers import SecurityHeadersMiddleware
 from app.web.routes import (
     STATIC_DIR,
+    devices_page,
+    devices_password,
+    devices_revoke,
+    devices_revoke_others,
     files_page,
     home,
     login_page,
@@ -59,11 +65,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.hub.start()
         app.state.queue = JobQueue(settings.redis)
         app.state.feed = ChangeFeed(app.state.hub, app.state.queue.enqueue_fanout)
+        app.state.passwords = PasswordHashing(
+            settings.password_hash_workers, settings.password_hash_queue
+        )
         finished = await finish_interrupted_writes()
         if finished:
             log.warning("completed %d write(s) interrupted by a crash", finished)
 
     async def on_shutdown(app: Litestar) -> None:
+        app.state.passwords.close()
         await app.state.hub.close()
         await app.state.queue.close()
         await app.state.store.close()
@@ -81,6 +91,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def provide_feed(state: State) -> ChangeFeed:
         return state.feed
 
+    def provide_passwords(state: State) -> PasswordHashing:
+        return state.passwords
+
     def provide_files(request: Request, store: BlobStore, feed: ChangeFeed) -> FileService:
         return FileService.for_caller(
             settings, store, feed, request.scope["auth"], str(request.base_url)
@@ -94,9 +107,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     api = Router(
         path="/",
-        guards=[require_user],
+        guards=[require_user, refuse_forged_requests],
         route_handlers=[
             AuthController,
+            DeviceController,
             me,
             read_events,
             events_socket,
@@ -122,6 +136,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             shared_page,
             trash_page,
             preview,
+            devices_page,
+            devices_revoke,
+            devices_revoke_others,
+            devices_password,
         ],
     )
     return Litestar(
@@ -137,13 +155,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "files": Provide(provide_files, sync_to_thread=False),
             "hub": Provide(provide_hub, sync_to_thread=False),
             "feed": Provide(provide_feed, sync_to_thread=False),
+            "passwords": Provide(provide_passwords, sync_to_thread=False),
             "sharing": Provide(provide_sharing, sync_to_thread=False),
             "history": Provide(provide_history, sync_to_thread=False),
         },
         template_config=TemplateConfig(
             directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine
         ),
-        middleware=[IdentityMiddleware()],
+        middleware=[SecurityHeadersMiddleware(settings), IdentityMiddleware(settings)],
         exception_handlers=exception_handlers,
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],

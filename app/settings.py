@@ -48,8 +48,13 @@ class Settings(BaseSettings):
     # Signed URL lifetime. Long enough for one 16 MiB chunk on a slow link; a client that
     # is too slow simply asks again (re-POSTing the file returns fresh URLs).
     url_ttl_seconds: int = 3600
+    # Chunk *read* URLs live only minutes: a leaked one is soon useless, and revoking a
+    # share or purging a file also ends the ones already handed out (see url_epoch).
+    download_url_ttl_seconds: int = 300
     upload_session_ttl_seconds: int = 7 * 24 * 3600
     session_ttl_seconds: int = 30 * 24 * 3600
+    # A device token unused for this many days stops working (0: never).
+    token_idle_days: int = 90
     cookie_secure: bool = False
     # How long old versions and trashed items are kept (days); the last
     # `keep_min_versions` versions of a file are kept regardless.
@@ -67,6 +72,16 @@ class Settings(BaseSettings):
     gc_lease_seconds: float = 60
     # Default per-user quota in bytes; 0 means unlimited.
     default_quota_bytes: int = 0
+    # Password guessing: attempts per address and username (logins), or per address (link
+    # passwords), in one window; a right password gives its attempt back.
+    login_attempts: int = 10
+    login_window_seconds: int = 15 * 60
+    link_password_attempts: int = 5
+    link_password_window_seconds: int = 15 * 60
+    # argon2 runs on its own threads so a flood of logins cannot stall transfers; past
+    # `workers + queue` callers at once, logins are refused with 503 + Retry-After.
+    password_hash_workers: int = 2
+    password_hash_queue: int = 16
     # Tests only: "name=seconds,..." makes the server pause at those failpoints
     # (see app/failpoints.py) so a fault test can kill it at an exact step.
     failpoints: str = ""

@@ -229,7 +229,9 @@ class CofferClient:
                     )
                     if sha != m["sha256"]:
                         raise RuntimeError(f"{local} changed while uploading")
-                    resp = await self.blob_http.put(m["url"], content=data)
+                    resp = await self.blob_http.put(
+                        m["url"], content=data, headers=m.get("headers") or {}
+                    )
                     raise_for_error(resp)
                     self.stats.chunks_sent += 1
                     self.stats.bytes_sent += len(data)

@@ -7,6 +7,7 @@
     coffer share REMOTE USER --role viewer|editor
     coffer link REMOTE [--password] [--expires 7d]
     coffer status [DIR]
+    coffer devices [revoke ID | revoke --others]
 
 Exit codes: 0 done, 1 failed, 2 bad usage, 3 not logged in or wrong password,
 4 server unreachable.
@@ -213,6 +214,35 @@ async def cmd_link(args: argparse.Namespace) -> int:
         item = await find(api, remote_path(args.remote))
         link = await api.request("POST", f"/api/file/{item['id']}/links", json=body)
     print(link["url"])
+    return 0
+
+
+async def cmd_devices(args: argparse.Namespace) -> int:
+    """List this account's devices and browser sessions, or cut one (or all others) off."""
+    async with client_for(need_login()) as api:
+        if args.action == "revoke":
+            if args.others:
+                body = await api.request("POST", "/api/devices/revoke-others")
+                print(f"signed out {body['revoked']} other device(s) and session(s)")
+                return 0
+            if not args.id:
+                raise CliError("give the ID to revoke (see `coffer devices`), or --others", 2)
+            try:
+                await api.request("DELETE", f"/api/devices/{args.id}")
+            except ApiError as exc:
+                if exc.status == 404:
+                    raise CliError(f"{args.id}: no such device or session") from None
+                raise
+            print(f"revoked {args.id}")
+            return 0
+        items = (await api.request("GET", "/api/devices"))["items"]
+    for d in items:
+        used = (d["last_used_at"] or d["created_at"])[:16].replace("T", " ")
+        here = "  (this device)" if d["current"] else ""
+        print(
+            f"{d['id']}  {d['kind']:<7}  {d['name'][:30]:<30}  last used {used}"
+            f"  from {d['address'] or '?'}{here}"
+        )
     return 0
 
 
@@ -506,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires", help="e.g. 7d, 12h")
     p = sub.add_parser("status")
     p.add_argument("dir", nargs="?", default=".")
+    p = sub.add_parser("devices", help="list signed-in devices and sessions; revoke one")
+    p.add_argument("action", nargs="?", choices=["list", "revoke"], default="list")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--others", action="store_true", help="revoke every other device")
     return parser
 
 
@@ -520,6 +554,7 @@ COMMANDS = {
     "share": cmd_share,
     "link": cmd_link,
     "status": cmd_status,
+    "devices": cmd_devices,
 }
 
 

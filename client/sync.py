@@ -843,6 +843,11 @@ class Syncer:
                         advance(c["size"])
                         continue
                     resp = await self.api.blob_http.get(c["url"])
+                    if resp.status_code == 403:
+                        # Read URLs live minutes and die when access changes: ask again.
+                        resp = await self.api.blob_http.get(
+                            await self._fresh_chunk_url(file_id, i, c["sha256"], expected)
+                        )
                     raise_for_error(resp)
                     data = resp.content
                     if await asyncio.to_thread(_sha256, data) != c["sha256"]:
@@ -865,6 +870,15 @@ class Syncer:
             raise ApiError(502, "corrupt_data", "downloaded file does not match its hash", {})
         os.replace(tmp, target)
         return chunks, body
+
+    async def _fresh_chunk_url(self, file_id: str, index: int, sha: str, expected: str) -> str:
+        body = await self.api.request(
+            "GET", f"/api/file/{file_id}", params={"chunk_offset": index, "chunk_limit": 1}
+        )
+        chunks = body.get("chunks") or []
+        if body.get("content_hash") != expected or not chunks or chunks[0]["sha256"] != sha:
+            raise ApiError(409, "changed", "the file changed while it was downloading", {})
+        return chunks[0]["url"]
 
     async def _stream_content(
         self,

@@ -14,6 +14,7 @@ from arq.connections import RedisSettings
 from beanie import PydanticObjectId
 
 from app.core.query import match
+from app.core.ratelimit import forget_expired
 from app.db import connect
 from app.events.hub import Hub
 from app.events.service import OUTBOX_SOURCES, ChangeFeed, outbox_id
@@ -84,19 +85,22 @@ async def expire_uploads(ctx: dict[str, Any]) -> int:
             ]
             if not others:
                 await node.delete()
+        await ctx["store"].discard_upload(session.owner_id, str(session.id))
         await session.delete()
         expired += 1
     return expired
 
 
 async def apply_retention(ctx: dict[str, Any]) -> dict[str, int]:
-    """Thin old versions and empty the trash of items past retention (hourly)."""
+    """Thin old versions, empty the trash of items past retention and drop old password
+    throttle counters (hourly)."""
     now = datetime.now(UTC)
     return {
         "versions_dropped": await thin_versions(
             now, timedelta(days=settings.version_retention_days), settings.keep_min_versions
         ),
         "trash_purged": await empty_trash(now, timedelta(days=settings.trash_retention_days)),
+        "throttles_forgotten": await forget_expired(),
     }
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from app.cli import free_port, mongo_command, redis_command, wait_for_port
+from app import embedded
+from app.cli import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +31,7 @@ class Proc:
     log: Path
     port: int | None = None
     popen: subprocess.Popen[bytes] | None = None
+    socket: Path | None = None  # a Unix socket it listens on, instead of a port
 
     def start(self) -> Proc:
         fh = open(self.log, "ab")  # noqa: SIM115 - handed to the child
@@ -44,6 +46,8 @@ class Proc:
         fh.close()
         if self.port:
             wait_for_port(self.port, self.popen, self.name, timeout=60)
+        if self.socket:
+            embedded.wait_for_socket(self.socket, self.popen, self.name, timeout=60)
         return self
 
     @property
@@ -80,8 +84,7 @@ class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for sub in ("mongo", "redis", "blobs", "logs", "run"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        embedded.make_private_dirs(self.root, ("mongo", "redis", "blobs", "logs", "run"))
         self.env = {
             **os.environ,
             "COFFER_DATA_DIR": str(self.root),
@@ -100,15 +103,17 @@ class Stack:
         return proc
 
     def start_mongo(self) -> Proc:
-        port = free_port()
-        proc = self._proc("mongo", mongo_command(self.root, port), port).start()
-        self.env["MONGODB_URL"] = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        sock = embedded.mongo_socket_path(self.root)
+        proc = self._proc("mongo", embedded.mongo_command(self.root, sock), None)
+        proc.socket = sock
+        proc.start()
+        self.env["MONGODB_URL"] = embedded.mongo_url(sock)
         return proc
 
     def start_redis(self, port: int | None = None) -> Proc:
         port = port or free_port()
-        proc = self._proc("redis", redis_command(self.root, port), port).start()
-        self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        proc = self._proc("redis", embedded.redis_command(self.root, port), port).start()
+        self.env["REDIS_URL"] = embedded.redis_url(self.root, port)
         return proc
 
     def start_worker(self) -> Proc:

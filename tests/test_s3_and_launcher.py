@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,10 +110,30 @@ def test_launcher_starts_everything_and_keeps_data(tmp_path: Path) -> None:
     proc = start()
     kids = _children(proc.pid)
     names = " ".join(" ".join(k.cmdline()) for k in kids)
-    assert "nx-27017" in names and "redis-server" in names
+    assert "app.embedded mongo" in names and "redis-server" in names
     assert "app.cli worker" in names and "app.cli web" in names
     user = User(f"http://127.0.0.1:{port}")
     f = user.upload("/kept.txt", b"still here" * 1000)
+
+    # Private to this user: the database answers only on a 0600 Unix socket (no TCP port),
+    # Redis wants the password kept in the 0600 conf file, and nothing under the data dir
+    # is readable by anyone else.
+    data = tmp_path / "data"
+    mongo = next(k for k in kids if "app.embedded" in " ".join(k.cmdline()))
+    assert not [c for c in mongo.net_connections(kind="inet") if c.status == "LISTEN"]
+    assert (data / "run" / "mongo.sock").stat().st_mode & 0o777 == 0o600
+    redis_port = next(
+        c.laddr.port
+        for k in kids
+        if "redis-server" in " ".join(k.cmdline())
+        for c in k.net_connections(kind="inet")
+        if c.status == "LISTEN"
+    )
+    with socket.create_connection(("127.0.0.1", redis_port)) as s:
+        s.sendall(b"PING\r\n")
+        assert s.recv(100).startswith(b"-NOAUTH")
+    loose = [p for p in data.rglob("*") if p.stat().st_mode & 0o077 and not p.is_symlink()]
+    assert not loose, f"readable by others: {loose[:5]}"
 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0 or proc.returncode in (0, -2, 130)

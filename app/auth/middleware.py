@@ -13,23 +13,29 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import service
-from app.errors import Forbidden, Unauthorized
+from app.core.http import SAFE_METHODS, cross_site, has_body, media_type
+from app.errors import Forbidden, Unauthorized, UnsupportedMediaType
+from app.settings import Settings
 
 SESSION_COOKIE = "coffer_session"
 CSRF_COOKIE = "coffer_csrf"
 CSRF_HEADER = "x-csrf-token"
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 class IdentityMiddleware(ASGIMiddleware):
     scopes = ("http", "websocket")  # type: ignore[assignment]
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         principal = None
         headers = dict(scope.get("headers") or [])
+        client = scope.get("client")
+        address = client[0] if client else "-"
         authz = headers.get(b"authorization", b"").decode("latin-1")
         if authz[:7].lower() == "bearer ":
-            principal = await service.resolve_bearer(authz[7:].strip())
+            principal = await service.resolve_bearer(self.settings, authz[7:].strip(), address)
             if principal is None:
                 # A wrong token is an error even on public routes: say so instead of
                 # silently treating the caller as anonymous.
@@ -40,7 +46,7 @@ class IdentityMiddleware(ASGIMiddleware):
         else:
             cookie = _cookie(headers.get(b"cookie", b"").decode("latin-1"), SESSION_COOKIE)
             if cookie:
-                principal = await service.resolve_session(cookie)
+                principal = await service.resolve_session(cookie, address)
         scope["user"] = principal.user if principal else None
         scope["auth"] = principal
         await next_app(scope, receive, send)
@@ -67,3 +73,26 @@ def require_user(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
         and connection.headers.get(CSRF_HEADER) != principal.csrf_token
     ):
         raise Forbidden("missing or wrong CSRF token", code="csrf")
+
+
+def refuse_forged_requests(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Unsafe API requests must come from our own pages (or a non-browser client) and, if
+    they have a body, say it is JSON.
+
+    A cross-site `<form enctype="text/plain">` can POST a JSON-looking body with a cookie
+    attached: login CSRF (signing a victim into the attacker's account) and CSRF on any
+    cookie-setting route. Browsers cannot send `application/json` cross-site without a
+    CORS preflight, which we never answer, so insisting on it closes the class.
+    The chunk PUT route takes raw bytes and is authorised by its URL signature instead.
+    """
+    scope = connection.scope
+    path = scope.get("path", "")
+    if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+        return
+    if not path.startswith("/api/") or path.startswith("/api/blob/"):
+        return
+    headers = connection.headers
+    if cross_site(headers):
+        raise Forbidden("this request must come from this site", code="cross_site")
+    if has_body(headers) and media_type(headers) != "application/json":
+        raise UnsupportedMediaType("send the body as application/json", code="not_json")

@@ -15,6 +15,9 @@ class User(Document):
     quota_bytes: int = 0  # 0 = unlimited
     usage_bytes: int = 0
     created_at: datetime
+    # Bumped when access to the user's files is taken away (a share revoked, a file purged):
+    # signed chunk-read URLs carry it, so those handed out before stop working at once.
+    url_epoch: int = 0
 
     class Settings:
         name = "users"
@@ -27,6 +30,10 @@ class BrowserSession(Document):
     csrf_token: str
     created_at: datetime
     expires_at: datetime
+    # Shown in the device list (recorded at most once a minute).
+    last_used_at: datetime | None = None
+    last_address: str | None = None
+    user_agent: str | None = None
 
     class Settings:
         name = "sessions"
@@ -34,10 +41,14 @@ class BrowserSession(Document):
 
 
 class ApiToken(Document):
+    """A device's bearer token; it ends when revoked, or after `token_idle_days` unused."""
+
     id: str  # sha256 of the bearer token
     user_id: str
     device_name: str
     created_at: datetime
+    last_used_at: datetime | None = None
+    last_address: str | None = None
 
     class Settings:
         name = "api_tokens"

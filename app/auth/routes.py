@@ -7,16 +7,27 @@ from litestar.datastructures import Cookie
 
 from app.auth import service
 from app.auth.middleware import CSRF_COOKIE, SESSION_COOKIE
-from app.auth.models import User
-from app.auth.schemas import Credentials, MeOut, SessionOut, TokenOut, TokenRequest, UserOut
-from app.errors import TooManyRequests, Unauthorized
+from app.auth.schemas import (
+    Credentials,
+    DeviceListOut,
+    DeviceOut,
+    MeOut,
+    PasswordChange,
+    RevokedOut,
+    SessionOut,
+    TokenOut,
+    TokenRequest,
+    UserOut,
+)
+from app.core.crypto import PasswordHashing
+from app.events.hub import Hub
 from app.settings import Settings
-from app.sharing import ratelimit
 
 PUBLIC = {"public": True}
-# Password guessing: this many wrong passwords per address and username, per window.
-LOGIN_FAILURES = 10
-LOGIN_WINDOW_SECONDS = 15 * 60
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "-"
 
 
 def session_cookies(settings: Settings, raw: str, csrf_token: str) -> list[Cookie]:
@@ -50,55 +61,99 @@ CLEARED_COOKIES = [
 ]
 
 
-async def authenticate(request: Request, username: str, password: str) -> User:
-    key = f"{request.client.host if request.client else '-'}:{str(username).casefold()}"
-    wait = await ratelimit.blocked("login", key, LOGIN_FAILURES, LOGIN_WINDOW_SECONDS)
-    if wait:
-        raise TooManyRequests(
-            "too many wrong passwords; try again later",
-            code="rate_limited",
-            headers={"Retry-After": str(wait)},
-        )
-    try:
-        return await service.authenticate(username, password)
-    except Unauthorized:
-        await ratelimit.failed("login", key, LOGIN_WINDOW_SECONDS)
-        raise
-
-
 class AuthController(Controller):
     path = "/api/auth"
     tags = ["auth"]
 
     @post("/register", opt=PUBLIC, status_code=201)
-    async def register(self, data: Credentials, settings: Settings) -> UserOut:
-        user = await service.register(settings, data.username, data.password)
+    async def register(
+        self, data: Credentials, settings: Settings, passwords: PasswordHashing
+    ) -> UserOut:
+        user = await service.register(settings, passwords, data.username, data.password)
         return UserOut(id=str(user.id), username=user.username)
 
     @post("/login", opt=PUBLIC, status_code=200)
     async def login(
-        self, request: Request, data: Credentials, settings: Settings
+        self, request: Request, data: Credentials, settings: Settings, passwords: PasswordHashing
     ) -> Response[SessionOut]:
-        user = await authenticate(request, data.username, data.password)
-        raw, session = await service.start_session(settings, user)
+        address = client_address(request)
+        user = await service.authenticate(
+            settings, passwords, address, data.username, data.password
+        )
+        raw, session = await service.start_session(
+            settings, user, address, request.headers.get("user-agent", "")
+        )
         return Response(
             SessionOut(id=str(user.id), username=user.username, csrf_token=session.csrf_token),
             cookies=session_cookies(settings, raw, session.csrf_token),
         )
 
     @post("/logout", status_code=204)
-    async def logout(self, request: Request) -> Response[None]:
-        await service.revoke(request.scope["auth"])
+    async def logout(self, request: Request, hub: Hub) -> Response[None]:
+        await hub.credentials_revoked(await service.revoke(request.scope["auth"]))
         return Response(None, status_code=204, cookies=CLEARED_COOKIES)
 
     @post("/token", opt=PUBLIC, status_code=201)
-    async def create_token(self, request: Request, data: TokenRequest) -> TokenOut:
-        user = await authenticate(request, data.username, data.password)
-        return TokenOut(token=await service.issue_token(user, data.device_name))
+    async def create_token(
+        self,
+        request: Request,
+        data: TokenRequest,
+        settings: Settings,
+        passwords: PasswordHashing,
+    ) -> TokenOut:
+        address = client_address(request)
+        user = await service.authenticate(
+            settings, passwords, address, data.username, data.password
+        )
+        return TokenOut(token=await service.issue_token(user, data.device_name, address))
 
     @delete("/token", status_code=204)
-    async def revoke_token(self, request: Request) -> None:
-        await service.revoke(request.scope["auth"])
+    async def revoke_token(self, request: Request, hub: Hub) -> None:
+        await hub.credentials_revoked(await service.revoke(request.scope["auth"]))
+
+    @post("/password", status_code=200)
+    async def change_password(
+        self,
+        request: Request,
+        data: PasswordChange,
+        settings: Settings,
+        passwords: PasswordHashing,
+        hub: Hub,
+    ) -> RevokedOut:
+        """Set a new password; every other session and device token ends."""
+        revoked = await service.change_password(
+            settings,
+            passwords,
+            request.scope["auth"],
+            client_address(request),
+            data.current_password,
+            data.new_password,
+        )
+        await hub.credentials_revoked(revoked)
+        return RevokedOut(revoked=len(revoked))
+
+
+class DeviceController(Controller):
+    """The caller's signed-in browsers and device tokens: list them, cut one off, or all
+    but this one."""
+
+    path = "/api/devices"
+    tags = ["auth"]
+
+    @get("/")
+    async def list_devices(self, request: Request) -> DeviceListOut:
+        items = await service.list_devices(request.scope["auth"])
+        return DeviceListOut(items=[DeviceOut(**d) for d in items])  # type: ignore[arg-type]
+
+    @delete("/{device_id:str}", status_code=204)
+    async def revoke_device(self, request: Request, device_id: str, hub: Hub) -> None:
+        await hub.credentials_revoked(await service.revoke_device(request.scope["auth"], device_id))
+
+    @post("/revoke-others", status_code=200)
+    async def revoke_others(self, request: Request, hub: Hub) -> RevokedOut:
+        revoked = await service.revoke_others(request.scope["auth"])
+        await hub.credentials_revoked(revoked)
+        return RevokedOut(revoked=len(revoked))
 
 
 @get("/api/me", tags=["auth"])

@@ -36,3 +36,26 @@ class MeOut(msgspec.Struct):
     username: str
     usage_bytes: int
     quota_bytes: int | None
+
+
+class PasswordChange(msgspec.Struct):
+    current_password: str
+    new_password: str
+
+
+class RevokedOut(msgspec.Struct):
+    revoked: int  # how many other sessions and device tokens were ended
+
+
+class DeviceOut(msgspec.Struct):
+    id: str
+    kind: str  # "token" (a device) or "session" (a browser)
+    name: str
+    created_at: str
+    last_used_at: str | None
+    address: str | None
+    current: bool  # the credential making this request
+
+
+class DeviceListOut(msgspec.Struct):
+    items: list[DeviceOut]

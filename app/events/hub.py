@@ -5,6 +5,10 @@ read the durable feed from their cursor. So a lost notification (Redis down, a m
 pub/sub message) costs latency, never an event: waiting readers re-check the feed on
 their own, every `POLL_WITHOUT_REDIS` seconds while the pub/sub link is down and every
 `POLL_WITH_REDIS` seconds while it is up (cheap insurance against a dropped message).
+
+The same channel carries "credential C was revoked" (logout, a device cut off, a password
+change), so every instance closes the WebSockets and ends the long-polls opened with it at
+once. A lost notice is caught by the connection's own periodic re-check of its credential.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -24,10 +29,17 @@ POLL_WITHOUT_REDIS = 0.5
 POLL_WITH_REDIS = 10.0
 
 
+@dataclass
+class Revocation:
+    revoked: bool = False
+
+
 class Hub:
     def __init__(self, redis_url: str | None) -> None:
         self.redis_url = redis_url
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        # Live connections by the credential that opened them: credential -> wake events.
+        self._credentials: dict[str, dict[asyncio.Event, Revocation]] = defaultdict(dict)
         self._redis: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
         self._redis_down_until = 0.0
@@ -56,6 +68,32 @@ class Hub:
             for event in waiters:
                 event.set()
 
+    def watch_credential(self, credential_id: str, wake: asyncio.Event) -> Revocation:
+        """Mark the returned Revocation (and set `wake`) when this credential is revoked."""
+        revocation = Revocation()
+        self._credentials[credential_id][wake] = revocation
+        return revocation
+
+    def unwatch_credential(self, credential_id: str, wake: asyncio.Event) -> None:
+        watchers = self._credentials.get(credential_id)
+        if watchers is not None:
+            watchers.pop(wake, None)
+            if not watchers:
+                del self._credentials[credential_id]
+
+    def _revoke_local(self, credential_ids: list[str]) -> None:
+        for credential_id in credential_ids:
+            for wake, revocation in self._credentials.get(credential_id, {}).items():
+                revocation.revoked = True
+                wake.set()
+
+    async def credentials_revoked(self, credential_ids: list[str]) -> None:
+        """Tell every instance that connections opened with these credentials must end."""
+        if not credential_ids:
+            return
+        self._revoke_local(credential_ids)
+        await self._publish({"x": credential_ids})
+
     async def wait(self, event: asyncio.Event, longest: float) -> bool:
         """Wait for a wake-up, at most `longest` seconds (less while Redis is down)."""
         poll = POLL_WITH_REDIS if self.connected else POLL_WITHOUT_REDIS
@@ -70,12 +108,13 @@ class Hub:
     async def notify(self, recipient: str) -> None:
         """Wake readers of `recipient` here and on every other instance."""
         self.notify_local(recipient)
+        await self._publish({"r": recipient})
+
+    async def _publish(self, message: dict[str, object]) -> None:
         if not self.redis_url or time.monotonic() < self._redis_down_until:
             return
         try:
-            await asyncio.wait_for(
-                self._client().publish(CHANNEL, json.dumps({"r": recipient})), 1.0
-            )
+            await asyncio.wait_for(self._client().publish(CHANNEL, json.dumps(message)), 1.0)
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
             # Other instances fall back to polling; don't retry on every event meanwhile.
             self._redis_down_until = time.monotonic() + 2.0
@@ -107,7 +146,11 @@ class Hub:
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         try:
-                            self.notify_local(json.loads(message["data"])["r"])
+                            body = json.loads(message["data"])
+                            if "x" in body:
+                                self._revoke_local([str(c) for c in body["x"]])
+                            else:
+                                self.notify_local(body["r"])
                         except (ValueError, KeyError, TypeError):
                             continue
             except asyncio.CancelledError:

@@ -12,7 +12,8 @@ from litestar import Request, WebSocket, get, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import Parameter
 
-from app.errors import BadRequest
+from app.auth import service as auth_service
+from app.errors import BadRequest, Unauthorized
 from app.events.hub import Hub
 from app.events.schemas import EventOut, FeedOut
 from app.events.service import ChangeFeed, event_out
@@ -54,14 +55,18 @@ async def read_events(
     limit: int = Parameter(default=500, ge=1, le=1000),
     wait: float = Parameter(default=0, ge=0, le=MAX_WAIT),
 ) -> FeedOut:
-    recipient = str(request.scope["auth"].user.id)
+    principal = request.scope["auth"]
+    recipient = str(principal.user.id)
     start = await _start_cursor(feed, recipient, cursor, since)
     if start is None:
         return FeedOut(events=[], cursor=await feed.latest(recipient), has_more=False)
     deadline = time.monotonic() + wait
     wake = hub.subscribe(recipient)  # before reading, so no wake-up falls in between
+    revocation = hub.watch_credential(principal.credential_id, wake)
     try:
         while True:
+            if revocation.revoked:
+                raise Unauthorized("this session or device token was revoked", code="revoked")
             events, new_cursor, has_more = await feed.read(recipient, start, limit)
             remaining = deadline - time.monotonic()
             if events or new_cursor != start or remaining <= 0:
@@ -73,6 +78,7 @@ async def read_events(
             await hub.wait(wake, remaining)
     finally:
         hub.unsubscribe(recipient, wake)
+        hub.unwatch_credential(principal.credential_id, wake)
 
 
 @websocket("/api/ws")
@@ -99,6 +105,7 @@ async def events_socket(
         position = await feed.latest(recipient)
     await socket.accept()
     wake = hub.subscribe(recipient)
+    revocation = hub.watch_credential(principal.credential_id, wake)
     gone = asyncio.Event()
 
     async def watch_client() -> None:
@@ -114,6 +121,9 @@ async def events_socket(
     last_sent = time.monotonic()
     try:
         while not gone.is_set():
+            if revocation.revoked:
+                await socket.close(code=4401, reason="credential revoked")
+                return
             events, position_after, has_more = await feed.read(recipient, position, 500)
             for event in events:
                 await socket.send_json(event_out(event))
@@ -124,6 +134,10 @@ async def events_socket(
                 continue
             idle = time.monotonic() - last_sent
             if idle >= HEARTBEAT_SECONDS:
+                # The backstop for a revocation notice lost on the way (Redis down).
+                if not await auth_service.still_valid(principal):
+                    await socket.close(code=4401, reason="credential revoked")
+                    return
                 await socket.send_json({"type": "heartbeat", "cursor": position})
                 last_sent = time.monotonic()
                 idle = 0
@@ -132,6 +146,7 @@ async def events_socket(
         pass
     finally:
         hub.unsubscribe(recipient, wake)
+        hub.unwatch_credential(principal.credential_id, wake)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher

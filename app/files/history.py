@@ -23,7 +23,21 @@ from app.files.service import (
     iso,
     now,
     parse_id,
+    withdraw_read_urls,
 )
+
+
+async def _trashed_size(node: FileNode) -> int:
+    """Bytes of the committed files a restore of `node` brings back."""
+    if node.kind == "file":
+        return node.size if node.committed else 0
+    total = 0
+    async for doc in FileNode.get_pymongo_collection().find(
+        match(trash_root_id=str(node.id)), {"kind": 1, "size": 1, "committed": 1}
+    ):
+        if doc.get("kind") == "file" and doc.get("committed"):
+            total += doc.get("size", 0)
+    return total
 
 
 def version_out(version: FileVersion) -> dict[str, Any]:
@@ -169,7 +183,13 @@ class HistoryService:
         parent = await files.ensure_folder(parent_path)
         key = paths.path_key(target)
         op = (
-            {"op": "restore", "from": node.path, "to": target, "root": str(node.id)}
+            {
+                "op": "restore",
+                "from": node.path,
+                "to": target,
+                "root": str(node.id),
+                "charged": True,
+            }
             if node.kind == "folder"
             else None
         )
@@ -185,9 +205,16 @@ class HistoryService:
             "parent_id": str(parent.id) if parent else None,
             "pending_op": op,
         }
-        restored, change = await files._cas(node, "file.restored", changes, trashed=True)
-        if node.kind == "file" and node.committed:
-            await _add_usage(files.owner, node.size)
+        # What comes back counts against the quota again: charged before the commit point
+        # (refused with 507 if it no longer fits), given back if the restore loses a race.
+        size = await _trashed_size(node)
+        if size:
+            await files._charge(size)
+        try:
+            restored, change = await files._cas(node, "file.restored", changes, trashed=True)
+        except BaseException:
+            await _add_usage(files.owner, -size)
+            raise
         if op:
             await finish_pending_op(restored)
         await files.feed.changed("files", str(node.id), change)
@@ -237,3 +264,4 @@ class HistoryService:
                 {"_id": {"$in": [i for i in ids if i != node.id]}}
             )
         await FileNode.get_pymongo_collection().delete_one({"_id": node.id})
+        await withdraw_read_urls(node.owner_id)

@@ -50,7 +50,7 @@ class FileNode(Document):
     trash_root: bool = False
     deleted_ms: int = 0  # when it was trashed, epoch ms: the trash's sort key
     # A folder move or trash still being applied to the folder's descendants.
-    pending_op: dict[str, str] | None = None
+    pending_op: dict[str, Any] | None = None
     # The head version uses a chunk the store lost or holds damaged (see integrity.py).
     damaged: bool = False
     # What follows a commit's compare-and-set (mark the version committed, count the bytes),

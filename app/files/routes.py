@@ -118,8 +118,13 @@ async def content_response(
     disposition: str = "attachment",
     media_type: str | None = None,
     extra_headers: dict[str, str] | None = None,
+    first_bytes: int | None = None,
 ) -> Response[Any]:
-    """A file's bytes: ETag/304, a single Range (206/416), streamed chunk by chunk."""
+    """A file's bytes: ETag/304, a single Range (206/416), streamed chunk by chunk.
+
+    `first_bytes`: serve only the file's start, whatever the request asks (a view-only
+    preview of a text file).
+    """
     etag = f'"{version.content_hash}"'
     headers = {
         "ETag": etag,
@@ -136,12 +141,19 @@ async def content_response(
             "a device that has it, or restore another version",
             code="damaged_file",
         )
+    if first_bytes is not None:
+        headers.pop("Accept-Ranges")
+        etag = headers["ETag"] = f'"{version.content_hash}-{first_bytes}"'
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
     if version.size == 0:
         return Response(b"", headers=headers, media_type=media_type)
-    requested = parse_range(request.headers.get("range"), version.size)
-    byte_range = requested or ByteRange(0, version.size - 1)
+    if first_bytes is not None:
+        requested = None
+        byte_range = ByteRange(0, min(version.size, first_bytes) - 1)
+    else:
+        requested = parse_range(request.headers.get("range"), version.size)
+        byte_range = requested or ByteRange(0, version.size - 1)
     headers["Content-Length"] = str(byte_range.length)
     status = 200
     if requested:

@@ -29,6 +29,8 @@ class MissingChunk(msgspec.Struct):
     sha256: str
     size: int
     url: str
+    # Send these headers with the PUT (S3 signs the chunk's checksum into the URL).
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class UploadOut(msgspec.Struct):

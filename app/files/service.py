@@ -43,7 +43,6 @@ from app.events.service import ChangeFeed, epoch_ms, make_change
 from app.failpoints import failpoint
 from app.files import paths
 from app.files.integrity import (
-    hash_in_store,
     read_verified_chunk,
     record_stored_chunk,
     touch_chunks,
@@ -431,12 +430,12 @@ class FileService:
             session.base_version = req.base_version
             await session.save()
         missing = await self._missing_chunks(
-            hashes, req.chunks, probe_store=resumed, since_ms=self._dedup_since(session)
+            hashes, req.chunks, session, probe_store=resumed, since_ms=self._dedup_since(session)
         )
         return {
             "file_id": str(node.id),
             "upload_id": str(session.id),
-            "missing": await self._with_upload_urls(missing),
+            "missing": await self._with_upload_urls(missing, str(session.id)),
         }
 
     def _dedup_since(self, session: UploadSession) -> int:
@@ -530,15 +529,23 @@ class FileService:
         return have
 
     async def _missing_chunks(
-        self, hashes: list[str], chunks: list[ChunkIn], *, probe_store: bool, since_ms: int
+        self,
+        hashes: list[str],
+        chunks: list[ChunkIn],
+        session: UploadSession,
+        *,
+        probe_store: bool,
+        since_ms: int,
     ) -> list[tuple[int, str, int]]:
         """(index, sha, size) of the first occurrence of every chunk not yet stored."""
         have = await self._stored_set(set(hashes), since_ms)
-        if probe_store and not self.store.verifies_on_write and not since_ms:
-            # A resumed upload to S3: chunks PUT earlier are in the bucket but not yet
-            # verified; verify them now so they are not sent again.
-            have |= await self._verify_in_store(
-                set(hashes) - have, dict(zip(hashes, (c.size for c in chunks), strict=True))
+        if probe_store and not self.store.verifies_on_write:
+            # A resumed upload to S3: chunks this upload staged earlier are checked and
+            # moved into place now, so they are not sent again.
+            have |= await self._accept_staged(
+                set(hashes) - have,
+                dict(zip(hashes, (c.size for c in chunks), strict=True)),
+                str(session.id),
             )
         missing = []
         seen: set[str] = set()
@@ -548,27 +555,33 @@ class FileService:
                 missing.append((i, sha, chunks[i].size))
         return missing
 
-    async def _with_upload_urls(self, missing: list[tuple[int, str, int]]) -> list[dict[str, Any]]:
+    async def _with_upload_urls(
+        self, missing: list[tuple[int, str, int]], upload_id: str
+    ) -> list[dict[str, Any]]:
         owner = str(self.owner)
-        urls = await asyncio.gather(
-            *(self.store.upload_url(self.base_url, owner, sha, size) for _, sha, size in missing)
+        targets = await asyncio.gather(
+            *(
+                self.store.upload_url(self.base_url, owner, sha, size, upload_id)
+                for _, sha, size in missing
+            )
         )
         return [
-            {"index": i, "sha256": sha, "size": size, "url": url}
-            for (i, sha, size), url in zip(missing, urls, strict=True)
+            {"index": i, "sha256": sha, "size": size, "url": t.url, "headers": t.headers}
+            for (i, sha, size), t in zip(missing, targets, strict=True)
         ]
 
-    async def _verify_in_store(self, hashes: set[str], sizes: dict[str, int]) -> set[str]:
-        """Hash chunks that sit in the store unverified; record the good ones."""
+    async def _accept_staged(
+        self, hashes: set[str], sizes: dict[str, int], upload_id: str
+    ) -> set[str]:
+        """Check the chunks this upload staged (stores that cannot verify on write) and
+        move the good ones into place; record them as stored."""
         owner = str(self.owner)
         sem = asyncio.Semaphore(8)
 
         async def verify(sha: str) -> str | None:
             async with sem:
-                found = await hash_in_store(self.store, owner, sha, sizes[sha])
+                found = await self.store.accept_upload(owner, sha, sizes[sha], upload_id)
                 if found != "stored":
-                    if found == "corrupt":
-                        await self.store.delete(owner, sha)
                     return None
                 try:
                     await record_stored_chunk(self.owner, sha, sizes[sha], verified=True)
@@ -618,14 +631,14 @@ class FileService:
         have = await self._stored_set(set(chunk_sizes), self._dedup_since(session))
         absent = set(chunk_sizes) - have
         if absent and not self.store.verifies_on_write:
-            have |= await self._verify_in_store(absent, chunk_sizes)
+            have |= await self._accept_staged(absent, chunk_sizes, str(session.id))
             absent = set(chunk_sizes) - have
         if absent:
             missing = sorted((first_index[sha], sha, chunk_sizes[sha]) for sha in absent)
             raise Conflict(
                 f"{len(missing)} chunk(s) have not been uploaded yet",
                 code="missing_chunks",
-                missing=await self._with_upload_urls(missing),
+                missing=await self._with_upload_urls(missing, str(session.id)),
             )
 
         head = await self._advance_head(node, version, session.base_version)
@@ -657,11 +670,17 @@ class FileService:
             await finish_commit(node)  # the previous commit's, if a crash cut it short
             new_version = node.version + 1
             t = now()
+            delta = version.size - (node.size if node.committed else 0)
+            # Growth is charged against the quota *before* the commit point, atomically, so
+            # concurrent commits can never together pass it; shrinking is credited after.
+            charged = max(delta, 0)
+            if charged:
+                await self._charge(charged)
             tail = {
                 "version_id": str(version.id),
                 "version": new_version,
                 "at": t,
-                "usage_delta": version.size - (node.size if node.committed else 0),
+                "usage_delta": delta - charged,
             }
             change = self._change(
                 "file.updated" if node.committed else "file.created",
@@ -691,12 +710,30 @@ class FileService:
             )
             if result.modified_count == 1:
                 break
+            await _add_usage(self.owner, -charged)  # lost the race: give it back, go again
             node = await self._reload(file_id)
 
         await failpoint("commit.after_head")
         await _finish_commit_tail(node.id, self.owner, tail)
         await self.feed.changed("files", file_id, change)
         return await self._reload(file_id)
+
+    async def _charge(self, size: int) -> None:
+        """Add `size` to the namespace owner's usage if it stays within their quota, in one
+        conditional write (507 otherwise). A crash after this and before the commit point
+        leaves the usage figure too high by this much: it errs on the side of the quota."""
+        owner = self.namespace
+        query: dict[str, Any] = {"_id": owner.id}
+        if owner.quota_bytes:
+            query["usage_bytes"] = {"$lte": owner.quota_bytes - size}
+        result = await User.get_pymongo_collection().update_one(
+            query, {"$inc": {"usage_bytes": size}}
+        )
+        if result.modified_count != 1:
+            whose = "your" if self.access.is_owner else "the owner's"
+            raise InsufficientStorage(
+                f"this file would exceed {whose} storage quota", code="quota_exceeded"
+            )
 
     async def _drop_pending(self, session: UploadSession, version: FileVersion) -> None:
         await delete_chunk_maps([version])
@@ -731,8 +768,12 @@ class FileService:
                 for i, (sha, size) in enumerate(page.chunks):
                     if offset <= base + i < end:
                         chunks.append((base + i, sha, size))
+        epoch = self.namespace.url_epoch
         urls = await asyncio.gather(
-            *(self.store.download_url(self.base_url, owner, sha, size) for _, sha, size in chunks)
+            *(
+                self.store.download_url(self.base_url, owner, sha, size, epoch)
+                for _, sha, size in chunks
+            )
         )
         return {
             **out,
@@ -936,6 +977,14 @@ async def _finish_commit_tail(
         await _add_usage(owner, tail["usage_delta"])
 
 
+async def withdraw_read_urls(owner: str) -> None:
+    """Make every chunk-read URL handed out for this owner's files stop working (after a
+    revoke or a purge): they carry the owner's URL epoch, which moves on here."""
+    await User.get_pymongo_collection().update_one(
+        {"_id": PydanticObjectId(owner)}, {"$inc": {"url_epoch": 1}}
+    )
+
+
 async def _add_usage(owner: str, delta: int) -> None:
     if delta:
         await User.get_pymongo_collection().update_one(
@@ -1005,7 +1054,7 @@ async def finish_pending_op(folder: FileNode) -> None:
     await col.update_one({"_id": folder.id, "rev": folder.rev}, {"$set": {"pending_op": None}})
 
 
-async def _restore_descendants(folder: FileNode, op: dict[str, str]) -> None:
+async def _restore_descendants(folder: FileNode, op: dict[str, Any]) -> None:
     """Bring back everything trashed together with a restored folder, under its new path."""
     col = FileNode.get_pymongo_collection()
     prefix_len = len(op["from"])
@@ -1038,7 +1087,8 @@ async def _restore_descendants(folder: FileNode, op: dict[str, str]) -> None:
             batch = []
     if batch:
         await col.bulk_write(batch, ordered=False)
-    await _add_usage(folder.owner_id, restored)
+    if not op.get("charged"):  # restores recorded before quotas were charged up front
+        await _add_usage(folder.owner_id, restored)
 
 
 async def finish_interrupted_writes() -> int:

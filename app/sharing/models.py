@@ -1,4 +1,4 @@
-"""Sharing documents: the ACL, its derived "Shared with me" view, public links, throttles.
+"""Sharing documents: the ACL, its derived "Shared with me" view, public links.
 
 - `Share` (collection "acl") is the authority: every access check reads it. A revoke keeps
   the document as a tombstone (role None) so that its outbox can carry `share.removed`
@@ -80,15 +80,3 @@ class ShareLink(Document):
             IndexModel([("token_hash", ASCENDING)], unique=True),
             IndexModel([("file_id", ASCENDING)]),
         ]
-
-
-class RateCounter(Document):
-    """Failures per key in one fixed window (`window` = epoch seconds // window length)."""
-
-    id: str  # "<scope>:<key>:<window>"
-    failures: int = 0
-    expires_at: datetime
-
-    class Settings:
-        name = "rate_limits"
-        indexes = [IndexModel([("expires_at", ASCENDING)])]

@@ -28,21 +28,20 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
+from app.core.crypto import PasswordHashing
 from app.core.query import match
+from app.core.ratelimit import give_back, take_attempt
 from app.errors import CofferError
 from app.files import paths
 from app.files.models import FileNode
 from app.files.routes import content_response
 from app.files.service import as_utc, head_version_of
 from app.settings import Settings
-from app.sharing import ratelimit
 from app.sharing.models import ShareLink
 from app.sharing.service import token_hash, verify_link_password
 from app.storage.base import BlobStore
 
 PUBLIC = {"public": True}
-PASSWORD_FAILURES = 5
-PASSWORD_WINDOW_SECONDS = 15 * 60
 UNLOCK_SECONDS = 3600
 LINK_COOKIE = "coffer_link"
 PREVIEW_TYPES = ("image/", "text/", "application/pdf", "video/", "audio/")
@@ -153,12 +152,6 @@ def _qs(relative: str) -> str:
     return f"?path={quote(relative)}" if relative else ""
 
 
-async def _password_attempt_blocked(request: Request) -> int:
-    return await ratelimit.blocked(
-        "linkpw", _client(request), PASSWORD_FAILURES, PASSWORD_WINDOW_SECONDS
-    )
-
-
 def _client(request: Request) -> str:
     return request.client.host if request.client else "-"
 
@@ -242,13 +235,20 @@ async def unlock_link(
     request: Request,
     token: str,
     settings: Settings,
+    passwords: PasswordHashing,
     data: dict[str, str] = Body(media_type=RequestEncodingType.URL_ENCODED),
 ) -> Response[Any]:
     try:
         opened = await open_link(token)
     except LinkPageError as exc:
         return error_page(exc)
-    wait = await _password_attempt_blocked(request)
+    # Counted before checking, so concurrent guesses cannot slip past the limit.
+    wait = await take_attempt(
+        "linkpw",
+        _client(request),
+        settings.link_password_attempts,
+        settings.link_password_window_seconds,
+    )
     if wait:
         return error_page(
             LinkPageError(
@@ -259,13 +259,13 @@ async def unlock_link(
                 **{"Retry-After": wait},
             )
         )
-    if not await verify_link_password(opened.link, data.get("password", "")):
-        await ratelimit.failed("linkpw", _client(request), PASSWORD_WINDOW_SECONDS)
+    if not await verify_link_password(passwords, opened.link, data.get("password", "")):
         return Template(
             template_name="link_password.html",
             context={"action": opened.base, "error": "That password is not right. Try again."},
             status_code=401,
         )
+    await give_back("linkpw", _client(request), settings.link_password_window_seconds)
     expires = int(time.time()) + UNLOCK_SECONDS
     value = f"{opened.link.id}.{expires}.{_unlock_signature(settings, opened.link, expires)}"
     return Redirect(
@@ -326,21 +326,47 @@ async def link_preview(
     request: Request, token: str, settings: Settings, store: BlobStore, path: str | None = None
 ) -> Response[Any]:
     try:
-        _, node = await _file_for_bytes(request, token, settings, path)
+        opened, node = await _file_for_bytes(request, token, settings, path)
         media_type = previewable(node.name)
         if media_type is None:
             raise LinkPageError(415, "No preview", "This kind of file cannot be previewed.")
+        view_only = not opened.link.allow_download
+        cap = VIEW_ONLY_MAX_BYTES.get(media_type.split("/")[0], VIEW_ONLY_MAX_BYTES["application"])
+        if view_only and cap and node.size > cap and not media_type.startswith("text/"):
+            raise LinkPageError(
+                415, "No preview", "This file is too large to show on a view-only link."
+            )
     except LinkPageError as exc:
         return error_page(exc)
-    return await preview_response(request, store, node, media_type)
+    return await preview_response(request, store, node, media_type, view_only=view_only)
+
+
+# What a view-only link shows: what a viewer's browser needs to display the file and no
+# more. Text is cut to its first 256 KiB; images and PDFs are shown up to a size; audio
+# and video stream (a browser needs the bytes to play them). Nothing else is served.
+VIEW_ONLY_TEXT_BYTES = 256 * 1024
+VIEW_ONLY_MAX_BYTES = {"image": 50 * 10**6, "application": 100 * 10**6, "audio": 0, "video": 0}
 
 
 async def preview_response(
-    request: Request, store: BlobStore, node: FileNode, media_type: str
+    request: Request,
+    store: BlobStore,
+    node: FileNode,
+    media_type: str,
+    *,
+    view_only: bool = False,
 ) -> Response[Any]:
     """The file's bytes shown inline by the browser, never able to run script here."""
-    if media_type.startswith("text/"):
+    is_text = media_type.startswith("text/")
+    if is_text:
         media_type = "text/plain; charset=utf-8"  # shown, never rendered as HTML
+    headers = {
+        # Chromium's PDF viewer does not run in a sandbox; PDFs cannot script our origin.
+        **({} if media_type == "application/pdf" else PREVIEW_HEADERS),
+        "Referrer-Policy": "no-referrer",
+    }
+    if view_only:
+        headers["Cache-Control"] = "private, no-store"
     return await content_response(
         request,
         store,
@@ -348,9 +374,6 @@ async def preview_response(
         await head_version_of(node),
         disposition="inline",
         media_type=media_type,
-        # Chromium's PDF viewer does not run in a sandbox; PDFs cannot script our origin.
-        extra_headers={
-            **({} if media_type == "application/pdf" else PREVIEW_HEADERS),
-            "Referrer-Policy": "no-referrer",
-        },
+        extra_headers=headers,
+        first_bytes=VIEW_ONLY_TEXT_BYTES if view_only and is_text else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 
+from app.core.crypto import PasswordHashing
 from app.sharing.schemas import (
     LinkListOut,
     LinkOut,
@@ -35,10 +36,10 @@ class ShareController(Controller):
 
     @post("/links", status_code=201)
     async def create_link(
-        self, file_id: str, data: LinkRequest, sharing: SharingService
+        self, file_id: str, data: LinkRequest, sharing: SharingService, passwords: PasswordHashing
     ) -> LinkOut:
         link = await sharing.create_link(
-            file_id, data.password, data.expires_at, data.allow_download
+            passwords, file_id, data.password, data.expires_at, data.allow_download
         )
         return LinkOut(**link)
 

@@ -7,7 +7,6 @@ outbox, then the change feed delivers `share.added` / `share.removed` exactly on
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -16,22 +15,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.auth.models import User
+from app.core.crypto import PasswordHashing
 from app.core.query import match
 from app.errors import BadRequest, Conflict, NotFound
 from app.events.service import make_change
 from app.files.models import FileNode
-from app.files.service import FileService, file_out, iso
+from app.files.service import FileService, file_out, iso, withdraw_read_urls
 from app.sharing.access import Access
 from app.sharing.models import ROLES, Share, SharedWithMe, ShareLink
 
 MAX_LINK_PASSWORD = 1024
-_hasher = PasswordHasher()
 
 
 def now() -> datetime:
@@ -141,6 +138,8 @@ class SharingService:
                 )
                 if result.modified_count != 1:
                     continue
+            if role is None:
+                await withdraw_read_urls(node.owner_id)
             await feed.changed("acl", share_id, change)
             fresh = await Share.get(share_id)
             assert fresh is not None
@@ -194,6 +193,7 @@ class SharingService:
 
     async def create_link(
         self,
+        passwords: PasswordHashing,
         file_id: str,
         password: object = None,
         expires_at: object = None,
@@ -206,7 +206,7 @@ class SharingService:
         if password is not None and password != "":
             if not isinstance(password, str) or len(password) > MAX_LINK_PASSWORD:
                 raise BadRequest("password must be a string", code="invalid_password")
-            password_hash = await asyncio.to_thread(_hasher.hash, password)
+            password_hash = await passwords.hash(password)
         expiry = parse_expiry(expires_at)
         nonce = secrets.token_hex(16)
         link = ShareLink(
@@ -252,10 +252,7 @@ def parse_expiry(value: object) -> datetime | None:
     return when.astimezone(UTC)
 
 
-async def verify_link_password(link: ShareLink, password: str) -> bool:
+async def verify_link_password(passwords: PasswordHashing, link: ShareLink, password: str) -> bool:
     if link.password_hash is None:
         return True
-    try:
-        return await asyncio.to_thread(_hasher.verify, link.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
+    return await passwords.verify(link.password_hash, password[:MAX_LINK_PASSWORD])

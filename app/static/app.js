@@ -225,7 +225,8 @@ async function uploadFile(file, relPath) {
           const m = queue.shift();
           const start = m.index * CHUNK;
           const body = file.slice(start, start + m.size);
-          const resp = await fetch(m.url, { method: "PUT", body, signal: abort.signal });
+          const headers = m.headers || {};
+          const resp = await fetch(m.url, { method: "PUT", body, headers, signal: abort.signal });
           if (!resp.ok) {
             const data = await resp.json().catch(() => ({}));
             throw new ApiError(resp.status, data.error?.code, data.error?.message || "upload failed");

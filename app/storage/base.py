@@ -3,20 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where a client PUTs one chunk, and the headers it must send with it (the store
+    may have signed them into the URL: a checksum, say)."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
 class BlobStore(Protocol):
     # True when the store itself hashes bytes on write (so a stored chunk is verified).
+    # Otherwise clients PUT into a staging key of their upload, and `accept_upload` checks
+    # the bytes before they are copied into place: no client ever writes a stored chunk.
     verifies_on_write: bool
 
-    async def upload_url(self, base_url: str, owner: str, sha256: str, size: int) -> str:
+    async def upload_url(
+        self, base_url: str, owner: str, sha256: str, size: int, upload_id: str
+    ) -> UploadTarget:
         """A short-lived URL the client PUTs exactly these bytes to."""
         ...
 
-    async def download_url(self, base_url: str, owner: str, sha256: str, size: int) -> str:
-        """A short-lived URL the client GETs the chunk from."""
+    async def download_url(
+        self, base_url: str, owner: str, sha256: str, size: int, epoch: int
+    ) -> str:
+        """A short-lived URL the client GETs the chunk from; `epoch` is the owner's URL
+        epoch (a store that can check it refuses URLs of an older epoch)."""
+        ...
+
+    async def accept_upload(self, owner: str, sha256: str, size: int, upload_id: str) -> str:
+        """Verify a chunk the upload staged and move it into place: 'stored', or
+        'corrupt' / 'missing' (then nothing was moved and the staged copy is gone)."""
+        ...
+
+    async def discard_upload(self, owner: str, upload_id: str) -> None:
+        """Forget whatever an upload staged and never had accepted."""
         ...
 
     async def stat(self, owner: str, sha256: str) -> int | None:
@@ -46,3 +72,11 @@ class BlobStore(Protocol):
 
 def chunk_key(owner: str, sha256: str) -> str:
     return f"chunks/{owner}/{sha256[:2]}/{sha256}"
+
+
+def staging_prefix(owner: str, upload_id: str) -> str:
+    return f"incoming/{owner}/{upload_id}/"
+
+
+def staging_key(owner: str, upload_id: str, sha256: str) -> str:
+    return staging_prefix(owner, upload_id) + sha256

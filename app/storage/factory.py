@@ -18,5 +18,6 @@ async def open_store(settings: Settings) -> BlobStore:
         settings.data_dir / "blobs",
         settings.resolved_secret_key(),
         settings.url_ttl_seconds,
+        settings.download_url_ttl_seconds,
         fsync=settings.fsync,
     )

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from app.errors import BadRequest, InsufficientStorage, PayloadTooLarge
-from app.storage.base import chunk_key
+from app.storage.base import UploadTarget, chunk_key
 from app.storage.signing import signed_blob_url
 
 READ_PIECE = 1024 * 1024
@@ -26,22 +26,47 @@ READ_PIECE = 1024 * 1024
 class LocalBlobStore:
     verifies_on_write = True
 
-    def __init__(self, root: Path, secret_key: str, url_ttl: int, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        secret_key: str,
+        upload_ttl: int,
+        download_ttl: int,
+        fsync: bool = True,
+    ) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.secret_key = secret_key
-        self.url_ttl = url_ttl
+        self.upload_ttl = upload_ttl
+        self.download_ttl = download_ttl
         self.fsync = fsync
 
     def path(self, owner: str, sha256: str) -> Path:
         return self.root / chunk_key(owner, sha256)
 
-    async def upload_url(self, base_url: str, owner: str, sha256: str, size: int) -> str:
-        return signed_blob_url(base_url, self.secret_key, "put", owner, sha256, size, self.url_ttl)
+    async def upload_url(
+        self, base_url: str, owner: str, sha256: str, size: int, upload_id: str
+    ) -> UploadTarget:
+        # The PUT route hashes while it writes, so a PUT can never store wrong bytes under
+        # a hash: no staging is needed here.
+        url = signed_blob_url(
+            base_url, self.secret_key, "put", owner, sha256, size, self.upload_ttl
+        )
+        return UploadTarget(url)
 
-    async def download_url(self, base_url: str, owner: str, sha256: str, size: int) -> str:
-        return signed_blob_url(base_url, self.secret_key, "get", owner, sha256, size, self.url_ttl)
+    async def download_url(
+        self, base_url: str, owner: str, sha256: str, size: int, epoch: int
+    ) -> str:
+        return signed_blob_url(
+            base_url, self.secret_key, "get", owner, sha256, size, self.download_ttl, epoch
+        )
+
+    async def accept_upload(self, owner: str, sha256: str, size: int, upload_id: str) -> str:
+        return "stored" if await self.stat(owner, sha256) == size else "missing"
+
+    async def discard_upload(self, owner: str, upload_id: str) -> None:
+        return None
 
     async def stat(self, owner: str, sha256: str) -> int | None:
         try:

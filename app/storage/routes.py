@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 
+from beanie import PydanticObjectId
 from litestar import Request, Response, get, put
 
+from app.auth.models import User
 from app.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from app.files.integrity import read_verified_chunk, record_stored_chunk
 from app.settings import Settings, get_settings
@@ -23,10 +25,17 @@ PUBLIC = {"public": True}
 
 
 def _check(
-    settings: Settings, op: str, owner: str, sha: str, size: int, exp: int, sig: str
+    settings: Settings,
+    op: str,
+    owner: str,
+    sha: str,
+    size: int,
+    exp: int,
+    sig: str,
+    epoch: int = 0,
 ) -> None:
     if not (OWNER_RE.fullmatch(owner) and SHA_RE.fullmatch(sha)) or not verify_blob_signature(
-        settings.resolved_secret_key(), op, owner, sha, size, exp, sig
+        settings.resolved_secret_key(), op, owner, sha, size, exp, sig, epoch
     ):
         raise Forbidden(
             "invalid or expired chunk URL; register the upload again", code="bad_signature"
@@ -65,9 +74,25 @@ async def put_chunk(
 
 @get("/api/blob/{owner:str}/{sha:str}", opt=PUBLIC, tags=["storage"])
 async def get_chunk(
-    owner: str, sha: str, size: int, exp: int, sig: str, settings: Settings, store: BlobStore
+    owner: str,
+    sha: str,
+    size: int,
+    exp: int,
+    sig: str,
+    settings: Settings,
+    store: BlobStore,
+    e: int = 0,
 ) -> Response[bytes]:
-    _check(settings, "get", owner, sha, size, exp, sig)
+    _check(settings, "get", owner, sha, size, exp, sig, e)
+    # The owner took access away (revoked a share, purged a file) since this URL was
+    # made: it no longer reads anything. One lookup by _id.
+    user = await User.get_pymongo_collection().find_one(
+        {"_id": PydanticObjectId(owner)}, {"url_epoch": 1}
+    )
+    if user is None or user.get("url_epoch", 0) != e:
+        raise Forbidden(
+            "this chunk URL was withdrawn; ask for the file again", code="bad_signature"
+        )
     data = await read_verified_chunk(store, owner, sha, size)
     return Response(
         data,

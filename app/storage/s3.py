@@ -1,12 +1,19 @@
 """Chunks in an S3 bucket through aioboto3, uploaded and downloaded by presigned URLs.
 
-S3 does not check our SHA-256 on a presigned PUT, so chunks land unverified: the file
-service hashes them (streaming) before a version that uses them is committed.
+A presigned PUT never names a stored chunk's key. Clients PUT into a staging key of their
+own upload (`incoming/<owner>/<upload>/<sha256>`), with the length and the SHA-256 signed
+into the URL (`Content-Length`, `x-amz-checksum-sha256`: AWS S3 refuses other bytes); the
+server then hashes the staged object itself (servers that do not enforce the checksum
+exist) and only then copies it to `chunks/<owner>/<sha256>`. So nobody, not even an editor
+of a shared folder, can overwrite a chunk someone else's files use with other bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from app.settings import Settings
-from app.storage.base import chunk_key
+from app.storage.base import UploadTarget, chunk_key, staging_key, staging_prefix
 
 
 class S3BlobStore:
@@ -51,19 +58,62 @@ class S3BlobStore:
         except ClientError:
             await self._client.create_bucket(Bucket=self.bucket)
 
-    async def upload_url(self, base_url: str, owner: str, sha256: str, size: int) -> str:
-        return await self._client.generate_presigned_url(
+    async def upload_url(
+        self, base_url: str, owner: str, sha256: str, size: int, upload_id: str
+    ) -> UploadTarget:
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        url = await self._client.generate_presigned_url(
             "put_object",
-            Params={"Bucket": self.bucket, "Key": chunk_key(owner, sha256)},
+            Params={
+                "Bucket": self.bucket,
+                "Key": staging_key(owner, upload_id, sha256),
+                "ContentLength": size,
+                "ChecksumSHA256": checksum,
+            },
             ExpiresIn=self.settings.url_ttl_seconds,
         )
+        return UploadTarget(url, {"x-amz-checksum-sha256": checksum})
 
-    async def download_url(self, base_url: str, owner: str, sha256: str, size: int) -> str:
+    async def download_url(
+        self, base_url: str, owner: str, sha256: str, size: int, epoch: int
+    ) -> str:
+        # A presigned GET cannot be revoked: its short life is the only limit.
         return await self._client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": chunk_key(owner, sha256)},
-            ExpiresIn=self.settings.url_ttl_seconds,
+            ExpiresIn=self.settings.download_url_ttl_seconds,
         )
+
+    async def accept_upload(self, owner: str, sha256: str, size: int, upload_id: str) -> str:
+        staged = staging_key(owner, upload_id, sha256)
+        hasher = hashlib.sha256()
+        length = 0
+        try:
+            async for piece in self._read_key(staged):
+                length += len(piece)
+                if length > size:
+                    break
+                await asyncio.to_thread(hasher.update, piece)
+        except FileNotFoundError:
+            return "missing"
+        if length != size or hasher.hexdigest() != sha256:
+            await self._client.delete_object(Bucket=self.bucket, Key=staged)
+            return "corrupt"
+        await self._client.copy_object(
+            Bucket=self.bucket,
+            Key=chunk_key(owner, sha256),
+            CopySource={"Bucket": self.bucket, "Key": staged},
+        )
+        await self._client.delete_object(Bucket=self.bucket, Key=staged)
+        return "stored"
+
+    async def discard_upload(self, owner: str, upload_id: str) -> None:
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(
+            Bucket=self.bucket, Prefix=staging_prefix(owner, upload_id)
+        ):
+            for obj in page.get("Contents", []):
+                await self._client.delete_object(Bucket=self.bucket, Key=obj["Key"])
 
     async def stat(self, owner: str, sha256: str) -> int | None:
         try:
@@ -74,12 +124,15 @@ class S3BlobStore:
             raise
         return int(head["ContentLength"])
 
-    async def read(self, owner: str, sha256: str) -> AsyncIterator[bytes]:
+    def read(self, owner: str, sha256: str) -> AsyncIterator[bytes]:
+        return self._read_key(chunk_key(owner, sha256))
+
+    async def _read_key(self, key: str) -> AsyncIterator[bytes]:
         try:
-            obj = await self._client.get_object(Bucket=self.bucket, Key=chunk_key(owner, sha256))
+            obj = await self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise FileNotFoundError(chunk_key(owner, sha256)) from exc
+                raise FileNotFoundError(key) from exc
             raise
         body = obj["Body"]
         try:

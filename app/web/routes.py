@@ -22,8 +22,10 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from app.auth import service as auth
-from app.auth.routes import CLEARED_COOKIES, authenticate, session_cookies
+from app.auth.routes import CLEARED_COOKIES, client_address, session_cookies
+from app.core.crypto import PasswordHashing
 from app.errors import CofferError
+from app.events.hub import Hub
 from app.events.service import ChangeFeed
 from app.files import paths
 from app.files.history import HistoryService
@@ -160,6 +162,7 @@ def _safe_next(target: str) -> str:
 async def login_submit(
     request: Request,
     settings: Settings,
+    passwords: PasswordHashing,
     data: FormData,
 ) -> Response[Any]:
     if _cross_site(request):
@@ -167,7 +170,9 @@ async def login_submit(
     username, password = data.get("username", ""), data.get("password", "")
     target = _safe_next(data.get("next", "/files"))
     try:
-        user = await authenticate(request, username, password)
+        user = await auth.authenticate(
+            settings, passwords, client_address(request), username, password
+        )
     except CofferError as exc:
         return _page(
             request,
@@ -175,11 +180,13 @@ async def login_submit(
             {"next": target, "error": exc.message, "username": username},
             status=exc.status_code,
         )
-    return await _signed_in(settings, user, target)
+    return await _signed_in(request, settings, user, target)
 
 
-async def _signed_in(settings: Settings, user: Any, target: str) -> Redirect:
-    raw, session = await auth.start_session(settings, user)
+async def _signed_in(request: Request, settings: Settings, user: Any, target: str) -> Redirect:
+    raw, session = await auth.start_session(
+        settings, user, client_address(request), request.headers.get("user-agent", "")
+    )
     return Redirect(target, cookies=session_cookies(settings, raw, session.csrf_token))
 
 
@@ -192,6 +199,7 @@ async def register_page(request: Request) -> Template:
 async def register_submit(
     request: Request,
     settings: Settings,
+    passwords: PasswordHashing,
     data: FormData,
 ) -> Response[Any]:
     if _cross_site(request):
@@ -205,7 +213,7 @@ async def register_submit(
             status=400,
         )
     try:
-        user = await auth.register(settings, username, password)
+        user = await auth.register(settings, passwords, username, password)
     except CofferError as exc:
         return _page(
             request,
@@ -213,20 +221,28 @@ async def register_submit(
             {"error": exc.message, "username": username},
             status=exc.status_code,
         )
-    return await _signed_in(settings, user, "/files")
+    return await _signed_in(request, settings, user, "/files")
+
+
+def _form_token_ok(principal: auth.Principal | None, data: dict[str, str]) -> bool:
+    """Plain form posts carry the CSRF token as a field instead of a header."""
+    return (
+        principal is not None
+        and principal.via == "session"
+        and hmac.compare_digest(data.get("csrf", ""), principal.csrf_token or "")
+    )
 
 
 @post("/logout", opt=PUBLIC, include_in_schema=False)
-async def logout_submit(
-    request: Request,
-    data: FormData,
-) -> Redirect:
+async def logout_submit(request: Request, data: FormData, hub: Hub) -> Response[Any]:
     principal = _principal(request)
-    # A plain form post: the CSRF token travels as a field instead of a header.
-    if principal is not None and hmac.compare_digest(
-        data.get("csrf", ""), principal.csrf_token or ""
-    ):
-        await auth.revoke(principal)
+    if principal is None:
+        return Redirect("/login")  # nothing to sign out of
+    # Without the page's token (a cross-site form, say) nothing is cleared: signing
+    # someone out is a forgery too.
+    if _cross_site(request) or not _form_token_ok(principal, data):
+        return _refuse_cross_site()
+    await hub.credentials_revoked(await auth.revoke(principal))
     return Redirect("/login", cookies=CLEARED_COOKIES)
 
 
@@ -327,3 +343,99 @@ async def preview(
             {"error": {"code": "no_preview", "message": "cannot preview this"}}, status_code=415
         )
     return await preview_response(request, store, node, media_type)
+
+
+# ------------------------------------------------------------ devices and password
+
+
+@get("/devices", opt=PUBLIC, include_in_schema=False)
+async def devices_page(request: Request, notice: str | None = None) -> Response[Any]:
+    """Signed-in browsers and devices, with revoke buttons and a password change form.
+    Plain forms: it works without JavaScript."""
+    principal = _principal(request)
+    if principal is None:
+        return _login_redirect(request)
+    devices = await auth.list_devices(principal)
+    return _page(
+        request,
+        "devices.html",
+        {"devices": devices, "error": None, "notice": NOTICES.get(notice or "")},
+    )
+
+
+NOTICES = {
+    "revoked": "That device or session was signed out.",
+    "others": "Every other device and session was signed out.",
+    "password": "Your password was changed; every other device and session was signed out.",
+}
+
+
+async def _device_form(request: Request, data: dict[str, str]) -> auth.Principal | Response[Any]:
+    principal = _principal(request)
+    if principal is None:
+        return _login_redirect(request)
+    if _cross_site(request) or not _form_token_ok(principal, data):
+        return _refuse_cross_site()
+    return principal
+
+
+@post("/devices/revoke", opt=PUBLIC, include_in_schema=False)
+async def devices_revoke(request: Request, data: FormData, hub: Hub) -> Response[Any]:
+    principal = await _device_form(request, data)
+    if isinstance(principal, Response):
+        return principal
+    try:
+        revoked = await auth.revoke_device(principal, data.get("id", ""))
+    except CofferError:
+        return Redirect("/devices")
+    await hub.credentials_revoked(revoked)
+    if principal.credential_id in revoked:
+        return Redirect("/login", cookies=CLEARED_COOKIES)
+    return Redirect("/devices?notice=revoked")
+
+
+@post("/devices/revoke-others", opt=PUBLIC, include_in_schema=False)
+async def devices_revoke_others(request: Request, data: FormData, hub: Hub) -> Response[Any]:
+    principal = await _device_form(request, data)
+    if isinstance(principal, Response):
+        return principal
+    await hub.credentials_revoked(await auth.revoke_others(principal))
+    return Redirect("/devices?notice=others")
+
+
+@post("/devices/password", opt=PUBLIC, include_in_schema=False)
+async def devices_password(
+    request: Request,
+    data: FormData,
+    hub: Hub,
+    settings: Settings,
+    passwords: PasswordHashing,
+) -> Response[Any]:
+    principal = await _device_form(request, data)
+    if isinstance(principal, Response):
+        return principal
+    error = None
+    if data.get("new_password", "") != data.get("new_password2", ""):
+        error, status = "The two new passwords differ.", 400
+    else:
+        try:
+            revoked = await auth.change_password(
+                settings,
+                passwords,
+                principal,
+                client_address(request),
+                data.get("current_password", ""),
+                data.get("new_password", ""),
+            )
+        except CofferError as exc:
+            error, status = exc.message, exc.status_code
+    if error is not None:
+        devices = await auth.list_devices(principal)
+        return _page(
+            request,
+            "devices.html",
+            {"devices": devices, "error": error, "notice": None},
+            status=status,
+        )
+    await hub.credentials_revoked(revoked)
+    return Redirect("/devices?notice=password")
