@@ -22,7 +22,7 @@ e2e-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) e2e-deps
-	$(VENV)/bin/ruff check app jobs client tests bench e2e conftest.py
+	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
@@ -31,8 +31,8 @@ bench: $(STAMP)
 	$(PY) bench/sync.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check app jobs client tests bench e2e conftest.py
-	$(VENV)/bin/ruff format --check app jobs client tests bench e2e conftest.py
+	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py
+	$(VENV)/bin/ruff format --check app ui jobs client tests bench e2e conftest.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from litestar import Litestar, Request, Router
 from litestar.datastructures import State
@@ -33,9 +32,10 @@ from app.sharing.service import SharingService
 from app.storage.base import BlobStore
 from app.storage.factory import open_store
 from app.storage.routes import get_chunk, put_chunk
-from app.web.headers import SecurityHeadersMiddleware
-from app.web.routes import (
+from ui.headers import SecurityHeadersMiddleware
+from ui.routes import (
     STATIC_DIR,
+    TEMPLATE_DIR,
     devices_page,
     devices_password,
     devices_revoke,
@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "history": Provide(provide_history, sync_to_thread=False),
         },
         template_config=TemplateConfig(
-            directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine
+            directory=TEMPLATE_DIR, engine=JinjaTemplateEngine
         ),
         middleware=[SecurityHeadersMiddleware(settings), IdentityMiddleware(settings)],
         exception_handlers=exception_handlers,

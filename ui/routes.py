@@ -21,6 +21,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
+import static
 from app.auth import service as auth
 from app.auth.routes import CLEARED_COOKIES, client_address, session_cookies
 from app.core.crypto import PasswordHashing
@@ -37,7 +38,8 @@ from app.storage.base import BlobStore
 
 PUBLIC = {"public": True}
 FormData = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(static.__file__).resolve().parent
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 SORTS = {"name", "size", "modified"}
 
 

@@ -1,1 +1,0 @@
-"""The browser UI: pages rendered on the server, enhanced by htmx."""

@@ -1,0 +1,1 @@
+"""The browser UI: server-rendered pages (htmx fragments) and their templates."""
