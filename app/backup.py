@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.files.gc import pause_file_for
+from app.files.maintenance.gc import pause_file_for
 from app.settings import Settings
 
 MANIFEST = "coffer-backup.json"

@@ -166,9 +166,9 @@ def run_web() -> None:
 def run_worker() -> None:
     from arq import run_worker as arq_run_worker
 
-    from jobs.worker import WorkerSettings
+    from jobs.worker import worker_settings
 
-    arq_run_worker(WorkerSettings)  # type: ignore[arg-type]
+    arq_run_worker(worker_settings(get_settings()))  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,18 @@
-"""The Litestar application: wiring of routes, dependencies, auth and error handling."""
+"""The Litestar application: one router per surface, dependencies by name, one error map.
+
+Surfaces:
+- the API (`/api/...`, JSON): a session or device token required (`require_user`), and
+  unsafe requests must be same-site JSON (`refuse_forged_requests`);
+- the blob store's signed chunk URLs: the signature is the authorization;
+- public links (`/s/...`, HTML and bytes): anyone with the link;
+- the browser pages: sign-in pages for anyone, the rest for a session (else /login),
+  with HTML error pages.
+"""
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from litestar import Litestar, Request, Router
 from litestar.datastructures import State
@@ -12,61 +22,57 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from app.auth import service as auth_service
 from app.auth.middleware import IdentityMiddleware, refuse_forged_requests, require_user
 from app.auth.routes import AuthController, DeviceController, me
+from app.core import failpoints
 from app.core.crypto import PasswordHashing
+from app.core.errors import exception_handlers
+from app.core.headers import SecurityHeadersMiddleware, page_policy
 from app.db import connect
-from app.errors import exception_handlers
-from app.events.hub import Hub
 from app.events.queue import JobQueue
-from app.events.routes import events_socket, read_events
-from app.events.service import ChangeFeed
-from app.files.history import HistoryService
+from app.events.routes import CredentialCheck, events_socket, read_events
+from app.files.blob_routes import blob_router
+from app.files.recovery import finish_interrupted_writes
 from app.files.routes import FileController, TrashController, create_folder
-from app.files.service import FileService, finish_interrupted_writes
+from app.files.scope import Caller
 from app.health import healthz, readyz
 from app.settings import Settings, get_settings
-from app.sharing.public import link_download, link_page, link_preview, unlock_link
 from app.sharing.routes import ShareController, revoke_link, shared_with_me
-from app.sharing.service import SharingService
-from app.storage.base import BlobStore
 from app.storage.factory import open_store
-from app.storage.routes import get_chunk, put_chunk
-from ui.headers import SecurityHeadersMiddleware
-from ui.routes import (
-    STATIC_DIR,
-    TEMPLATE_DIR,
-    devices_page,
-    devices_password,
-    devices_revoke,
-    devices_revoke_others,
-    files_page,
-    home,
-    login_page,
-    login_submit,
-    logout_submit,
-    preview,
-    register_page,
-    register_submit,
-    shared_page,
-    trash_page,
-)
+from app.wiring import Services, feed_for, hub_for, services_for
+from ui.pages import STATIC_DIR, TEMPLATE_DIR, account_router, ui_router
+from ui.public import public_router
 
 log = logging.getLogger("coffer")
+
+
+def _bucket_origin(settings: Settings) -> list[str]:
+    """Where browsers PUT chunks besides us: the S3 endpoint, for the pages' CSP."""
+    if settings.blob_store != "s3":
+        return []
+    endpoint = urlsplit(settings.s3_endpoint_url)
+    if not endpoint.netloc:
+        return ["https://*.amazonaws.com"]
+    return [f"{endpoint.scheme}://{endpoint.netloc}"]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
 
     async def on_startup(app: Litestar) -> None:
+        failpoints.configure(settings.failpoints)
         app.state.mongo = await connect(settings)
         app.state.store = await open_store(settings)
-        app.state.hub = Hub(settings.redis)
+        app.state.hub = hub_for(settings)
         app.state.hub.start()
         app.state.queue = JobQueue(settings.redis)
-        app.state.feed = ChangeFeed(app.state.hub, app.state.queue.enqueue_fanout)
+        app.state.feed = feed_for(settings, app.state.hub, app.state.queue.enqueue_fanout)
         app.state.passwords = PasswordHashing(
             settings.password_hash_workers, settings.password_hash_queue
+        )
+        app.state.services = services_for(
+            settings, app.state.store, app.state.feed, app.state.passwords
         )
         finished = await finish_interrupted_writes()
         if finished:
@@ -79,31 +85,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await app.state.store.close()
         await app.state.mongo.close()
 
+    def service(name: str) -> Provide:
+        def provide(state: State) -> object:
+            services: Services = state.services
+            return getattr(services, name)
+
+        return Provide(provide, sync_to_thread=False)
+
+    def state_value(name: str) -> Provide:
+        def provide(state: State) -> object:
+            return getattr(state, name)
+
+        return Provide(provide, sync_to_thread=False)
+
     def provide_settings() -> Settings:
         return settings
 
-    def provide_store(state: State) -> BlobStore:
-        return state.store
+    def provide_caller(request: Request) -> Caller:
+        return Caller.of(request.scope["auth"], settings.public_url or str(request.base_url))
 
-    def provide_hub(state: State) -> Hub:
-        return state.hub
-
-    def provide_feed(state: State) -> ChangeFeed:
-        return state.feed
-
-    def provide_passwords(state: State) -> PasswordHashing:
-        return state.passwords
-
-    def provide_files(request: Request, store: BlobStore, feed: ChangeFeed) -> FileService:
-        return FileService.for_caller(
-            settings, store, feed, request.scope["auth"], str(request.base_url)
-        )
-
-    def provide_sharing(files: FileService) -> SharingService:
-        return SharingService(files)
-
-    def provide_history(files: FileService) -> HistoryService:
-        return HistoryService(files)
+    def provide_credential_alive() -> CredentialCheck:
+        return auth_service.still_valid
 
     api = Router(
         path="/",
@@ -117,52 +119,38 @@ def create_app(settings: Settings | None = None) -> Litestar:
             FileController,
             TrashController,
             create_folder,
-            put_chunk,
-            get_chunk,
             ShareController,
             shared_with_me,
             revoke_link,
-            link_page,
-            unlock_link,
-            link_download,
-            link_preview,
-            home,
-            login_page,
-            login_submit,
-            register_page,
-            register_submit,
-            logout_submit,
-            files_page,
-            shared_page,
-            trash_page,
-            preview,
-            devices_page,
-            devices_revoke,
-            devices_revoke_others,
-            devices_password,
         ],
     )
+    dependencies = {
+        "settings": Provide(provide_settings, sync_to_thread=False),
+        "caller": Provide(provide_caller, sync_to_thread=False),
+        "credential_alive": Provide(provide_credential_alive, sync_to_thread=False),
+        "store": state_value("store"),
+        "hub": state_value("hub"),
+        "feed": state_value("feed"),
+        "passwords": state_value("passwords"),
+        **{name: service(name) for name in Services.__dataclass_fields__},
+    }
     return Litestar(
         route_handlers=[
             api,
+            blob_router(settings),
+            public_router(),
+            account_router(),
+            ui_router(),
             healthz,
             readyz,
             create_static_files_router(path="/static", directories=[STATIC_DIR]),
         ],
-        dependencies={
-            "settings": Provide(provide_settings, sync_to_thread=False),
-            "store": Provide(provide_store, sync_to_thread=False),
-            "files": Provide(provide_files, sync_to_thread=False),
-            "hub": Provide(provide_hub, sync_to_thread=False),
-            "feed": Provide(provide_feed, sync_to_thread=False),
-            "passwords": Provide(provide_passwords, sync_to_thread=False),
-            "sharing": Provide(provide_sharing, sync_to_thread=False),
-            "history": Provide(provide_history, sync_to_thread=False),
-        },
-        template_config=TemplateConfig(
-            directory=TEMPLATE_DIR, engine=JinjaTemplateEngine
-        ),
-        middleware=[SecurityHeadersMiddleware(settings), IdentityMiddleware(settings)],
+        dependencies=dependencies,
+        template_config=TemplateConfig(directory=TEMPLATE_DIR, engine=JinjaTemplateEngine),
+        middleware=[
+            SecurityHeadersMiddleware(page_policy(_bucket_origin(settings))),
+            IdentityMiddleware(settings),
+        ],
         exception_handlers=exception_handlers,
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],

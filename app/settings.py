@@ -91,6 +91,18 @@ class Settings(BaseSettings):
     max_chunks: int = 16384
     max_file_size: int = 64 * GIB
 
+    # Events: a WebSocket sends a heartbeat (and re-checks its credential) after this many
+    # idle seconds; waiting readers re-check the feed this often with and without Redis;
+    # a seq hole older than this is filled; changes with at most `inline_fanout` recipients
+    # besides the owner are fanned out by the web process, larger ones by the worker; the
+    # worker sweeps outboxes left marked longer than `sweep_after_seconds`.
+    heartbeat_seconds: float = 25.0
+    poll_with_redis_seconds: float = 10.0
+    poll_without_redis_seconds: float = 0.5
+    hole_grace_seconds: float = 2.0
+    inline_fanout: int = 8
+    sweep_after_seconds: float = 2.0
+
     arq_poll_delay: float = 0.01
 
     @property

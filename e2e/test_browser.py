@@ -274,3 +274,42 @@ def test_restore_an_earlier_version_and_a_deleted_file(
     expect(page.get_by_text("The trash is empty.")).to_be_visible()
     page.get_by_role("link", name="All files").click()
     expect(row(page, "draft.txt").locator("td.size")).to_have_text("5.0 KB")
+
+
+def test_the_pages_scripts_run_without_csp_violations_or_errors(
+    people: Callable[..., Person],
+) -> None:
+    """The ES modules load under the strict CSP and using the files page logs no error."""
+    alice = people().register()
+    page = alice.page
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+    )
+    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', (e) => console.error("
+        "`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"
+    )
+    page.goto("/files")
+    expect(page.locator("body")).to_have_attribute("data-feed", "socket")  # main.js ran
+    create_folder(page, "Docs")
+    drop_file(page, "notes.txt", 3000, 4)
+    expect(upload_row(page, "notes.txt").locator(".status")).to_have_text("done")
+    row(page, "notes.txt").get_by_role("button", name="Versions of notes.txt").click()
+    versions = page.locator("#versions-dialog")
+    expect(versions.locator("tbody tr")).to_have_count(1)
+    expect(versions.get_by_role("link", name="Download version 1")).to_be_visible()
+    versions.get_by_role("button", name="Close").click()
+    row(page, "notes.txt").get_by_role("button", name="Share notes.txt").click()
+    dialog = page.locator("#share-dialog")
+    dialog.get_by_role("button", name="Create link").click()
+    expect(dialog.locator("#link-list a.url")).to_have_count(1)
+    dialog.get_by_role("button", name="Close").click()
+    for other in ("/trash", "/shared", "/devices"):
+        page.goto(other)
+        expect(page.locator("main")).to_be_visible()
+    page.goto("/files")
+    expect(page.locator("body")).to_have_attribute("data-feed", "socket")
+    assert problems == []

@@ -20,9 +20,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from app.db import connect
+from app.db.events import Event, EventCounter
+from app.db.outbox import EVENT_FIELDS
+from app.events.feed import ChangeFeed, append_event
 from app.events.hub import Hub
-from app.events.models import Event, EventCounter
-from app.events.service import EVENT_FIELDS, ChangeFeed, append_event
+from app.events.registry import EventRegistry
 from app.settings import Settings
 from tests.conftest import User, content_hash
 from tests.stack import Stack
@@ -156,7 +158,7 @@ async def test_fan_out_is_idempotent(alice: User, db: None) -> None:
 async def test_no_reader_skips_a_seq_under_concurrency(db: None) -> None:
     """Many writers and readers at once: every reader sees every event once, in order."""
     recipient = str(ObjectId())
-    reader_feed = ChangeFeed(Hub(None))
+    reader_feed = ChangeFeed(Hub(None), EventRegistry())
     writers, per_writer, readers = 8, 40, 6
     total = writers * per_writer
     # A slow writer: takes a seq now, inserts its event only after the others are done.
@@ -200,7 +202,7 @@ async def test_no_reader_skips_a_seq_under_concurrency(db: None) -> None:
 
 async def test_a_hole_left_by_a_dead_writer_is_filled(db: None) -> None:
     recipient = str(ObjectId())
-    reader_feed = ChangeFeed(Hub(None))
+    reader_feed = ChangeFeed(Hub(None), EventRegistry())
     await append(recipient, change(1))
     # A writer takes seq 2 and dies before inserting.
     await EventCounter.get_pymongo_collection().update_one({"_id": recipient}, {"$inc": {"seq": 1}})

@@ -13,7 +13,7 @@ from bson import ObjectId
 from pymongo import MongoClient
 
 from app.db import connect
-from app.files.retention import empty_trash, thin_versions
+from app.files.maintenance.retention import empty_trash, thin_versions
 from app.settings import Settings
 from tests.conftest import User, content_hash
 from tests.stack import Stack

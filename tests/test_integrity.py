@@ -17,10 +17,11 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
+from app.core.clock import now_ms
 from app.db import connect
-from app.files.gc import GarbageCollector
-from app.files.integrity import now_ms, scrub
-from app.files.models import MaintenanceState
+from app.db.files import MaintenanceState
+from app.files.maintenance.gc import GarbageCollector
+from app.files.maintenance.scrub import scrub
 from app.settings import Settings
 from app.storage.local import LocalBlobStore
 from tests.conftest import User, manifest
@@ -38,7 +39,7 @@ async def db(stack: Stack) -> AsyncIterator[None]:
 
 @pytest.fixture(scope="module")
 def store(stack: Stack) -> LocalBlobStore:
-    return LocalBlobStore(stack.root / "blobs", stack.env["COFFER_SECRET_KEY"], 3600, False)
+    return LocalBlobStore(stack.root / "blobs", stack.env["COFFER_SECRET_KEY"], 3600, 300, False)
 
 
 def chunk_file(stack: Stack, owner: str, data: bytes) -> Path:

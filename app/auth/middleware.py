@@ -13,8 +13,8 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import service
+from app.core.errors import Forbidden, Unauthorized, UnsupportedMediaType
 from app.core.http import SAFE_METHODS, cross_site, has_body, media_type
-from app.errors import Forbidden, Unauthorized, UnsupportedMediaType
 from app.settings import Settings
 
 SESSION_COOKIE = "coffer_session"

@@ -12,12 +12,12 @@ from typing import Literal
 from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
 
-from app.auth.models import ApiToken, BrowserSession, User
 from app.core.clock import as_utc, iso, now
 from app.core.crypto import PasswordHashing, token_hash
+from app.core.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unauthorized
 from app.core.query import match
 from app.core.ratelimit import give_back, take_attempt
-from app.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unauthorized
+from app.db.accounts import ApiToken, BrowserSession, User
 from app.settings import Settings
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from app.core.errors import RangeNotSatisfiable
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Route option for handlers anyone may call: the API's guard lets them through.
+PUBLIC = {"public": True}
 
 
 def cross_site(headers: Mapping[str, str]) -> bool:
@@ -31,3 +36,49 @@ def has_body(headers: Mapping[str, str]) -> bool:
 
 def media_type(headers: Mapping[str, str]) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The single byte range a `Range` header asks for; None for the whole file.
+
+    Multi-range and malformed headers are ignored (answered with the whole file), which
+    RFC 9110 allows; an unsatisfiable range raises 416.
+    """
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].strip().partition("-")
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                raise ValueError
+            start, end = max(0, size - n), size - 1
+        else:
+            start = int(first)
+            end = int(last) if last else max(start, size - 1)
+            if start < 0 or end < start:
+                raise ValueError
+    except ValueError:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(
+            f"range starts beyond the file's {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return ByteRange(start, min(end, size - 1))
+
+
+def content_disposition(name: str, disposition: str = "attachment") -> str:
+    """RFC 6266: an ASCII fallback name plus the exact UTF-8 name."""
+    fallback = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

@@ -3,8 +3,8 @@
 A notification carries no data, only "recipient R has something new": readers always
 read the durable feed from their cursor. So a lost notification (Redis down, a missed
 pub/sub message) costs latency, never an event: waiting readers re-check the feed on
-their own, every `POLL_WITHOUT_REDIS` seconds while the pub/sub link is down and every
-`POLL_WITH_REDIS` seconds while it is up (cheap insurance against a dropped message).
+their own, every `poll_without_redis` seconds while the pub/sub link is down and every
+`poll_with_redis` seconds while it is up (cheap insurance against a dropped message).
 
 The same channel carries "credential C was revoked" (logout, a device cut off, a password
 change), so every instance closes the WebSockets and ends the long-polls opened with it at
@@ -25,8 +25,6 @@ import redis.asyncio as aioredis
 
 log = logging.getLogger("coffer.events")
 CHANNEL = "coffer:events"
-POLL_WITHOUT_REDIS = 0.5
-POLL_WITH_REDIS = 10.0
 
 
 @dataclass
@@ -35,8 +33,16 @@ class Revocation:
 
 
 class Hub:
-    def __init__(self, redis_url: str | None) -> None:
+    def __init__(
+        self,
+        redis_url: str | None,
+        *,
+        poll_with_redis: float = 10.0,
+        poll_without_redis: float = 0.5,
+    ) -> None:
         self.redis_url = redis_url
+        self.poll_with_redis = poll_with_redis
+        self.poll_without_redis = poll_without_redis
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         # Live connections by the credential that opened them: credential -> wake events.
         self._credentials: dict[str, dict[asyncio.Event, Revocation]] = defaultdict(dict)
@@ -96,7 +102,7 @@ class Hub:
 
     async def wait(self, event: asyncio.Event, longest: float) -> bool:
         """Wait for a wake-up, at most `longest` seconds (less while Redis is down)."""
-        poll = POLL_WITH_REDIS if self.connected else POLL_WITHOUT_REDIS
+        poll = self.poll_with_redis if self.connected else self.poll_without_redis
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), max(0.0, min(longest, poll)))
         woken = event.is_set()
@@ -122,7 +128,8 @@ class Hub:
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
-            assert self.redis_url
+            if not self.redis_url:
+                raise RuntimeError("no Redis configured")
             self._redis = aioredis.from_url(
                 self.redis_url, socket_connect_timeout=1, socket_timeout=None
             )

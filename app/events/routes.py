@@ -5,21 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 from litestar import Request, WebSocket, get, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import Parameter
 
-from app.auth import service as auth_service
-from app.errors import BadRequest, Unauthorized
+from app.core.errors import BadRequest, Unauthorized
+from app.events.feed import ChangeFeed, event_out
 from app.events.hub import Hub
-from app.events.schemas import EventOut, FeedOut
-from app.events.service import ChangeFeed, event_out
+from app.protocol import HEARTBEAT, Feed
+from app.settings import Settings
 
-HEARTBEAT_SECONDS = 25.0
+# Long-polls answer within this many seconds (proxies and browsers cut idle requests
+# near 60 s).
 MAX_WAIT = 55.0
+# Whether the credential behind a connection still works (the auth domain provides it).
+CredentialCheck = Callable[[Any], Awaitable[bool]]
 
 
 async def _start_cursor(
@@ -54,12 +60,12 @@ async def read_events(
     since: str | None = None,
     limit: int = Parameter(default=500, ge=1, le=1000),
     wait: float = Parameter(default=0, ge=0, le=MAX_WAIT),
-) -> FeedOut:
+) -> Feed:
     principal = request.scope["auth"]
     recipient = str(principal.user.id)
     start = await _start_cursor(feed, recipient, cursor, since)
     if start is None:
-        return FeedOut(events=[], cursor=await feed.latest(recipient), has_more=False)
+        return Feed(events=[], cursor=await feed.latest(recipient), has_more=False)
     deadline = time.monotonic() + wait
     wake = hub.subscribe(recipient)  # before reading, so no wake-up falls in between
     revocation = hub.watch_credential(principal.credential_id, wake)
@@ -70,8 +76,8 @@ async def read_events(
             events, new_cursor, has_more = await feed.read(recipient, start, limit)
             remaining = deadline - time.monotonic()
             if events or new_cursor != start or remaining <= 0:
-                return FeedOut(
-                    events=[EventOut(**event_out(e)) for e in events],
+                return Feed(
+                    events=[event_out(e) for e in events],
                     cursor=new_cursor,
                     has_more=has_more,
                 )
@@ -83,7 +89,12 @@ async def read_events(
 
 @websocket("/api/ws")
 async def events_socket(
-    socket: WebSocket, feed: ChangeFeed, hub: Hub, cursor: str | None = None
+    socket: WebSocket,
+    feed: ChangeFeed,
+    hub: Hub,
+    settings: Settings,
+    credential_alive: CredentialCheck,
+    cursor: str | None = None,
 ) -> None:
     principal = socket.scope["auth"]
     origin = socket.headers.get("origin")
@@ -126,22 +137,23 @@ async def events_socket(
                 return
             events, position_after, has_more = await feed.read(recipient, position, 500)
             for event in events:
-                await socket.send_json(event_out(event))
+                await socket.send_data(msgspec.json.encode(event_out(event)).decode())
             if events:
                 last_sent = time.monotonic()
             position = position_after
             if has_more:
                 continue
             idle = time.monotonic() - last_sent
-            if idle >= HEARTBEAT_SECONDS:
+            heartbeat = settings.heartbeat_seconds
+            if idle >= heartbeat:
                 # The backstop for a revocation notice lost on the way (Redis down).
-                if not await auth_service.still_valid(principal):
+                if not await credential_alive(principal):
                     await socket.close(code=4401, reason="credential revoked")
                     return
-                await socket.send_json({"type": "heartbeat", "cursor": position})
+                await socket.send_json({"type": HEARTBEAT, "cursor": position})
                 last_sent = time.monotonic()
                 idle = 0
-            await hub.wait(wake, HEARTBEAT_SECONDS - idle)
+            await hub.wait(wake, heartbeat - idle)
     except WebSocketDisconnect:
         pass
     finally:

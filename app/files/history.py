@@ -8,23 +8,21 @@ A folder restore uses the same crash-safe `pending_op` scheme as move and trash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from app.core import paths
+from app.core.clock import iso, now
+from app.core.errors import BadRequest, NotFound
 from app.core.query import match
-from app.errors import BadRequest, NotFound
-from app.files import paths
-from app.files.models import ChunkMapPage, FileNode, FileVersion
-from app.files.service import (
-    FileService,
-    _add_usage,
-    delete_chunk_maps,
-    finish_pending_op,
-    iso,
-    now,
-    parse_id,
-    withdraw_read_urls,
-)
+from app.db.files import ChunkMapPage, FileNode, FileVersion, delete_chunk_maps
+from app.files.accounting import add_usage, charge, withdraw_read_urls
+from app.files.context import FilesContext
+from app.files.recovery import finish_pending_op
+from app.files.schemas import FileOut, TrashItemOut, TrashListOut, VersionOut
+from app.files.scope import Caller, node_by_path, open_node, own_scope, parse_id, reload
+from app.files.tree import FILES, TreeService
+from app.files.uploads import UploadService
+from app.protocol import FILE_RESTORED
 
 
 async def _trashed_size(node: FileNode) -> int:
@@ -40,37 +38,38 @@ async def _trashed_size(node: FileNode) -> int:
     return total
 
 
-def version_out(version: FileVersion) -> dict[str, Any]:
-    return {
-        "version": version.version,
-        "size": version.size,
-        "content_hash": version.content_hash,
-        "modified_at": iso(version.committed_at or version.created_at),
-        "author_device": version.author_device,
-        "damaged": version.damaged,
-    }
+def version_out(version: FileVersion) -> VersionOut:
+    return VersionOut(
+        version=version.version,
+        size=version.size,
+        content_hash=version.content_hash,
+        modified_at=iso(version.committed_at or version.created_at),
+        author_device=version.author_device,
+        damaged=version.damaged,
+    )
 
 
-def trash_out(node: FileNode) -> dict[str, Any]:
-    assert node.deleted_at is not None
-    return {
-        "id": str(node.id),
-        "path": node.path,
-        "name": node.name,
-        "kind": node.kind,
-        "size": node.size,
-        "deleted_at": iso(node.deleted_at),
-    }
+def trash_out(node: FileNode) -> TrashItemOut:
+    return TrashItemOut(
+        id=str(node.id),
+        path=node.path,
+        name=node.name,
+        kind=node.kind,
+        size=node.size,
+        deleted_at=iso(node.deleted_at or node.modified_at),
+    )
 
 
-@dataclass
 class HistoryService:
-    files: FileService  # the caller's
+    def __init__(self, ctx: FilesContext, tree: TreeService, uploads: UploadService) -> None:
+        self.ctx = ctx
+        self.tree = tree
+        self.uploads = uploads
 
     # ------------------------------------------------------------------ versions
 
-    async def versions(self, file_id: str) -> list[dict[str, Any]]:
-        _, node = await self.files.open(file_id)
+    async def versions(self, caller: Caller, file_id: str) -> list[VersionOut]:
+        _, node = await open_node(caller, file_id)
         if node.kind != "file":
             raise BadRequest("folders have no versions", code="is_a_folder")
         found = (
@@ -88,20 +87,20 @@ class HistoryService:
             raise NotFound(f"version {number} does not exist (any more)", code="no_version")
         return found
 
-    async def restore_version(self, file_id: str, number: int) -> dict[str, Any]:
-        scoped, node = await self.files.open(file_id, "write")
+    async def restore_version(self, caller: Caller, file_id: str, number: int) -> FileOut:
+        scope, node = await open_node(caller, file_id, "write")
         if node.kind != "file":
             raise BadRequest("folders have no versions", code="is_a_folder")
         old = await self.version(node, number)
         if node.content_hash == old.content_hash:
-            return scoped.out(node)  # already the head's content
+            return scope.out(node)  # already the head's content
         copy = FileVersion(
             file_id=str(node.id),
             owner_id=node.owner_id,
             size=old.size,
             content_hash=old.content_hash,
             chunk_count=old.chunk_count,
-            author_device=self.files.device,
+            author_device=caller.device,
             restored_from=number,
             damaged=old.damaged,
             created_at=now(),
@@ -119,31 +118,29 @@ class HistoryService:
         ]
         if pages:
             await ChunkMapPage.insert_many(pages)
-        head = await scoped._advance_head(node, copy, None)
+        head = await self.uploads.advance_head(scope, node, copy, None)
         if head is None:  # another restore of the same bytes got there first: drop the copy
             await delete_chunk_maps([copy])
             await copy.delete()
-            return scoped.out(await scoped._reload(str(node.id)))
-        return scoped.out(head)
+            return scope.out(await reload(scope, str(node.id)))
+        return scope.out(head)
 
     # ------------------------------------------------------------------ trash
 
-    async def _trashed(self, trash_id: str) -> FileNode:
+    async def _trashed(self, caller: Caller, trash_id: str) -> FileNode:
         node = await FileNode.get(parse_id(trash_id))
         if (
             node is None
-            or node.owner_id != str(self.files.user.id)
+            or node.owner_id != caller.user_id
             or node.deleted_at is None
             or not node.trash_root
         ):
             raise NotFound("no such item in your trash", code="not_in_trash")
         return node
 
-    async def trash(
-        self, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    async def trash(self, caller: Caller, limit: int, cursor: str | None) -> TrashListOut:
         """What the caller deleted (each deleted item once, not everything under it)."""
-        owner = str(self.files.user.id)
+        owner = caller.user_id
         items: list[FileNode] = []
         deleted_ms: dict[str, Any] = {}
         if cursor:
@@ -170,17 +167,17 @@ class HistoryService:
             )
         last = items[limit - 1] if len(items) > limit else None
         next_cursor = f"{last.deleted_ms}-{last.id}" if last else None
-        return [trash_out(n) for n in items[:limit]], next_cursor
+        return TrashListOut(items=[trash_out(n) for n in items[:limit]], cursor=next_cursor)
 
-    async def restore(self, trash_id: str, raw_path: object = None) -> dict[str, Any]:
-        node = await self._trashed(trash_id)
-        files = self.files
+    async def restore(self, caller: Caller, trash_id: str, raw_path: object = None) -> FileOut:
+        node = await self._trashed(caller, trash_id)
+        scope = own_scope(caller)
         wanted = paths.normalize_path(raw_path) if raw_path is not None else node.path
         if wanted == "/":
             raise BadRequest("cannot restore onto the root folder", code="invalid_path")
-        target = await self._free_path(wanted, node.kind)
+        target = await self._free_path(scope.owner_id, wanted, node.kind)
         parent_path, name = paths.split(target)
-        parent = await files.ensure_folder(parent_path)
+        parent = await self.tree.ensure_folder(scope, parent_path)
         key = paths.path_key(target)
         op = (
             {
@@ -209,20 +206,23 @@ class HistoryService:
         # (refused with 507 if it no longer fits), given back if the restore loses a race.
         size = await _trashed_size(node)
         if size:
-            await files._charge(size)
+            await charge(scope, size)
         try:
-            restored, change = await files._cas(node, "file.restored", changes, trashed=True)
+            restored, change = await self.tree.compare_and_set(
+                scope, node, FILE_RESTORED, changes, trashed=True
+            )
         except BaseException:
-            await _add_usage(files.owner, -size)
+            await add_usage(scope.owner_id, -size)
             raise
         if op:
             await finish_pending_op(restored)
-        await files.feed.changed("files", str(node.id), change)
-        return files.out(restored)
+        await self.ctx.feed.changed(FILES, str(node.id), change)
+        return scope.out(restored)
 
-    async def _free_path(self, wanted: str, kind: str) -> str:
+    @staticmethod
+    async def _free_path(owner_id: str, wanted: str, kind: str) -> str:
         """`wanted`, or "name (restored N).ext" if something live has that path now."""
-        if await self.files.node_by_path(wanted) is None:
+        if await node_by_path(owner_id, wanted) is None:
             return wanted
         parent, name = paths.split(wanted)
         has_extension = kind == "file" and "." in name[1:]
@@ -231,12 +231,12 @@ class HistoryService:
             label = "restored" if n == 1 else f"restored {n}"
             candidate = f"{stem} ({label}){dot}{ext}"
             path = paths.join(parent, candidate)
-            if await self.files.node_by_path(path) is None:
+            if await node_by_path(owner_id, path) is None:
                 return path
         raise BadRequest("too many items with that name", code="exists")
 
-    async def purge(self, trash_id: str) -> None:
-        await self.purge_node(await self._trashed(trash_id))
+    async def purge(self, caller: Caller, trash_id: str) -> None:
+        await self.purge_node(await self._trashed(caller, trash_id))
 
     @staticmethod
     async def purge_node(node: FileNode) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 
-from app.core.crypto import PasswordHashing
+from app.files.scope import Caller
+from app.sharing.links import LinkService
 from app.sharing.schemas import (
     LinkListOut,
     LinkOut,
     LinkRequest,
-    SharedItemOut,
     SharedListOut,
     ShareListOut,
     ShareOut,
@@ -23,36 +23,41 @@ class ShareController(Controller):
     tags = ["sharing"]
 
     @post("/share", status_code=201)
-    async def grant(self, file_id: str, data: ShareRequest, sharing: SharingService) -> ShareOut:
-        return ShareOut(**await sharing.grant(file_id, data.username, data.role))
+    async def grant(
+        self, file_id: str, data: ShareRequest, caller: Caller, sharing: SharingService
+    ) -> ShareOut:
+        return await sharing.grant(caller, file_id, data.username, data.role)
 
     @get("/share")
-    async def list_grants(self, file_id: str, sharing: SharingService) -> ShareListOut:
-        return ShareListOut(items=[ShareOut(**g) for g in await sharing.list_grants(file_id)])
+    async def list_grants(
+        self, file_id: str, caller: Caller, sharing: SharingService
+    ) -> ShareListOut:
+        return ShareListOut(items=await sharing.list_grants(caller, file_id))
 
     @delete("/share/{username:str}", status_code=204)
-    async def revoke(self, file_id: str, username: str, sharing: SharingService) -> None:
-        await sharing.revoke(file_id, username)
+    async def revoke(
+        self, file_id: str, username: str, caller: Caller, sharing: SharingService
+    ) -> None:
+        await sharing.revoke(caller, file_id, username)
 
     @post("/links", status_code=201)
     async def create_link(
-        self, file_id: str, data: LinkRequest, sharing: SharingService, passwords: PasswordHashing
+        self, file_id: str, data: LinkRequest, caller: Caller, links: LinkService
     ) -> LinkOut:
-        link = await sharing.create_link(
-            passwords, file_id, data.password, data.expires_at, data.allow_download
+        return await links.create(
+            caller, file_id, data.password, data.expires_at, data.allow_download
         )
-        return LinkOut(**link)
 
     @get("/links")
-    async def list_links(self, file_id: str, sharing: SharingService) -> LinkListOut:
-        return LinkListOut(items=[LinkOut(**k) for k in await sharing.list_links(file_id)])
+    async def list_links(self, file_id: str, caller: Caller, links: LinkService) -> LinkListOut:
+        return LinkListOut(items=await links.list(caller, file_id))
 
 
 @get("/api/shared", tags=["sharing"])
-async def shared_with_me(sharing: SharingService) -> SharedListOut:
-    return SharedListOut(items=[SharedItemOut(**i) for i in await sharing.shared_with_me()])
+async def shared_with_me(caller: Caller, sharing: SharingService) -> SharedListOut:
+    return SharedListOut(items=await sharing.shared_with_me(caller))
 
 
 @delete("/api/links/{token:str}", status_code=204, tags=["sharing"])
-async def revoke_link(token: str, sharing: SharingService) -> None:
-    await sharing.revoke_link(token)
+async def revoke_link(token: str, caller: Caller, links: LinkService) -> None:
+    await links.revoke(caller, token)

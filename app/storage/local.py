@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from app.errors import BadRequest, InsufficientStorage, PayloadTooLarge
+from app.core.errors import BadRequest, InsufficientStorage, PayloadTooLarge
 from app.storage.base import UploadTarget, chunk_key
 from app.storage.signing import signed_blob_url
 

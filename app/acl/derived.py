@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from beanie import PydanticObjectId
 
-from app.auth.models import User
-from app.sharing.models import Share, SharedWithMe
+from app.db.accounts import User
+from app.db.sharing import Share, SharedWithMe
 
 
 async def derive_shared_with_me(share_id: str) -> None:

@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from beanie import Document
 from pymongo import ASCENDING, IndexModel
+
+from app.db.outbox import Change
 
 Role = Literal["viewer", "editor"]
 ROLES: tuple[str, ...] = ("viewer", "editor")
@@ -34,7 +36,7 @@ class Share(Document):
     created_at: datetime
     updated_at: datetime
     rev: int = 0  # compare-and-set token, like FileNode.rev
-    outbox: dict[str, Any] | None = None
+    outbox: Change | None = None
     outbox_pending: bool = False
 
     class Settings:

@@ -1,14 +1,19 @@
-"""MongoDB connection and Beanie initialisation."""
+"""The database: every MongoDB document model (one module per domain) and the connection.
+
+Models live here, below every service, so that the layers can only import downward:
+access rules (app.acl), the event feed (app.events) and the file services all read the
+same documents without importing each other.
+"""
 
 from __future__ import annotations
 
 from beanie import init_beanie
 from pymongo import AsyncMongoClient
 
-from app.auth.models import ApiToken, BrowserSession, User
 from app.core.ratelimit import RateCounter
-from app.events.models import Event, EventCounter
-from app.files.models import (
+from app.db.accounts import ApiToken, BrowserSession, User
+from app.db.events import Event, EventCounter
+from app.db.files import (
     ChunkMapPage,
     FileNode,
     FileVersion,
@@ -16,8 +21,8 @@ from app.files.models import (
     StoredChunk,
     UploadSession,
 )
+from app.db.sharing import Share, SharedWithMe, ShareLink
 from app.settings import Settings
-from app.sharing.models import Share, SharedWithMe, ShareLink
 
 DOCUMENT_MODELS = [
     User,

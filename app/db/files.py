@@ -12,13 +12,38 @@ Rules that shape these documents (see DESIGN.md):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from beanie import Document
 from pymongo import ASCENDING, DESCENDING, IndexModel
+from typing_extensions import TypedDict
+
+from app.db.outbox import Change
 
 PAGE_SIZE = 1024
+
+
+class CommitTail(TypedDict):
+    """What follows a commit's compare-and-set (see app/files/recovery.py)."""
+
+    version_id: str  # the version to mark committed
+    version: int  # its number
+    at: datetime
+    usage_delta: int  # bytes to add to the owner's usage when the tail is cleared
+
+
+class PendingOp(TypedDict, total=False):
+    """A folder operation still being carried to the folder's descendants."""
+
+    op: Literal["move", "trash", "restore"]
+    # "move", "restore": the folder's path before and after.
+    # "restore": the trash root whose members come back; "charged": the quota was charged
+    # up front (restores recorded before that count their bytes when they finish).
+    to: str
+    root: str
+    charged: bool
 
 
 class FileNode(Document):
@@ -50,16 +75,16 @@ class FileNode(Document):
     trash_root: bool = False
     deleted_ms: int = 0  # when it was trashed, epoch ms: the trash's sort key
     # A folder move or trash still being applied to the folder's descendants.
-    pending_op: dict[str, Any] | None = None
+    pending_op: dict[str, Any] | None = None  # a PendingOp ("from" is a keyword in Python)
     # The head version uses a chunk the store lost or holds damaged (see integrity.py).
     damaged: bool = False
     # What follows a commit's compare-and-set (mark the version committed, count the bytes),
     # recorded in that same write so a crash cannot leave the head's version "pending" (where
     # upload expiry would drop it). Cleared by `finish_commit`; see service.py.
-    commit_tail: dict[str, Any] | None = None
+    commit_tail: CommitTail | None = None
     # The outbox: the last change made to this node, and whether every recipient's feed
-    # has it yet (see app/events/service.py).
-    outbox: dict[str, Any] | None = None
+    # has it yet (see app/events/feed.py).
+    outbox: Change | None = None
     outbox_pending: bool = False
 
     class Settings:
@@ -106,6 +131,20 @@ class FileVersion(Document):
 def chunk_map_page_ids(version_id: str, chunk_count: int) -> list[str]:
     """The `_id`s of a version's chunk-map pages (lookups by `_id` are always indexed)."""
     return [f"{version_id}:{n}" for n in range(-(-chunk_count // PAGE_SIZE))]
+
+
+class HasChunkMap(Protocol):
+    id: Any
+    chunk_count: int
+
+
+async def delete_chunk_maps(versions: Sequence[HasChunkMap]) -> None:
+    """Delete these versions' chunk-map pages (by `_id`: always an indexed delete)."""
+    ids = [pid for v in versions for pid in chunk_map_page_ids(str(v.id), v.chunk_count)]
+    for start in range(0, len(ids), 1000):
+        await ChunkMapPage.get_pymongo_collection().delete_many(
+            {"_id": {"$in": ids[start : start + 1000]}}
+        )
 
 
 class ChunkMapPage(Document):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from app.errors import BadRequest
+from app.core.errors import BadRequest
 
 MAX_NAME_BYTES = 255
 MAX_PATH_CHARS = 4096

@@ -54,11 +54,6 @@ class Conflict(CofferError):
     code = "conflict"
 
 
-class Gone(CofferError):
-    status_code = 410
-    code = "gone"
-
-
 class PayloadTooLarge(CofferError):
     status_code = 413
     code = "too_large"

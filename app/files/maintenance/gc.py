@@ -35,10 +35,11 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from app.auth.models import User
+from app.core.clock import now_ms
 from app.core.query import match
-from app.files.integrity import chunk_id, now_ms, owner_chunk_pages
-from app.files.models import MaintenanceState, StoredChunk
+from app.db.accounts import User
+from app.db.files import MaintenanceState, StoredChunk
+from app.files.integrity import chunk_id, owner_chunk_pages
 from app.storage.base import BlobStore
 
 log = logging.getLogger("coffer.gc")

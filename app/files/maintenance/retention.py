@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from beanie import PydanticObjectId
 from pydantic import BaseModel, Field
 
+from app.core.clock import as_utc
 from app.core.query import match
+from app.db.files import FileNode, FileVersion, delete_chunk_maps
 from app.files.history import HistoryService
-from app.files.models import FileNode, FileVersion
-from app.files.service import as_utc, delete_chunk_maps
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)

@@ -1,4 +1,4 @@
-"""Who may touch a file, and who must hear about a change to it.
+"""Who may touch a file: the caller's role on a node, from the ACL, on every request.
 
 Access is decided from the ACL on every request (never from the derived view): the
 owner has every right; anyone else needs a live grant on the node or on one of its
@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
-from beanie import PydanticObjectId
-
+from app.core import paths
 from app.core.query import match
-from app.files import paths
-from app.files.models import FileNode
-from app.sharing.models import ROLE_RANK, ROLES, Share
+from app.db.files import FileNode
+from app.db.sharing import ROLE_RANK, ROLES, Share
 
 
 @dataclass(frozen=True)
@@ -98,71 +95,3 @@ async def resolve_access(user_id: str, node: FileNode) -> Access | None:
         parent_role=max(above, key=ROLE_RANK.__getitem__) if above else None,
         granted_here=str(node.id) in granted,
     )
-
-
-async def audience_for(
-    owner_id: str,
-    file_id: str,
-    new_path: str,
-    old_path: str | None,
-    *,
-    includes_descendants: bool = False,
-) -> list[dict[str, Any]]:
-    """Recipients (other than the owner) of a change to `file_id`, with how each sees it.
-
-    Computed by the writer just before its write, and stored with the change, so fan-out
-    needs no lookups and shows each recipient the paths as they were at the change.
-    Entries: {"id", "new": [root_path, root_name] | None, "old": [...] | None,
-    "roots": [[root_id, root_name, kind], ...]} where `roots` lists shared items *below*
-    a trashed or restored folder (their recipients see their own root go or come back).
-    """
-    # Runs before every write: one indexed query, raw and projected (most owners share
-    # nothing, and then this is all it costs).
-    grants = await (
-        Share.get_pymongo_collection()
-        .find(
-            {"owner_id": {"$eq": owner_id}, "role": {"$in": list(ROLES)}},
-            {"file_id": 1, "user_id": 1},
-        )
-        .to_list()
-    )
-    if not grants:
-        return []
-    roots = {
-        str(n.id): n
-        for n in await FileNode.find(
-            {"_id": {"$in": list({PydanticObjectId(g["file_id"]) for g in grants})}}
-        ).to_list()
-    }
-    out: dict[str, dict[str, Any]] = {}
-    for grant in grants:
-        grant_file, user_id = grant["file_id"], grant["user_id"]
-        root = roots.get(grant_file)
-        if root is None:
-            continue
-        if grant_file == file_id:
-            root_new, root_old = new_path, old_path or new_path
-        elif root.deleted_at is not None and not includes_descendants:
-            continue
-        else:
-            root_new = root_old = root.path
-        entry = out.setdefault(user_id, {"id": user_id, "new": None, "old": None})
-        _, new_name = paths.split(root_new)
-        if paths.within(new_path, root_new) and _outer(entry["new"], root_new):
-            entry["new"] = [root_new, new_name]
-        if old_path is not None:
-            _, old_name = paths.split(root_old)
-            if paths.within(old_path, root_old) and _outer(entry["old"], root_old):
-                entry["old"] = [root_old, old_name]
-        if (
-            includes_descendants
-            and grant_file != file_id
-            and paths.within(root.path, new_path)
-            and not paths.within(new_path, root.path)
-        ):
-            entry.setdefault("roots", []).append([grant_file, root.name, root.kind])
-    return [e for e in out.values() if e["new"] or e["old"] or e.get("roots")]
-
-
-def _outer(current: list[str] | None, candidate_root: str) -> bool:
-    return current is None or len(candidate_root) < len(current[0])

@@ -1,7 +1,9 @@
-"""The local blob store's signed chunk URLs: PUT streams a chunk in, GET serves one.
+"""The blob surface: the local store's signed chunk URLs (PUT streams a chunk in, GET
+serves one).
 
-These routes are public: the HMAC signature in the URL is the authorization, bound to
-owner, chunk hash, size and expiry. Only this route lifts the request body limit.
+These routes need no session or token: the HMAC signature in the URL is the authorization,
+bound to the owner, chunk hash, size, expiry and (for reads) the owner's URL epoch. Only
+this router lifts the request body limit, to the largest chunk the settings allow.
 """
 
 from __future__ import annotations
@@ -9,19 +11,18 @@ from __future__ import annotations
 import re
 
 from beanie import PydanticObjectId
-from litestar import Request, Response, get, put
+from litestar import Request, Response, Router, get, put
 
-from app.auth.models import User
-from app.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from app.core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from app.db.accounts import User
 from app.files.integrity import read_verified_chunk, record_stored_chunk
-from app.settings import Settings, get_settings
+from app.settings import Settings
 from app.storage.base import BlobStore
 from app.storage.local import LocalBlobStore
 from app.storage.signing import verify_blob_signature
 
 OWNER_RE = re.compile(r"^[0-9a-f]{24}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-PUBLIC = {"public": True}
 
 
 def _check(
@@ -42,14 +43,6 @@ def _check(
         )
 
 
-@put(
-    "/api/blob/{owner:str}/{sha:str}",
-    opt=PUBLIC,
-    status_code=201,
-    request_max_body_size=get_settings().max_chunk_size,
-    tags=["storage"],
-    include_in_schema=True,
-)
 async def put_chunk(
     request: Request,
     owner: str,
@@ -72,7 +65,6 @@ async def put_chunk(
     return {"sha256": sha, "size": size}
 
 
-@get("/api/blob/{owner:str}/{sha:str}", opt=PUBLIC, tags=["storage"])
 async def get_chunk(
     owner: str,
     sha: str,
@@ -98,4 +90,20 @@ async def get_chunk(
         data,
         media_type="application/octet-stream",
         headers={"Cache-Control": "private, max-age=31536000, immutable"},
+    )
+
+
+def blob_router(settings: Settings) -> Router:
+    path = "/api/blob/{owner:str}/{sha:str}"
+    return Router(
+        path="/",
+        route_handlers=[
+            put(
+                path,
+                status_code=201,
+                request_max_body_size=settings.max_chunk_size,
+                tags=["storage"],
+            )(put_chunk),
+            get(path, tags=["storage"])(get_chunk),
+        ],
     )

@@ -22,177 +22,45 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
-from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from app import protocol
+from app.core.clock import epoch_ms, iso, now
 from app.core.query import match
+from app.db.events import HOLE, Event, EventCounter
+from app.db.outbox import Change
+from app.events.changes import recipients_for
 from app.events.hub import Hub
-from app.events.models import HOLE, Event, EventCounter
-from app.files.models import FileNode
-from app.files.paths import relative_path
-from app.sharing.derived import derive_shared_with_me
-from app.sharing.models import Share
+from app.events.registry import EventRegistry
 
 log = logging.getLogger("coffer.events")
-HOLE_GRACE_SECONDS = 2.0
-# A change with at most this many recipients besides the owner is fanned out by the
-# writer itself; more go to the worker.
-INLINE_FANOUT = 8
-OUTBOX_SOURCES: dict[str, type[FileNode] | type[Share]] = {"files": FileNode, "acl": Share}
+# Queues a fan-out job: (source, doc_id, change_id) -> whether it was queued.
+Enqueue = Callable[[str, str, str], Awaitable[bool]]
 
 
-def outbox_id(source: str, doc_id: str) -> Any:
-    """The `_id` of an outbox document: files have ObjectIds, ACL grants string ids."""
-    return ObjectId(doc_id) if source == "files" else doc_id
-
-
-def outbox_source(doc: FileNode | Share) -> str:
-    return "files" if isinstance(doc, FileNode) else "acl"
-
-
-EVENT_TYPES = (
-    "file.created",
-    "file.updated",
-    "file.moved",
-    "file.deleted",
-    "file.restored",
-    "share.added",
-    "share.removed",
-)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def make_change(
-    type_: str,
-    node: FileNode,
-    actor: str,
-    *,
-    old_path: str | None = None,
-    audience: list[dict[str, Any]] | None = None,
-    **over: Any,
-) -> dict[str, Any]:
-    """The change record stored in a document's outbox (a node's state after the write).
-
-    `audience` lists the recipients besides the owner and how each sees the node (see
-    app/sharing/access.py `audience_for`); it is fixed when the change is made.
-    """
-    assert type_ in EVENT_TYPES
-    change = {
-        "id": str(ObjectId()),
-        "type": type_,
-        "file_id": str(node.id),
-        "owner_id": node.owner_id,
-        "path": node.path,
-        "old_path": old_path,
-        "kind": node.kind,
-        "version": node.version,
-        "size": node.size,
-        "content_hash": node.content_hash,
-        "actor": actor,
-        "at": now(),
-        "audience": audience or [],
-    }
-    change.update(over)
-    return change
-
-
-def epoch_ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
-
-
-def event_out(event: Event) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "seq": event.seq,
-        "type": event.type,
-        "file_id": event.file_id,
-        "path": event.path,
-        "kind": event.kind,
-        "version": event.version,
-        "size": event.size,
-        "content_hash": event.content_hash,
-        "actor": event.actor,
-        "at": event.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-    }
-    for optional in ("old_path", "owner", "role", "username"):
-        value = getattr(event, optional)
-        if value is not None:
-            out[optional] = value
-    return out
-
-
-EVENT_FIELDS = (
-    "type",
-    "file_id",
-    "owner_id",
-    "path",
-    "old_path",
-    "kind",
-    "version",
-    "size",
-    "content_hash",
-    "actor",
-    "at",
-    "owner",
-    "role",
-    "username",
-)
-
-
-def recipients_for(change: dict[str, Any]) -> list[str]:
-    """Who sees this change: the owner, and everyone the writer found with access."""
-    return [change["owner_id"], *(e["id"] for e in change.get("audience", []))]
-
-
-def deliveries(change: dict[str, Any], recipient: str) -> list[tuple[str, dict[str, Any]]]:
-    """The events (delivery id, fields) that one recipient gets for a change.
-
-    The owner sees the change as made. A share recipient sees paths relative to their
-    shared root; a move into their view is a creation for them, a move out a deletion;
-    trashing a folder above their root deletes their root for them.
-    """
-    base = {k: change.get(k) for k in EVENT_FIELDS}
-    if recipient == change["owner_id"]:
-        return [(change["id"], base)]
-    entry = next((e for e in change.get("audience", []) if e["id"] == recipient), None)
-    if entry is None:
-        return []
-    out = []
-    new, old = entry.get("new"), entry.get("old")
-    if new and (old or change.get("old_path") is None):
-        fields = {**base, "path": relative_path(change["path"], *new)}
-        if old:
-            fields["old_path"] = relative_path(change["old_path"], *old)
-        out.append((change["id"], fields))
-    elif new:
-        path = relative_path(change["path"], *new)
-        out.append((change["id"], {**base, "type": "file.created", "path": path, "old_path": None}))
-    elif old:
-        path = relative_path(change["old_path"], *old)
-        out.append((change["id"], {**base, "type": "file.deleted", "path": path, "old_path": None}))
-    for root_id, root_name, kind in entry.get("roots", []):
-        out.append(
-            (
-                f"{change['id']}:{root_id}",
-                {
-                    **base,
-                    "file_id": root_id,
-                    "path": "/" + root_name,
-                    "old_path": None,
-                    "kind": kind,
-                    "version": None,
-                    "size": None,
-                    "content_hash": None,
-                },
-            )
-        )
-    return out
+def event_out(event: Event) -> protocol.Event:
+    """An event as clients receive it."""
+    return protocol.Event(
+        seq=event.seq,
+        type=event.type,
+        file_id=event.file_id,
+        path=event.path,
+        kind=event.kind,
+        version=event.version,
+        size=event.size,
+        content_hash=event.content_hash,
+        actor=event.actor,
+        at=iso(event.at),
+        old_path=event.old_path,
+        owner=event.owner,
+        role=event.role,
+        username=event.username,
+    )
 
 
 async def append_event(
@@ -234,21 +102,34 @@ async def append_event(
 class ChangeFeed:
     """What writers call after a durable change, and what readers read."""
 
-    def __init__(self, hub: Hub, enqueue: Any = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        registry: EventRegistry,
+        enqueue: Enqueue | None = None,
+        *,
+        inline_fanout: int = 8,
+        hole_grace_seconds: float = 2.0,
+    ) -> None:
         self.hub = hub
+        self.registry = registry
+        # A change with at most this many recipients besides the owner is fanned out by
+        # the writer itself; more go to the worker.
+        self.inline_fanout = inline_fanout
+        self.hole_grace_seconds = hole_grace_seconds
         self._inflight: dict[
             tuple[str, int, int], asyncio.Future[tuple[list[Event], int, bool]]
         ] = {}
-        # async (source, doc_id, change_id) -> bool; queues the fan-out job.
+        # Queues the fan-out job: async (source, doc_id, change_id) -> queued?
         self.enqueue = enqueue
         # Fan-outs this process runs after answering the writer, by "<source>:<doc id>":
         # the change id and the task, which answers whether it delivered everything.
         self._background: dict[str, tuple[str, asyncio.Task[bool]]] = {}
 
-    async def changed(self, source: str, doc_id: str, change: dict[str, Any]) -> None:
+    async def changed(self, source: str, doc_id: str, change: Change) -> None:
         """Called right after the write that stored `change` in a document's outbox.
 
-        `source` names the collection holding that outbox ("files" or "acl").
+        `source` names the registered collection holding that outbox.
         """
         delivered = await self._deliver(change["owner_id"], change, fresh=True)
         if delivered:
@@ -256,7 +137,10 @@ class ChangeFeed:
         # Share changes go through the worker, which derives "Shared with me" before the
         # recipient hears of it; so do file changes with a large audience. A small
         # audience is served inline: the lowest latency for the other users' devices.
-        to_worker = source == "acl" or len(change.get("audience", [])) > INLINE_FANOUT
+        to_worker = (
+            self.registry.sources[source].via_worker
+            or len(change.get("audience", [])) > self.inline_fanout
+        )
         if to_worker and self.enqueue is not None:
             try:
                 if await self.enqueue(source, doc_id, change["id"]):
@@ -276,7 +160,7 @@ class ChangeFeed:
             )
         )
 
-    async def _flush_later(self, source: str, doc_id: str, change: dict[str, Any]) -> bool:
+    async def _flush_later(self, source: str, doc_id: str, change: Change) -> bool:
         try:
             await self.flush(source, doc_id, change, first_time=True)
             return True
@@ -284,44 +168,39 @@ class ChangeFeed:
             log.warning("fan-out of %s failed, left to the sweeper: %s", change["id"], exc)
             return False
 
-    async def _deliver(
-        self, recipient: str, change: dict[str, Any], *, fresh: bool = False
-    ) -> bool:
+    async def _deliver(self, recipient: str, change: Change, *, fresh: bool = False) -> bool:
         added = False
-        for delivery_id, fields in deliveries(change, recipient):
+        for delivery_id, fields in self.registry.deliveries(change, recipient):
             if await append_event(recipient, delivery_id, fields, fresh=fresh) is not None:
                 added = True
         return added
 
     async def flush(
-        self, source: str, doc_id: str, change: dict[str, Any], *, first_time: bool = False
+        self, source: str, doc_id: str, change: Change, *, first_time: bool = False
     ) -> None:
         """Deliver `change` to every recipient, then clear the marker (idempotent).
 
         `first_time`: called right after `changed` delivered the owner's event, so the
         owner is skipped.
         """
-        if source == "acl":
-            await derive_shared_with_me(doc_id)
+        registered = self.registry.sources[source]
+        if registered.before_fanout is not None:
+            await registered.before_fanout(doc_id)
         for recipient in recipients_for(change):
             if first_time and recipient == change["owner_id"]:
                 continue
             if await self._deliver(recipient, change):
                 await self.hub.notify(recipient)
-        await (
-            OUTBOX_SOURCES[source]
-            .get_pymongo_collection()
-            .update_one(
-                {"_id": outbox_id(source, doc_id), "outbox.id": change["id"]},
-                {"$set": {"outbox_pending": False}},
-            )
+        await registered.model.get_pymongo_collection().update_one(
+            {"_id": registered.doc_id(doc_id), "outbox.id": change["id"]},
+            {"$set": {"outbox_pending": False}},
         )
 
-    async def flush_node(self, node: FileNode | Share) -> None:
+    async def flush_node(self, node: Any) -> None:
         """Before replacing a document's outbox, make sure the change in it was delivered."""
         if not (node.outbox_pending and node.outbox):
             return
-        source = outbox_source(node)
+        source = self.registry.source_of(node).name
         change_id, running = self._background.get(f"{source}:{node.id}", (None, None))
         # This process is still delivering it: wait, and if that delivered this very
         # change, the caller's copy of the marker is merely stale.
@@ -335,8 +214,8 @@ class ChangeFeed:
         """Fan out every change left marked longer than `older_than` seconds."""
         threshold = now() - timedelta(seconds=older_than)
         count = 0
-        for model in OUTBOX_SOURCES.values():
-            async for doc in model.find(
+        for source in self.registry.sources.values():
+            async for doc in source.model.find(
                 match({"outbox.at": {"$lt": threshold}}, outbox_pending=True)
             ):
                 await self.flush_node(doc)
@@ -397,7 +276,7 @@ class ChangeFeed:
             # taking the seq and inserting. Give it a moment, then fill the hole.
             if waited_since is None:
                 waited_since = time.monotonic()
-            if time.monotonic() - waited_since > HOLE_GRACE_SECONDS:
+            if time.monotonic() - waited_since > self.hole_grace_seconds:
                 await self._fill_hole(recipient, expected)
             else:
                 await asyncio.sleep(0.01)

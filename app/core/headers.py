@@ -8,25 +8,15 @@ policy (file previews, which are sandboxed) keep it.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from litestar.datastructures import MutableScopeHeaders
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.settings import Settings
 
-
-def page_policy(settings: Settings) -> str:
-    connect = "'self'"
-    if settings.blob_store == "s3":
-        # Browsers PUT chunks straight to the bucket through presigned URLs.
-        endpoint = urlsplit(settings.s3_endpoint_url)
-        connect += (
-            f" {endpoint.scheme}://{endpoint.netloc}"
-            if endpoint.netloc
-            else " https://*.amazonaws.com"
-        )
+def page_policy(connect_to: list[str]) -> str:
+    """The policy of our pages; `connect_to`: origins scripts may send requests to besides
+    our own (the S3 bucket, which browsers PUT chunks to through presigned URLs)."""
+    connect = " ".join(["'self'", *connect_to])
     return "; ".join(
         [
             "default-src 'self'",
@@ -47,8 +37,8 @@ def page_policy(settings: Settings) -> str:
 class SecurityHeadersMiddleware(ASGIMiddleware):
     scopes = ("http",)  # type: ignore[assignment]
 
-    def __init__(self, settings: Settings) -> None:
-        self.policy = page_policy(settings)
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         async def send_with_headers(message: Message) -> None:

@@ -1,0 +1,42 @@
+"""Expiry of abandoned uploads: sessions past their expiry go, with what they left behind.
+
+The chunks they stored stay: they are owned, deduplicated data that a later upload may
+reuse, and only garbage collection decides when nothing references them. What a session
+staged in a store that cannot verify on write (S3) and never had accepted is dropped.
+"""
+
+from __future__ import annotations
+
+from beanie import PydanticObjectId
+
+from app.core.clock import now
+from app.core.query import match
+from app.db.files import FileNode, FileVersion, UploadSession, delete_chunk_maps
+from app.files.recovery import finish_commit
+from app.storage.base import BlobStore
+
+
+async def expire_uploads(store: BlobStore) -> int:
+    expired = 0
+    # A datetime range: the embedded server reads every session for it, which is fine
+    # twice an hour (expires_at is indexed on real MongoDB).
+    async for session in UploadSession.find({"expires_at": {"$lt": now()}}):
+        node = await FileNode.get(PydanticObjectId(session.file_id))
+        if node is not None:
+            await finish_commit(node)  # a head version is never "pending" past this
+        version = await FileVersion.get(PydanticObjectId(session.version_id))
+        if version is not None and version.state == "pending":
+            await delete_chunk_maps([version])
+            await version.delete()
+        if node is not None and not node.committed:
+            others = [
+                s
+                for s in await UploadSession.find(match(file_id=session.file_id)).to_list()
+                if s.id != session.id
+            ]
+            if not others:
+                await node.delete()
+        await store.discard_upload(session.owner_id, str(session.id))
+        await session.delete()
+        expired += 1
+    return expired

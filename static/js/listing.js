@@ -1,0 +1,69 @@
+// The #listing fragment and its live refresh: fetch the fragment as htmx would and patch it
+// row by row (keyed by data-id), so rows that did not change stay the same DOM nodes:
+// keyboard focus, hover and scroll survive another user's change. Anything beyond the rows
+// changed: replace the listing.
+
+export function listing() {
+  return document.getElementById("listing");
+}
+
+let refreshTimer = null;
+let refreshing = null;
+
+export function refreshListing() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => {
+    refreshing = (refreshing || Promise.resolve()).then(patchListing).catch(() => {});
+  }, 60);
+}
+
+async function patchListing() {
+  const current = listing();
+  if (!current) return;
+  const url = current.dataset.shared ? "/shared" : current.dataset.trash ? "/trash"
+    : location.pathname + location.search;
+  const resp = await fetch(url, { headers: { "HX-Request": "true" }, credentials: "same-origin" });
+  if (!resp.ok) return;
+  const template = document.createElement("template");
+  template.innerHTML = (await resp.text()).trim();  // the server's own rendered fragment
+  const fresh = template.content.querySelector("#listing");
+  const now = listing();  // the user may have navigated meanwhile
+  if (!fresh || now !== current) return;
+  const oldBody = current.querySelector("tbody");
+  const newBody = fresh.querySelector("tbody");
+  if (!oldBody || !newBody || frame(current) !== frame(fresh)) {
+    current.replaceWith(fresh);
+    if (window.htmx) window.htmx.process(fresh);
+    return;
+  }
+  const kept = new Map();
+  for (const tr of oldBody.children) {
+    if (!tr.dataset.id) continue;
+    tr.renderedAs ??= tr.outerHTML;  // rows from a full render have no highlight yet
+    kept.set(tr.dataset.id, tr);
+  }
+  const rows = Array.from(newBody.children).map((tr) => {
+    const old = tr.dataset.id && kept.get(tr.dataset.id);
+    const html = tr.outerHTML;  // as the server rendered it, before any highlight
+    if (old && old.renderedAs === html) return old;
+    tr.renderedAs = html;
+    tr.classList.add("fresh");  // new or changed: a brief highlight
+    return tr;
+  });
+  // Insert in order, moving a node only when it is out of place (moving drops focus).
+  let cursor = oldBody.firstChild;
+  for (const tr of rows) {
+    if (tr === cursor) { cursor = cursor.nextSibling; continue; }
+    oldBody.insertBefore(tr, cursor);
+    if (window.htmx && tr.classList.contains("fresh")) window.htmx.process(tr);
+  }
+  while (cursor) { const next = cursor.nextSibling; cursor.remove(); cursor = next; }
+  setTimeout(() => rows.forEach((tr) => tr.classList.remove("fresh")), 1500);
+}
+
+// The listing without its rows: breadcrumbs, headers, notes. Same frame: patch rows only.
+function frame(box) {
+  const copy = box.cloneNode(true);
+  copy.querySelector("tbody")?.replaceChildren();
+  return copy.outerHTML;
+}

@@ -1,0 +1,144 @@
+// Uploads, the same protocol as the sync client: hash the file in 4 MiB chunks (Web Crypto
+// SHA-256), register it, PUT the chunks the server lacks (4 at a time, each with the headers
+// the server gave for it), then commit. Chunks the server already has count as sent, so an
+// interrupted upload resumes part-way. One progress row per file (from the #upload-row
+// template) and an overall bar; each file can be cancelled.
+
+import { api, ApiError } from "./api.js";
+import { ensureFolderIn } from "./folders.js";
+import { duration, human } from "./format.js";
+import { listing, refreshListing } from "./listing.js";
+import { cloneTemplate } from "./template.js";
+
+const CHUNK = 4 * 1024 * 1024;
+const PARALLEL = 4;
+
+const uploads = { total: 0, done: 0, started: 0, active: 0 };
+
+function updateOverall() {
+  const box = document.getElementById("overall");
+  if (!box) return;
+  box.hidden = uploads.total === 0;
+  const pct = uploads.total ? (100 * uploads.done) / uploads.total : 0;
+  box.querySelector("progress").value = pct;
+  const elapsed = (performance.now() - uploads.started) / 1000;
+  const speed = uploads.done / Math.max(elapsed, 0.001);
+  document.getElementById("overall-text").textContent =
+    `${human(uploads.done)} of ${human(uploads.total)} · ${human(speed)}/s · ` +
+    `${duration((uploads.total - uploads.done) / speed)} left`;
+}
+
+async function sha256Hex(buffer) {
+  const digest = await crypto.subtle.digest("SHA-256", buffer);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function uploadRow(name, size) {
+  const row = cloneTemplate("upload-row");
+  row.querySelector(".name").textContent = name;
+  row.querySelector("progress").setAttribute("aria-label", `Upload of ${name}`);
+  row.dataset.size = size;
+  document.getElementById("uploads").prepend(row);
+  return row;
+}
+
+async function targetFor(relPath) {
+  const box = listing();
+  const parts = relPath.split("/");
+  const name = parts.pop();
+  if (!box.dataset.folderId) {
+    const base = box.dataset.path === "/" ? "" : box.dataset.path;
+    return { path: `${base}/${relPath}` };
+  }
+  // A folder shared with us: not in our own path space, so walk it by ids.
+  let parentId = box.dataset.folderId;
+  for (const part of parts) parentId = await ensureFolderIn(parentId, part);
+  return { parent_id: parentId, name };
+}
+
+async function uploadFile(file, relPath) {
+  const row = uploadRow(relPath, file.size);
+  const status = row.querySelector(".status");
+  const bar = row.querySelector("progress");
+  const abort = new AbortController();
+  row.querySelector(".cancel").onclick = () => abort.abort();
+  uploads.total += file.size;
+  if (!uploads.active++) uploads.started = performance.now();
+  let sent = 0;
+  let finished = false;
+  const began = performance.now();
+  const show = (text) => {
+    if (finished && !text) return; // a straggling worker after a failure or cancel
+    const pct = file.size ? (100 * sent) / file.size : 100;
+    bar.value = pct;
+    const speed = sent / Math.max((performance.now() - began) / 1000, 0.001);
+    status.textContent = text || `${human(sent)} of ${human(file.size)} · ${human(speed)}/s · ` +
+      `${duration((file.size - sent) / speed)} left`;
+  };
+  try {
+    // Hash one slice at a time: memory stays at one chunk whatever the file size.
+    const chunks = [];
+    for (let offset = 0; offset < file.size; offset += CHUNK) {
+      if (abort.signal.aborted) throw new DOMException("cancelled", "AbortError");
+      const slice = file.slice(offset, Math.min(offset + CHUNK, file.size));
+      chunks.push({ sha256: await sha256Hex(await slice.arrayBuffer()), size: slice.size });
+      status.textContent = `hashing… ${Math.round((100 * (offset + slice.size)) / file.size)}%`;
+    }
+    const target = await targetFor(relPath);
+    let reg = await api("POST", "/api/file", { ...target, size: file.size, chunks }, abort.signal);
+    // Chunks the server already has count as sent: a resumed upload starts part-way.
+    const missingBytes = reg.missing.reduce((n, m) => n + m.size, 0);
+    sent = file.size - missingBytes;
+    uploads.done += sent;
+    show();
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const queue = [...reg.missing];
+      const worker = async () => {
+        while (queue.length) {
+          const m = queue.shift();
+          const start = m.index * CHUNK;
+          const body = file.slice(start, start + m.size);
+          const headers = m.headers || {};
+          const resp = await fetch(m.url, { method: "PUT", body, headers, signal: abort.signal });
+          if (!resp.ok) {
+            const data = await resp.json().catch(() => ({}));
+            throw new ApiError(resp.status, data.error?.code, data.error?.message || "upload failed");
+          }
+          sent += m.size;
+          uploads.done += m.size;
+          show();
+          updateOverall();
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(PARALLEL, queue.length) }, worker));
+      try {
+        await api("POST", `/api/file/${reg.file_id}/commit`, { upload_id: reg.upload_id });
+        break;
+      } catch (err) {
+        if (err.code !== "missing_chunks" || attempt === 2) throw err;
+        reg = { ...reg, missing: err.body.error.missing };
+      }
+    }
+    sent = file.size;
+    show("done");
+    row.classList.add("done");
+    row.querySelector(".cancel").remove();
+    refreshListing();
+  } catch (err) {
+    finished = true;
+    const cancelled = abort.signal.aborted;
+    abort.abort(); // stop the other chunk transfers of this file
+    status.textContent = cancelled ? "cancelled" : `failed: ${err.message}`;
+    uploads.total -= file.size;
+    uploads.done -= sent;
+  } finally {
+    uploads.active--;
+    updateOverall();
+    if (!uploads.active) { uploads.total = 0; uploads.done = 0; }
+  }
+}
+
+// [file, path relative to the current folder] pairs, one file after the other.
+export async function uploadAll(pairs) {
+  for (const [file, rel] of pairs) await uploadFile(file, rel);
+}
