@@ -23,6 +23,7 @@ e2e-deps:
 
 test: $(STAMP) e2e-deps
 	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)

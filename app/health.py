@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from litestar import Request, Response, get
 
+from app.core.http import PUBLIC
 from app.storage.base import BlobStore
-
-PUBLIC = {"public": True}
 
 
 @get("/healthz", opt=PUBLIC, include_in_schema=False)

@@ -6,13 +6,15 @@ Preview bytes are shown by the browser itself, so they are served under a sandbo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response
 
-from app.db.files import FileNode
 from app.files.reads import content_response, head_version_of
 from app.storage.base import BlobStore
+
+if TYPE_CHECKING:  # models only name types here: ui talks to services
+    from app.db.files import FileNode
 
 PREVIEW_HEADERS = {
     "Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self'; "

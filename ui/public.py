@@ -9,7 +9,7 @@ throttling, confinement to the shared folder) live in app/sharing/links.py.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from litestar import Request, Response, Router, get, post
@@ -18,13 +18,15 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
-from app.db.files import FileNode
 from app.files.reads import content_response, head_version_of
 from app.settings import Settings
 from app.sharing.links import UNLOCK_SECONDS, LinkProblem, LinkService, OpenLink
 from app.storage.base import BlobStore
 from ui.formatting import human_size, previewable
 from ui.previews import VIEW_ONLY_MAX_BYTES, preview_response
+
+if TYPE_CHECKING:  # models only name types here: ui talks to services
+    from app.db.files import FileNode
 
 LINK_COOKIE = "coffer_link"
 PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "private, no-store"}

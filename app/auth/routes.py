@@ -20,10 +20,9 @@ from app.auth.schemas import (
     UserOut,
 )
 from app.core.crypto import PasswordHashing
+from app.core.http import PUBLIC
 from app.events.hub import Hub
 from app.settings import Settings
-
-PUBLIC = {"public": True}
 
 
 def client_address(request: Request) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 
@@ -120,5 +118,3 @@ class TrashListOut(msgspec.Struct):
 class RestoreRequest(msgspec.Struct):
     path: str | None = None
 
-
-JSON = dict[str, Any]
