@@ -1,0 +1,134 @@
+"""Pure building blocks, as decision tables: user paths, HTTP Range headers, query filters."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+
+from app.core import paths
+from app.core.errors import BadRequest, RangeNotSatisfiable
+from app.core.http import ByteRange, cross_site, parse_range
+from app.core.query import match
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("/", "/"),
+        ("/a", "/a"),
+        ("/a//b/", "/a/b"),
+        ("/Photos/2024/IMG 1.jpg", "/Photos/2024/IMG 1.jpg"),
+        (unicodedata.normalize("NFD", "/Café"), "/Café"),  # macOS hands out NFD
+        ("/" + "x" * 255, "/" + "x" * 255),
+    ],
+)
+def test_paths_are_normalised(raw: str, expected: str) -> None:
+    assert paths.normalize_path(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "a/b",  # not absolute
+        "/a/../b",
+        "/a/./b",
+        "/..",
+        "/a\x00b",
+        "/a\\b",
+        "/tab\there",
+        "/" + "x" * 256,  # a name over 255 bytes
+        "/" + "é" * 128,  # 256 bytes in UTF-8
+        "/a" * 65,  # deeper than 64 levels
+        "/" + "a/" * 2100,  # longer than 4,096 characters
+        None,
+        42,
+    ],
+)
+def test_bad_paths_are_refused_with_400(raw: object) -> None:
+    with pytest.raises(BadRequest) as exc:
+        paths.normalize_path(raw)
+    assert exc.value.code == "invalid_path"
+
+
+def test_path_helpers() -> None:
+    assert paths.path_key("/Docs/Ärger.TXT") == "/docs/ärger.txt"
+    assert paths.split("/a/b/c") == ("/a/b", "c") and paths.split("/c") == ("/", "c")
+    assert paths.ancestors("/a/b/c") == ["/a", "/a/b"] and paths.ancestors("/a") == []
+    assert paths.join("/a", "b/c") == "/a/b/c" and paths.join("/", "x") == "/x"
+    with pytest.raises(BadRequest):
+        paths.join("/a", "../etc")
+    assert paths.relative_path("/Team/Q3/x.pdf", "/Team", "Team") == "/Team/Q3/x.pdf"
+    assert paths.relative_path("/Work/Team/x.pdf", "/Work/Team", "Team") == "/Team/x.pdf"
+    inside = paths.subtree_range("/a")
+    for key, below in [("/a/b", True), ("/a/b/c", True), ("/a", False), ("/ab", False)]:
+        assert (inside["$gt"] < key < inside["$lt"]) is below, key
+    assert paths.within("/A/b", "/a") and paths.within("/a", "/a") and paths.within("/x", "/")
+    assert not paths.within("/ab", "/a")
+
+
+SIZE = 100
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("bytes=0-9", (0, 9)),
+        ("bytes=90-", (90, 99)),
+        ("bytes=-10", (90, 99)),
+        ("bytes=-1000", (0, 99)),  # more than the file: all of it
+        ("bytes=0-1000", (0, 99)),  # past the end: to the end
+        ("bytes=99-99", (99, 99)),
+        ("bytes=-0", None),  # malformed: the whole file (RFC 9110 allows ignoring it)
+        ("bytes=5-2", None),
+        ("bytes=abc", None),
+        ("bytes=0-9,20-29", None),  # multi-range: answered with the whole file
+        ("items=0-9", None),
+    ],
+)
+def test_range_headers(header: str | None, expected: tuple[int, int] | None) -> None:
+    got = parse_range(header, SIZE)
+    assert (None if got is None else (got.start, got.end)) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=150-200"])
+def test_unsatisfiable_ranges_are_416_with_the_size(header: str) -> None:
+    with pytest.raises(RangeNotSatisfiable) as exc:
+        parse_range(header, SIZE)
+    assert exc.value.extra["headers"] == {"Content-Range": f"bytes */{SIZE}"}
+
+
+def test_byte_range_length() -> None:
+    assert ByteRange(10, 19).length == 10
+
+
+@pytest.mark.parametrize(
+    ("headers", "forged"),
+    [
+        ({}, False),  # the sync client, curl
+        ({"sec-fetch-site": "same-origin"}, False),
+        ({"sec-fetch-site": "none"}, False),  # typed in the address bar
+        ({"sec-fetch-site": "cross-site"}, True),
+        ({"sec-fetch-site": "same-site"}, True),  # another app on a sibling domain
+        ({"origin": "https://evil.example", "host": "coffer.example"}, True),
+        ({"origin": "https://coffer.example", "host": "coffer.example"}, False),
+        ({"origin": "null", "host": "coffer.example"}, False),
+    ],
+)
+def test_cross_site_requests_are_recognised(headers: dict[str, str], forged: bool) -> None:
+    assert cross_site(headers) is forged
+
+
+def test_filters_use_explicit_equality_the_embedded_server_can_index() -> None:
+    assert match(owner_id="u1", deleted_at=None, seq={"$gt": 3}) == {
+        "owner_id": {"$eq": "u1"},
+        "deleted_at": None,
+        "seq": {"$gt": 3},
+    }
+    assert match({"outbox.at": {"$lt": 5}}, outbox_pending=True) == {
+        "outbox.at": {"$lt": 5},
+        "outbox_pending": {"$eq": True},
+    }
