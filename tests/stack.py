@@ -116,8 +116,10 @@ class Stack:
         self.env["REDIS_URL"] = embedded.redis_url(self.root, port)
         return proc
 
-    def start_worker(self) -> Proc:
-        return self._proc("worker", [sys.executable, "-m", "app.cli", "worker"], None).start()
+    def start_worker(self, **extra_env: str) -> Proc:
+        """The worker; `extra_env` e.g. COFFER_FAILPOINTS to pause it at a step."""
+        env = {**self.env, **extra_env}
+        return self._proc("worker", [sys.executable, "-m", "app.cli", "worker"], None, env).start()
 
     def start_web(self, name: str = "web", port: int | None = None, **extra_env: str) -> Proc:
         port = port or free_port()

@@ -77,6 +77,13 @@ def upload_chunks(user: User, path: str, data: bytes, indexes: Iterator[int] | N
     return reg
 
 
+def worker_paused_at(stack: Stack, failpoint: str) -> None:
+    """Restart the worker so that it pauses (for a minute) at `failpoint`: a test can then
+    kill it at exactly that step, however busy the machine is."""
+    stack.procs["worker"].stop()
+    stack.start_worker(COFFER_FAILPOINTS=f"{failpoint}=60")
+
+
 def quick_upload(user: User, path: str, data: bytes) -> dict:
     reg = upload_chunks(user, path, data)
     r = user.http.post(f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]})
@@ -237,34 +244,37 @@ def test_kill9_web_mid_move_of_a_folder_of_1000_files(stack: Stack, base_url: st
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, range(1000)))
+    # A second web instance that pauses right after the folder's own move (its pending op
+    # written, none of the 1000 files moved yet): killed there, exactly.
+    paused = stack.start_web("web-move", COFFER_FAILPOINTS="move.after_folder=60")
     mover = threading.Thread(
         target=_quiet,
-        args=(lambda: user.http.patch(f"/api/file/{folder['id']}", json={"path": "/moved"}),),
+        args=(
+            lambda: httpx.patch(
+                f"{stack.url('web-move')}/api/file/{folder['id']}",
+                json={"path": "/moved"},
+                headers=user.http.headers,
+                timeout=90,
+            ),
+        ),
     )
     with mongo(stack) as db:
         mover.start()
-        deadline = time.monotonic() + 10
-        # Kill the web the moment the move is under way (its pending op is written).
-        while time.monotonic() < deadline:
-            doc = db.coffer.files.find_one({"_id": ObjectId(folder["id"])})
-            if doc and doc.get("pending_op"):
-                break
-        stack.procs["web"].kill9()
+        deadline = time.monotonic() + 30
+        while not (db.coffer.files.find_one({"_id": ObjectId(folder["id"])}) or {}).get(
+            "pending_op"
+        ):
+            assert time.monotonic() < deadline, "the move did not start"
+            time.sleep(0.02)
+        paused.kill9()
         moved = db.coffer.files.count_documents({"owner_id": user.id, "path": {"$gt": "/moved"}})
-        print(
-            f"web killed with the move pending: {bool(doc and doc.get('pending_op'))}, "
-            f"{moved} of 1000 files moved by then"
-        )
-        kill9_and_restart(stack, "web")
     mover.join()
+    assert moved == 0  # the crash left the whole subtree to recovery
 
     def names(path: str) -> list[str]:
         r = user.http.get("/api/file", params={"path": path, "limit": 1000})
         return [i["name"] for i in r.json()["items"]] if r.status_code == 200 else []
 
-    # Either the move never started (retry it) or a worker finishes it.
-    if names("/big") and user.http.get(f"/api/file/{folder['id']}").json()["path"] == "/big":
-        assert user.http.patch(f"/api/file/{folder['id']}", json={"path": "/moved"}).is_success
     kill9_and_restart(stack, "worker")  # its start-up pass completes interrupted moves
     expected = [f"f{i:04}.txt" for i in range(1000)]
     deadline = time.monotonic() + 60
@@ -291,16 +301,19 @@ async def test_kill9_worker_mid_gc_loses_nothing_referenced(stack: Stack, base_u
     age_chunks(stack, user.id, 7200)
     with mongo(stack) as db:
         before = db.coffer.chunks.count_documents({"owner_id": user.id})
+        # The collector pauses after its first batch: killed there, exactly.
+        worker_paused_at(stack, "gc.batch_done")
         pool = await create_pool(RedisSettings.from_dsn(stack.env["REDIS_URL"]))
         await pool.enqueue_job("collect_garbage", grace_seconds=3600)
         await pool.aclose()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while db.coffer.chunks.count_documents({"owner_id": user.id}) == before:
             assert time.monotonic() < deadline, "GC did not start"
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
         stack.procs["worker"].kill9()
         left_at_kill = db.coffer.chunks.count_documents({"owner_id": user.id})
-        stack.procs["worker"].start()
+        assert 2 < left_at_kill < before  # killed mid-way: some garbage went, some is left
+        stack.start_worker()
         await run_in_worker(stack, "collect_garbage", grace_seconds=3600)
         after = db.coffer.chunks.count_documents({"owner_id": user.id})
     print(f"GC killed with {left_at_kill - 2} of {before - 2} garbage chunks left")
@@ -319,16 +332,17 @@ async def test_kill9_worker_mid_scrub_resumes_and_finds_damage(stack: Stack, bas
     flip_byte(chunk_file(stack, user.id, data[300 * CHUNK : 301 * CHUNK]))
     with mongo(stack) as db:
         total = db.coffer.chunks.count_documents({})
+        # The scrub pauses right after saving its cursor for the first batch: killed there.
+        worker_paused_at(stack, "scrub.batch_saved")
         pool = await create_pool(RedisSettings.from_dsn(stack.env["REDIS_URL"]))
         await pool.enqueue_job("scrub_chunks", budget_seconds=120)
         await pool.aclose()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not db.coffer.maintenance.find_one({"_id": "scrub", "cursor": {"$gt": ""}}):
             assert time.monotonic() < deadline, "scrub did not start"
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
+            await asyncio.sleep(0.05)
         stack.procs["worker"].kill9()
-        stack.procs["worker"].start()
+        stack.start_worker()
     resumed = await run_in_worker(stack, "scrub_chunks", budget_seconds=120)
     assert resumed["passes"] == 1 and resumed["checked"] < total  # went on, not over
     # The flipped chunk was found by the killed run, the resumed one, or (if it lies

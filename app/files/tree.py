@@ -18,6 +18,7 @@ from app.acl.audience import audience_for
 from app.core import paths
 from app.core.clock import epoch_ms, now
 from app.core.errors import BadRequest, Conflict, NotFound
+from app.core.failpoints import failpoint
 from app.core.query import match
 from app.db.files import FileNode
 from app.db.outbox import AudienceEntry, Change
@@ -234,6 +235,7 @@ class TreeService:
             )
         except DuplicateKeyError:
             raise Conflict(f"{scope.shown(new_path)} already exists", code="exists") from None
+        await failpoint("move.after_folder")
         if op:
             await finish_pending_op(updated)
         await self.feed.changed(FILES, str(node.id), change)

@@ -36,6 +36,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from app.core.clock import now_ms
+from app.core.failpoints import failpoint
 from app.core.query import match
 from app.db.accounts import User
 from app.db.files import MaintenanceState, StoredChunk
@@ -208,6 +209,7 @@ class GarbageCollector:
             )
             return False
         await self.sweep(owner, marked)
+        await failpoint("gc.batch_done")
         return True
 
     async def mark(self, state: str, ids: list[str], cutoff: int) -> list[dict[str, Any]]:
