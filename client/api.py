@@ -1,35 +1,34 @@
-"""Async client of the Coffer HTTP API, with chunked parallel uploads and downloads.
+"""Async HTTP client of the Coffer API: one method per endpoint the client uses.
 
-Files are read in chunk-sized slices (never whole), hashed with SHA-256, registered, and
-only the chunks the server lacks are sent, several at once. Memory stays at about
-`parallel` chunks whatever the file size.
+This module only speaks HTTP: it knows URLs, parameters and error bodies, and counts the
+bytes it moves (`TransferStats`). Reading and hashing local files, verifying downloads and
+deciding what to sync live elsewhere (client/transfer.py, client/sync.py). Chunk URLs may
+point at another host (S3), so they are fetched with a second client that never sends our
+token.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-CHUNK_SIZE = 4 * 1024 * 1024
+from app.protocol import CHUNK_SIZE
+from client.errors import ApiError
 
+if TYPE_CHECKING:
+    from client.hashing import Chunks
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.body = body
+# Body pieces are read in slices of this size while streaming.
+STREAM_PIECE = 1024 * 1024
 
 
 def raise_for_error(resp: httpx.Response) -> None:
+    """Raise the server's error answer as an ApiError (status, code, message, body)."""
     if resp.status_code < 400:
         return
     try:
@@ -40,48 +39,34 @@ def raise_for_error(resp: httpx.Response) -> None:
     raise ApiError(resp.status_code, err.get("code", "error"), err.get("message", resp.text), body)
 
 
-def _hash_piece(fd: int, offset: int, size: int) -> tuple[str, int]:
-    data = os.pread(fd, size, offset)
-    return hashlib.sha256(data).hexdigest(), len(data)
-
-
-def chunk_hashes(path: Path, chunk_size: int = CHUNK_SIZE) -> list[tuple[str, int]]:
-    """(sha256, size) of each chunk of the file. hashlib releases the GIL, so chunks are
-    hashed on every core; memory stays at one chunk per core whatever the file size."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        offsets = range(0, size, chunk_size)
-        workers = min(os.cpu_count() or 1, 8)
-        with ThreadPoolExecutor(workers) as pool:
-            return list(
-                pool.map(lambda off: _hash_piece(fd, off, min(chunk_size, size - off)), offsets)
-            )
-    finally:
-        os.close(fd)
-
-
-def _read_hashed(fd: int, size: int, offset: int) -> tuple[bytes, str]:
-    data = os.pread(fd, size, offset)
-    return data, hashlib.sha256(data).hexdigest()
-
-
-def content_hash(chunks: list[tuple[str, int]]) -> str:
-    h = hashlib.sha256()
-    for sha, _ in chunks:
-        h.update(bytes.fromhex(sha))
-    return h.hexdigest()
-
-
 @dataclass
 class TransferStats:
+    """Bytes moved by one client, for the `--once` report and the benchmarks."""
+
     chunks_sent: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
-    chunk_bytes: dict[str, int] = field(default_factory=dict)
+
+
+class _Counted:
+    """The pieces of a streamed body, counted into `stats` as they arrive."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], stats: TransferStats) -> None:
+        self.pieces = pieces
+        self.stats = stats
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raw = await self.pieces.__anext__()
+        self.stats.bytes_received += len(raw)
+        return raw
 
 
 class CofferClient:
+    """One account's (or an anonymous) connection to a Coffer server."""
+
     def __init__(
         self,
         base_url: str,
@@ -106,6 +91,7 @@ class CofferClient:
                 max_connections=parallel + 4, max_keepalive_connections=parallel + 4
             ),
         )
+        # Chunks sent or fetched at once for one file.
         self.parallel = parallel
         self.stats = TransferStats()
 
@@ -120,13 +106,22 @@ class CofferClient:
         await self.blob_http.aclose()
 
     async def request(self, method: str, url: str, **kw: Any) -> Any:
+        """One API call; the decoded JSON answer (None when empty), or ApiError."""
         resp = await self.http.request(method, url, **kw)
         raise_for_error(resp)
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
 
-    # ------------------------------------------------------------- accounts
+    def socket_url(self, path: str) -> str:
+        """The ws:// (or wss://) URL of an API path."""
+        return str(self.http.base_url).replace("http", "ws", 1).rstrip("/") + path
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": self.http.headers["Authorization"]}
+
+    # ------------------------------------------------------------- accounts and devices
 
     async def register(self, username: str, password: str) -> dict[str, Any]:
         return await self.request(
@@ -143,7 +138,21 @@ class CofferClient:
         self.http.headers["Authorization"] = f"Bearer {token}"
         return token
 
-    # ------------------------------------------------------------- files
+    async def revoke_token(self) -> None:
+        """Log this device out (its token stops working)."""
+        await self.request("DELETE", "/api/auth/token")
+
+    async def devices(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/api/devices"))["items"]
+
+    async def revoke_device(self, device_id: str) -> None:
+        await self.request("DELETE", f"/api/devices/{device_id}")
+
+    async def revoke_other_devices(self) -> int:
+        """Sign out every other device and session; how many were."""
+        return (await self.request("POST", "/api/devices/revoke-others"))["revoked"]
+
+    # ------------------------------------------------------------- listing
 
     async def list(self, path: str = "/") -> list[dict[str, Any]]:
         """Every item in the folder at `path` (all pages)."""
@@ -153,18 +162,92 @@ class CofferClient:
         """Every item in the folder with this id (e.g. one shared with us)."""
         return await self._list_all({"id": folder_id})
 
+    async def list_page(
+        self, where: dict[str, str], *, limit: int = 1000, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of a folder's items (`where`: {"path": ...} or {"id": ...})."""
+        params: dict[str, Any] = {**where, "limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        return await self.request("GET", "/api/file", params=params)
+
     async def _list_all(self, where: dict[str, str]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         cursor = None
         while True:
-            params: dict[str, Any] = {**where, "limit": 1000}
-            if cursor:
-                params["cursor"] = cursor
-            body = await self.request("GET", "/api/file", params=params)
+            body = await self.list_page(where, cursor=cursor)
             items += body["items"]
             cursor = body["cursor"]
             if not cursor:
                 return items
+
+    async def shared_with_me(self) -> list[dict[str, Any]]:
+        """What other users shared with us (top-level items, as we see them)."""
+        return (await self.request("GET", "/api/shared"))["items"]
+
+    async def describe(
+        self, file_id: str, *, chunk_offset: int | None = None, chunk_limit: int | None = None
+    ) -> dict[str, Any]:
+        """A file's head (or a folder); with `chunk_offset`, a page of its chunk list, each
+        chunk with a short-lived read URL."""
+        params: dict[str, int] = {}
+        if chunk_offset is not None:
+            params["chunk_offset"] = chunk_offset
+        if chunk_limit is not None:
+            params["chunk_limit"] = chunk_limit
+        return await self.request("GET", f"/api/file/{file_id}", params=params or None)
+
+    async def events(
+        self, cursor: str, *, wait: float | None = None, http_timeout: float | None = None
+    ) -> dict[str, Any]:
+        """A page of the change feed after `cursor` ("latest": none, only the cursor);
+        with `wait`, a long-poll."""
+        params: dict[str, Any] = {"cursor": cursor}
+        if wait is not None:
+            params["wait"] = wait
+        kw: dict[str, Any] = {} if http_timeout is None else {"timeout": http_timeout}
+        return await self.request("GET", "/api/file/events", params=params, **kw)
+
+    # ------------------------------------------------------------- changing the tree
+
+    async def create_folder(self, target: dict[str, str]) -> dict[str, Any]:
+        """`target`: {"path": ...} in our tree, or {"parent_id", "name"}."""
+        return await self.request("POST", "/api/folder", json=target)
+
+    async def move(self, file_id: str, target: dict[str, str]) -> dict[str, Any]:
+        """Rename or move a file or folder; the moved item."""
+        return await self.request("PATCH", f"/api/file/{file_id}", json=target)
+
+    async def delete(self, file_id: str) -> None:
+        """Move a file or folder to the trash."""
+        await self.request("DELETE", f"/api/file/{file_id}")
+
+    async def share(self, file_id: str, username: str, role: str) -> None:
+        await self.request(
+            "POST", f"/api/file/{file_id}/share", json={"username": username, "role": role}
+        )
+
+    async def create_link(self, file_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", f"/api/file/{file_id}/links", json=body)
+
+    # ------------------------------------------------------------- uploads
+
+    async def register_upload(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Start (or resume) an upload: the file's target and chunk list in; the upload's
+        ids and the chunks the server lacks (each with a URL to PUT it to) out."""
+        return await self.request("POST", "/api/file", json=body)
+
+    async def put_chunk(self, url: str, data: bytes, headers: dict[str, str]) -> None:
+        resp = await self.blob_http.put(url, content=data, headers=headers)
+        raise_for_error(resp)
+        self.stats.chunks_sent += 1
+        self.stats.bytes_sent += len(data)
+
+    async def commit_upload(self, file_id: str, upload_id: str) -> dict[str, Any]:
+        """Make the uploaded chunks the file's new version; the committed file object."""
+        return await self.request(
+            "POST", f"/api/file/{file_id}/commit", json={"upload_id": upload_id}
+        )
 
     async def upload(
         self,
@@ -173,92 +256,59 @@ class CofferClient:
         *,
         chunk_size: int = CHUNK_SIZE,
         base_version: int | None = None,
-        chunks: list[tuple[str, int]] | None = None,
+        chunks: Chunks | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
-        """Upload `local` to `remote` (a path in our tree, or {"parent_id","name"});
-        returns the committed file object."""
-        if chunks is None:
-            chunks = await asyncio.to_thread(chunk_hashes, local, chunk_size)
-        size = sum(s for _, s in chunks)
-        body: dict[str, Any] = {
-            **({"path": remote} if isinstance(remote, str) else remote),
-            "size": size,
-            "chunks": [{"sha256": sha, "size": s} for sha, s in chunks],
-        }
-        if base_version is not None:
-            body["base_version"] = base_version
-        reg = await self.request("POST", "/api/file", json=body)
-        offsets = []
-        pos = 0
-        for _, s in chunks:
-            offsets.append(pos)
-            pos += s
-        for _attempt in range(3):
-            await self._put_chunks(local, reg["missing"], offsets, progress)
-            try:
-                return await self.request(
-                    "POST",
-                    f"/api/file/{reg['file_id']}/commit",
-                    json={"upload_id": reg["upload_id"]},
-                )
-            except ApiError as exc:
-                if exc.code != "missing_chunks":
-                    raise
-                reg["missing"] = exc.body["error"]["missing"]
-        raise ApiError(409, "missing_chunks", "chunks kept going missing", {})
+        """Upload a local file (see `client.transfer.upload_file`, which does the work;
+        kept here for scripts such as bench/transfer.py)."""
+        from client.transfer import upload_file  # transfer builds on this module
 
-    async def _put_chunks(
-        self,
-        local: Path,
-        missing: list[dict[str, Any]],
-        offsets: list[int],
-        progress: Callable[[int], None] | None,
-    ) -> None:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for m in missing:
-            queue.put_nowait(m)
+        return await upload_file(
+            self,
+            local,
+            remote,
+            chunk_size=chunk_size,
+            base_version=base_version,
+            chunks=chunks,
+            progress=progress,
+        )
 
-        async def worker() -> None:
-            fd = await asyncio.to_thread(os.open, local, os.O_RDONLY)
-            try:
-                while not queue.empty():
-                    m = queue.get_nowait()
-                    data, sha = await asyncio.to_thread(
-                        _read_hashed, fd, m["size"], offsets[m["index"]]
-                    )
-                    if sha != m["sha256"]:
-                        raise RuntimeError(f"{local} changed while uploading")
-                    resp = await self.blob_http.put(
-                        m["url"], content=data, headers=m.get("headers") or {}
-                    )
-                    raise_for_error(resp)
-                    self.stats.chunks_sent += 1
-                    self.stats.bytes_sent += len(data)
-                    if progress:
-                        progress(len(data))
-            finally:
-                os.close(fd)
+    # ------------------------------------------------------------- downloads
 
-        await asyncio.gather(*(worker() for _ in range(min(self.parallel, len(missing)) or 0)))
+    async def get_chunk(self, url: str) -> bytes:
+        """One chunk's bytes from its read URL (unverified: the caller checks its hash)."""
+        resp = await self.blob_http.get(url)
+        raise_for_error(resp)
+        data = resp.content
+        self.stats.bytes_received += len(data)
+        return data
+
+    @asynccontextmanager
+    async def content(
+        self, file_id: str, version: int | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A file's bytes (the head, or `version`) in one streamed request, as raw pieces
+        of about STREAM_PIECE bytes (unverified: the caller checks them)."""
+        params = {"version": version} if version is not None else None
+        async with self.http.stream("GET", f"/api/file/{file_id}/content", params=params) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise_for_error(resp)
+            yield _Counted(resp.aiter_raw(STREAM_PIECE), self.stats)
 
     async def download(
-        self,
-        file_id: str,
-        dest: Path,
-        *,
-        range_header: str | None = None,
-        progress: Callable[[int], None] | None = None,
+        self, file_id: str, dest: Path, *, progress: Callable[[int], None] | None = None
     ) -> int:
-        """Stream /content into `dest`; returns bytes written."""
-        headers = {"Range": range_header} if range_header else {}
+        """Stream the head's bytes into `dest`, unverified; returns bytes written. For a
+        verified download (what `coffer download` and sync do) use
+        `client.transfer.fetch`; this plain one measures the API (bench/transfer.py)."""
         n = 0
-        async with self.http.stream("GET", f"/api/file/{file_id}/content", headers=headers) as resp:
+        async with self.http.stream("GET", f"/api/file/{file_id}/content") as resp:
             if resp.status_code >= 400:
                 await resp.aread()
                 raise_for_error(resp)
             with open(dest, "wb") as out:  # noqa: ASYNC230 - page-cache writes
-                async for piece in resp.aiter_bytes(1024 * 1024):
+                async for piece in resp.aiter_bytes(STREAM_PIECE):
                     out.write(piece)
                     n += len(piece)
                     if progress:

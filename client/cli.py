@@ -1,5 +1,8 @@
 """`coffer`: log in, sync a folder live, and move single files from the command line.
 
+The commands only: syncing is client/sync.py (and client/live.py for `sync` without
+`--once`), transfers client/transfer.py, the API client/api.py.
+
     coffer login URL [--username U --password-stdin] [--device-name NAME]
     coffer logout
     coffer sync DIR [--remote /path] [--once]
@@ -22,11 +25,11 @@ import errno
 import getpass
 import json
 import os
-import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,21 +44,29 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from client.api import ApiError, CofferClient
+from client.api import CofferClient
 from client.config import Login, forget_login, load_login, save_login
+from client.errors import ApiError, ClientError
+from client.ignore import Ignore
+from client.scanner import Scanner, unchanged
+from client.state import SyncState
 from client.sync import Syncer
+from client.transfer import fetch
 
 EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE = 1, 2, 3, 4
 console = Console(stderr=True)
 
 
 class CliError(Exception):
+    """A command cannot go on: the message for the user and the exit code."""
+
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
 
 
 def remote_path(raw: str) -> str:
+    """A server path as the user typed it, made absolute."""
     return "/" + raw.strip("/")
 
 
@@ -69,6 +80,8 @@ def expiry(text: str) -> str:
 
 
 def progress_bar(quiet: bool) -> Progress:
+    """Bars for long transfers (bytes, speed, time left); none when quiet or not a
+    terminal."""
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -92,6 +105,7 @@ def need_login() -> Login:
 
 
 async def find(api: CofferClient, path: str) -> dict[str, Any]:
+    """The file or folder at a server path (CliError when there is none)."""
     parent = str(PurePosixPath(path).parent)
     try:
         items = await api.list(parent)
@@ -131,7 +145,7 @@ async def cmd_logout(args: argparse.Namespace) -> int:
         return 0
     async with client_for(login) as api:
         with contextlib.suppress(ApiError, httpx.HTTPError):
-            await api.request("DELETE", "/api/auth/token")
+            await api.revoke_token()
     forget_login()
     print("logged out")
     return 0
@@ -176,11 +190,11 @@ async def cmd_download(args: argparse.Namespace) -> int:
         dest = Path(args.file)
         if dest.is_dir():
             dest = dest / item["name"]
+        # Verified like sync's downloads; renamed into place only when whole and intact.
         part = dest.with_name(f".{dest.name}.coffer-part")
         with progress_bar(args.quiet) as bar:
             task = bar.add_task(item["name"], total=item["size"])
-            await api.download(item["id"], part, progress=lambda n: bar.advance(task, n))
-        part.replace(dest)
+            await fetch(api, item["id"], dest, part, advance=lambda n: bar.advance(task, n))
     if not args.quiet:
         print(f"{dest}  {item['size']} bytes")
     return 0
@@ -189,7 +203,7 @@ async def cmd_download(args: argparse.Namespace) -> int:
 async def cmd_rm(args: argparse.Namespace) -> int:
     async with client_for(need_login()) as api:
         item = await find(api, remote_path(args.remote))
-        await api.request("DELETE", f"/api/file/{item['id']}")
+        await api.delete(item["id"])
     print(f"moved {item['path']} to the trash")
     return 0
 
@@ -197,9 +211,7 @@ async def cmd_rm(args: argparse.Namespace) -> int:
 async def cmd_share(args: argparse.Namespace) -> int:
     async with client_for(need_login()) as api:
         item = await find(api, remote_path(args.remote))
-        await api.request(
-            "POST", f"/api/file/{item['id']}/share", json={"username": args.user, "role": args.role}
-        )
+        await api.share(item["id"], args.user, args.role)
     print(f"shared {item['path']} with {args.user} as {args.role}")
     return 0
 
@@ -212,7 +224,7 @@ async def cmd_link(args: argparse.Namespace) -> int:
         body["expires_at"] = expiry(args.expires)
     async with client_for(need_login()) as api:
         item = await find(api, remote_path(args.remote))
-        link = await api.request("POST", f"/api/file/{item['id']}/links", json=body)
+        link = await api.create_link(item["id"], body)
     print(link["url"])
     return 0
 
@@ -222,20 +234,20 @@ async def cmd_devices(args: argparse.Namespace) -> int:
     async with client_for(need_login()) as api:
         if args.action == "revoke":
             if args.others:
-                body = await api.request("POST", "/api/devices/revoke-others")
-                print(f"signed out {body['revoked']} other device(s) and session(s)")
+                revoked = await api.revoke_other_devices()
+                print(f"signed out {revoked} other device(s) and session(s)")
                 return 0
             if not args.id:
                 raise CliError("give the ID to revoke (see `coffer devices`), or --others", 2)
             try:
-                await api.request("DELETE", f"/api/devices/{args.id}")
+                await api.revoke_device(args.id)
             except ApiError as exc:
                 if exc.status == 404:
                     raise CliError(f"{args.id}: no such device or session") from None
                 raise
             print(f"revoked {args.id}")
             return 0
-        items = (await api.request("GET", "/api/devices"))["items"]
+        items = await api.devices()
     for d in items:
         used = (d["last_used_at"] or d["created_at"])[:16].replace("T", " ")
         here = "  (this device)" if d["current"] else ""
@@ -253,23 +265,22 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if not (folder / ".coffer" / "state.db").exists():
         print(f"{folder} is not synced yet (run `coffer sync {args.dir}`)")
         return 0
-    syncer = Syncer(CofferClient(login.url if login else "http://invalid"), folder, "/", "")
-    files, _ = syncer.scan_local()
-    known = syncer.state.all()
+    # A sync may be running beside it: look, change nothing (not even its temp files).
+    state = SyncState(folder)
+    files = Scanner(folder, Ignore(folder)).scan().files
+    known = state.all()
     pending = [
-        rel
-        for rel, lf in files.items()
-        if rel not in known or not Syncer._unchanged(lf, known[rel])
+        rel for rel, lf in files.items() if rel not in known or not unchanged(lf, known[rel])
     ]
     gone = [rel for rel, e in known.items() if e.kind == "file" and rel not in files]
-    print(f"{len(known)} synced entries, cursor {syncer.state.get_meta('cursor')}")
+    print(f"{len(known)} synced entries, cursor {state.get_meta('cursor')}")
     for rel in sorted(pending):
         print(f"  to upload: {rel}")
     for rel in sorted(gone):
         print(f"  to delete remotely: {rel}")
     if not pending and not gone:
         print("  nothing pending locally")
-    await syncer.api.close()
+    state.close()
     return 0
 
 
@@ -285,6 +296,8 @@ async def cmd_sync(args: argparse.Namespace) -> int:
         syncer = Syncer(api, folder, args.remote, login.device_name, log=log, progress=bars)
         syncer.discard_interrupted_downloads()
         if not args.once:
+            from client.live import LiveSync  # watchdog and websockets: live sync only
+
             with bars:
                 await LiveSync(syncer).run()
             return 0
@@ -302,204 +315,6 @@ async def cmd_sync(args: argparse.Namespace) -> int:
             )
         )
         return 1 if report.skipped else 0
-
-
-class LiveSync:
-    """Keep syncing: a local change (watchdog) or a remote event (WebSocket or long-poll
-    feed) starts a pass; passes never overlap and changes that arrive during one start
-    another. Changed files the watcher named get a targeted pass (no tree walk, no remote
-    listing); folders, renames, remote changes that need it, and a rescan every
-    `RESCAN_SECONDS` (a safety net for events the watcher may drop) get a full one."""
-
-    RESCAN_SECONDS = 600
-    RETRY_SKIPPED_SECONDS = 30
-
-    def __init__(self, syncer: Syncer) -> None:
-        self.syncer = syncer
-        self.wake = asyncio.Event()
-        self.stop = asyncio.Event()
-        self.passed = asyncio.Event()  # set after each pass
-        self.dirty: set[str] = set()  # files the watcher saw change since the last pass
-        self.moves: list[tuple[str, str]] = []  # files it saw renamed, in order
-        self.full_needed = False
-
-    def local_change(self, rel: str | None) -> None:
-        """A file changed (rel), or something only a full pass handles (None)."""
-        if rel is None:
-            self.full_needed = True
-        else:
-            self.dirty.add(rel)
-        self.wake.set()
-
-    def local_move(self, src: str, dest: str) -> None:
-        self.moves.append((src, dest))
-        self.wake.set()
-
-    async def run(self) -> None:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        loop = asyncio.get_running_loop()
-        root = self.syncer.root
-        state_dir = str(root / ".coffer")
-        changed, moved = self.local_change, self.local_move
-
-        def rel_of(path: str) -> str:
-            return os.path.relpath(path, root).replace(os.sep, "/")
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type in ("opened", "closed_no_write"):
-                    return
-                src = str(event.src_path)
-                if src.startswith(state_dir):
-                    return  # our own state, and downloads renamed into place from .coffer/tmp
-                if event.is_directory and event.event_type == "modified":
-                    return  # an entry inside changed: that entry has its own event
-                if event.is_directory or (
-                    event.event_type == "moved" and str(event.dest_path).startswith(state_dir)
-                ):
-                    loop.call_soon_threadsafe(changed, None)  # folders: the full pass
-                elif event.event_type == "moved":
-                    loop.call_soon_threadsafe(moved, rel_of(src), rel_of(str(event.dest_path)))
-                else:
-                    loop.call_soon_threadsafe(changed, rel_of(src))
-
-        observer = Observer()
-        observer.schedule(Handler(), str(root), recursive=True)
-        observer.start()
-        try:
-            # The first full pass starts once the watcher is up, so no change slips
-            # between them. Its errors end the command (exit codes 3 and 4).
-            await self.syncer.reconcile()
-        except BaseException:
-            observer.stop()
-            raise
-        self.dirty.clear()  # the pass saw these
-        self.moves.clear()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop.set)
-        feed = asyncio.create_task(self.follow_feed())
-        try:
-            while not self.stop.is_set():
-                waiter = asyncio.create_task(self.wake.wait())
-                stopper = asyncio.create_task(self.stop.wait())
-                done, _ = await asyncio.wait(
-                    {waiter, stopper},
-                    timeout=self.RESCAN_SECONDS,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                waiter.cancel()
-                stopper.cancel()
-                if self.stop.is_set():
-                    break
-                if not done:
-                    self.full_needed = True  # the periodic rescan
-                await asyncio.sleep(0.02)  # let a burst of events settle
-                self.wake.clear()
-                self.passed.clear()
-                dirty, self.dirty = self.dirty, set()
-                moves, self.moves = self.moves, []
-                full, self.full_needed = self.full_needed or not (dirty or moves), False
-                skipped = len(self.syncer.report.skipped)
-                await self.pass_with_retry(None if full else (dirty, moves))
-                self.passed.set()
-                if len(self.syncer.report.skipped) > skipped:
-                    # Files skipped for a full disk or permissions: try again in a while.
-                    loop.call_later(self.RETRY_SKIPPED_SECONDS, self.local_change, None)
-        finally:
-            feed.cancel()
-            observer.stop()
-            await asyncio.to_thread(observer.join)
-
-    async def pass_with_retry(self, changes: tuple[set[str], list[tuple[str, str]]] | None) -> None:
-        """A targeted pass over the changed and renamed files (None: a full pass), falling
-        back to a full pass when it cannot decide alone or fails; retried with backoff
-        while unreachable."""
-        delay = 0.5
-        while not self.stop.is_set():
-            try:
-                if changes is not None and await self.syncer.sync_paths(*changes):
-                    return
-                changes = None
-                await self.syncer.reconcile()
-                return
-            except (httpx.HTTPError, ApiError) as exc:
-                if changes is not None:
-                    changes = None  # whatever went wrong, the full pass re-examines it all
-                    continue
-                if isinstance(exc, ApiError) and exc.status < 500 and exc.status != 429:
-                    self.syncer.log(f"sync error: {exc}")
-                    return
-                self.syncer.log(f"server unreachable ({exc}); retrying in {delay:.0f}s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
-
-    async def follow_feed(self) -> None:
-        """Follow the change feed: the WebSocket while it works, long-poll otherwise.
-        Any event under the synced folder starts a pass."""
-        delay = 0.5
-        while True:
-            try:
-                await self.follow_socket()
-                delay = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.syncer.log(f"push channel unavailable ({exc}); long-polling")
-                polled = await self.long_poll_for(60.0)
-                if not polled:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30)
-
-    def cursor(self) -> str:
-        return self.syncer.state.get_meta("cursor") or "latest"
-
-    async def follow_socket(self) -> None:
-        from websockets.asyncio.client import connect
-
-        api = self.syncer.api
-        url = str(api.http.base_url).replace("http", "ws", 1).rstrip("/") + "/api/ws"
-        headers = {"Authorization": api.http.headers["Authorization"]}
-        async with connect(
-            f"{url}?cursor={self.cursor()}", additional_headers=headers, open_timeout=10
-        ) as socket:
-            async for raw in socket:
-                message = json.loads(raw)
-                if message.get("type") == "heartbeat":
-                    self.syncer.state.set_meta("cursor", str(message["cursor"]))
-                    continue
-                await self.handle([message], str(message["seq"]))
-
-    async def long_poll_for(self, seconds: float) -> bool:
-        """Long-poll for a while (then the socket is tried again); False if unreachable."""
-        deadline = asyncio.get_running_loop().time() + seconds
-        while asyncio.get_running_loop().time() < deadline:
-            try:
-                body = await self.syncer.api.request(
-                    "GET",
-                    "/api/file/events",
-                    params={"cursor": self.cursor(), "wait": 25},
-                    timeout=40,
-                )
-            except (httpx.HTTPError, ApiError):
-                return False
-            await self.handle(body["events"], str(body["cursor"]))
-        return True
-
-    async def handle(self, events: list[dict[str, Any]], cursor: str) -> None:
-        relevant = [
-            e
-            for e in events
-            if self.syncer.rel_of(e.get("path") or "") is not None
-            or self.syncer.rel_of(e.get("old_path") or "") is not None
-        ]
-        if relevant and not await self.syncer.apply_events(relevant):
-            # Move the cursor on only after a pass that began after these events.
-            self.passed.clear()
-            self.local_change(None)
-            await self.passed.wait()
-        self.syncer.state.set_meta("cursor", cursor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -543,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "login": cmd_login,
     "logout": cmd_logout,
     "sync": cmd_sync,
@@ -575,6 +390,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             console.print(f"coffer: {exc}", highlight=False)
             code = EXIT_FAILED
+    except ClientError as exc:  # found by the client itself (e.g. a damaged download)
+        console.print(f"coffer: {exc}", highlight=False)
+        code = EXIT_FAILED
+    except httpx.HTTPError as exc:  # the connection broke after it was made
+        console.print(f"coffer: connection failed ({exc!r})", highlight=False)
+        code = EXIT_FAILED
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         console.print(f"coffer: {'disk full: ' if full else ''}{exc}", highlight=False)

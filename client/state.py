@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,8 +44,10 @@ SCHEMA_VERSION = 2  # 2: chunk_index
 
 @dataclass
 class Entry:
+    """One synced path as of the last agreement of both sides."""
+
     path: str
-    kind: str
+    kind: str  # "file" or "folder"
     file_id: str | None = None
     version: int | None = None
     size: int | None = None
@@ -54,6 +57,8 @@ class Entry:
 
 
 class SyncState:
+    """The state database of one synced folder."""
+
     def __init__(self, folder: Path) -> None:
         self.dir = folder / ".coffer"
         self.dir.mkdir(exist_ok=True)
@@ -106,10 +111,6 @@ class SyncState:
         row = self.db.execute("SELECT * FROM entries WHERE path=?", (path,)).fetchone()
         return self._entry(row) if row else None
 
-    def by_file_id(self, file_id: str) -> Entry | None:
-        row = self.db.execute("SELECT * FROM entries WHERE file_id=?", (file_id,)).fetchone()
-        return self._entry(row) if row else None
-
     def all(self) -> dict[str, Entry]:
         return {row[0]: self._entry(row) for row in self.db.execute("SELECT * FROM entries")}
 
@@ -152,6 +153,6 @@ class SyncState:
         return (row[0], row[1], (row[2], row[3])) if row else None
 
     @staticmethod
-    def _entry(row: tuple) -> Entry:
+    def _entry(row: tuple[Any, ...]) -> Entry:
         chunks = [tuple(c) for c in json.loads(row[7])] if row[7] else None
         return Entry(row[0], row[1], row[2], row[3], row[4], row[5], row[6], chunks)  # type: ignore[arg-type]

@@ -117,4 +117,3 @@ class TrashListOut(msgspec.Struct):
 
 class RestoreRequest(msgspec.Struct):
     path: str | None = None
-

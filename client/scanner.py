@@ -1,0 +1,101 @@
+"""The local side of a synced folder: walking its tree and hashing its files.
+
+A file whose size and mtime are what they were when both sides last agreed (the state's
+entry) is taken to hold the same bytes and is not re-read; only new or touched files are
+hashed. Symbolic links are not followed and are not synced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from client.hashing import Chunks, chunk_hashes, content_hash_of
+from client.ignore import Ignore
+from client.state import Entry
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """What a stat says about a regular file: enough to tell whether it was touched."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> LocalFile:
+        return cls(st.st_size, st.st_mtime_ns)
+
+
+@dataclass
+class LocalTree:
+    """Every regular file (by relative path) and folder of the synced folder, ignored
+    paths left out."""
+
+    files: dict[str, LocalFile] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
+
+
+def unchanged(lf: LocalFile, entry: Entry) -> bool:
+    """The file looks as it did when last synced (same size and mtime)."""
+    return lf.size == entry.size and lf.mtime_ns == entry.mtime_ns
+
+
+def lexists(path: Path) -> bool:
+    """Something (even a dangling link) is at `path`."""
+    try:
+        os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class Scanner:
+    """The synced folder on disk, as the sync walks and hashes it."""
+
+    def __init__(self, root: Path, ignore: Ignore) -> None:
+        self.root = root
+        self.ignore = ignore
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def scan(self) -> LocalTree:
+        """Walk the tree (blocking: run it in a thread)."""
+        tree = LocalTree()
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
+            keep = []
+            for d in dirnames:
+                rel = f"{rel_dir}/{d}" if rel_dir else d
+                if not self.ignore(rel) and not os.path.islink(os.path.join(dirpath, d)):
+                    keep.append(d)
+                    tree.dirs.add(rel)
+            dirnames[:] = keep
+            for name in filenames:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if self.ignore(rel):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    tree.files[rel] = LocalFile.of(st)
+        return tree
+
+    def stat(self, rel: str) -> os.stat_result:
+        """The path's own stat (a link is not followed); FileNotFoundError when absent."""
+        return os.stat(self.path(rel), follow_symlinks=False)
+
+    async def hash(self, rel: str, lf: LocalFile, entry: Entry | None) -> tuple[str, Chunks | None]:
+        """Content hash and chunk list of the local file; re-read only when its size or
+        mtime changed since the last agreement."""
+        if entry is not None and entry.content_hash and unchanged(lf, entry):
+            return entry.content_hash, entry.chunks
+        chunks = await asyncio.to_thread(chunk_hashes, self.path(rel))
+        return content_hash_of(chunks), chunks

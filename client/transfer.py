@@ -1,0 +1,399 @@
+"""Moving file bytes between the local disk and the server, verified.
+
+Uploads: the file's chunk list is registered and only the chunks the server lacks are
+sent, several at once, each re-hashed as it is read (a file that changes meanwhile is not
+sent half old, half new). Memory stays at about `parallel` chunks whatever the file size.
+
+Downloads are assembled in a temporary file from chunks already on disk (any synced file,
+by hash) plus the missing ones fetched in parallel; with nothing to reuse the file is
+streamed in one request. Every chunk is checked against the manifest's SHA-256 and the
+manifest against the content hash; the file is fsynced and only then renamed into place:
+a half-downloaded or damaged file never appears under its real name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+
+from app.protocol import CHUNK_SIZE
+from client.api import CofferClient
+from client.errors import (
+    ApiError,
+    DownloadCorrupt,
+    DownloadIncomplete,
+    LocalFileChanged,
+    RemoteChanged,
+    UploadIncomplete,
+)
+from client.hashing import Chunks, chunk_hashes, content_hash_of, read_hashed, sha256_hex
+from client.state import SyncState
+
+# Transfers of files at least this big show a progress bar during sync.
+PROGRESS_MIN = 8 * 1024 * 1024
+# Chunk descriptions asked for per request when reading a file's manifest.
+MANIFEST_PAGE = 1000
+
+# Where a synced local file holds a chunk: (relative path, offset, (size, mtime_ns) the
+# file had when synced).
+ChunkSource = tuple[str, int, tuple[int, int]]
+
+Log = Callable[[str], None]
+Advance = Callable[[int], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _no_progress(_n: int) -> None:
+    pass
+
+
+async def run_all(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run the jobs concurrently; the first error cancels the rest and is raised as is."""
+    tasks = [asyncio.create_task(job) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ------------------------------------------------------------------- uploads
+
+
+async def upload_file(
+    api: CofferClient,
+    local: Path,
+    remote: str | dict[str, str],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    base_version: int | None = None,
+    chunks: Chunks | None = None,
+    progress: Advance | None = None,
+) -> dict[str, Any]:
+    """Upload `local` to `remote` (a path in our tree, or {"parent_id","name"}); returns
+    the committed file object. With `base_version`, the server refuses (409 conflict) if
+    its head is no longer that version. LocalFileChanged: the file's bytes changed while
+    it was being read."""
+    if chunks is None:
+        chunks = await asyncio.to_thread(chunk_hashes, local, chunk_size)
+    size = sum(s for _, s in chunks)
+    body: dict[str, Any] = {
+        **({"path": remote} if isinstance(remote, str) else remote),
+        "size": size,
+        "chunks": [{"sha256": sha, "size": s} for sha, s in chunks],
+    }
+    if base_version is not None:
+        body["base_version"] = base_version
+    reg = await api.register_upload(body)
+    offsets = []
+    pos = 0
+    for _, s in chunks:
+        offsets.append(pos)
+        pos += s
+    for _attempt in range(3):
+        await _put_chunks(api, local, reg["missing"], offsets, progress)
+        try:
+            return await api.commit_upload(reg["file_id"], reg["upload_id"])
+        except ApiError as exc:
+            if exc.code != "missing_chunks":
+                raise
+            # Collected meanwhile (the server asks again for what it no longer has).
+            reg["missing"] = exc.body["error"]["missing"]
+    raise UploadIncomplete("chunks kept going missing")
+
+
+async def _put_chunks(
+    api: CofferClient,
+    local: Path,
+    missing: list[dict[str, Any]],
+    offsets: list[int],
+    progress: Advance | None,
+) -> None:
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for m in missing:
+        queue.put_nowait(m)
+
+    async def worker() -> None:
+        fd = await asyncio.to_thread(os.open, local, os.O_RDONLY)
+        try:
+            while not queue.empty():
+                m = queue.get_nowait()
+                data, sha = await asyncio.to_thread(read_hashed, fd, m["size"], offsets[m["index"]])
+                if sha != m["sha256"]:
+                    raise LocalFileChanged(local)
+                await api.put_chunk(m["url"], data, m.get("headers") or {})
+                if progress:
+                    progress(len(data))
+        finally:
+            os.close(fd)
+
+    await run_all([worker() for _ in range(min(api.parallel, len(missing)))])
+
+
+# ------------------------------------------------------------------- downloads
+
+
+class LocalChunks:
+    """Chunks of synced local files, found by hash (the state's chunk index), to copy
+    into a download instead of fetching them."""
+
+    def __init__(self, root: Path, state: SyncState, log: Log = _quiet) -> None:
+        self.root = root
+        self.state = state
+        self.log = log
+
+    def source(self, sha: str) -> ChunkSource | None:
+        """A synced file known to hold the chunk (asked on the event loop's thread: the
+        state's connection is not shared with worker threads)."""
+        return self.state.chunk_source(sha)
+
+    def copy(self, source: ChunkSource, sha: str, size: int, fd: int, dst_offset: int) -> bool:
+        """Copy the chunk from the synced local file that holds it into `fd` (blocking).
+        The file is trusted without re-reading when its size and mtime are as last synced
+        (copied in the kernel); otherwise its bytes are hashed first. False: get it from
+        the server."""
+        path, offset, synced = source
+        try:
+            src = os.open(self.root / path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(src)
+            if (st.st_size, st.st_mtime_ns) == tuple(synced):
+                done = 0
+                while done < size:
+                    n = os.copy_file_range(src, fd, size - done, offset + done, dst_offset + done)
+                    if n <= 0:
+                        return False
+                    done += n
+                return True
+            self.log(f"re-reading {path}: {(st.st_size, st.st_mtime_ns)} != {tuple(synced)}")
+            data = os.pread(src, size, offset)
+            if len(data) != size or sha256_hex(data) != sha:
+                return False
+            os.pwrite(fd, data, dst_offset)
+            return True
+        except OSError as exc:
+            self.log(f"cannot copy a chunk of {path} ({exc}); downloading it")
+            return False
+        finally:
+            os.close(src)
+
+
+async def fetch(
+    api: CofferClient,
+    file_id: str,
+    target: Path,
+    tmp: Path,
+    *,
+    reuse: LocalChunks | None = None,
+    advance: Advance = _no_progress,
+    log: Log = _quiet,
+) -> tuple[Chunks, dict[str, Any]]:
+    """Assemble the server's file at `target`, through `tmp` (removed on any failure),
+    from local chunks and downloaded ones; returns its chunk list and the file object it
+    describes. DownloadCorrupt / DownloadIncomplete: the bytes did not match the manifest;
+    RemoteChanged: a newer version became the head meanwhile."""
+    described: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        body = await api.describe(file_id, chunk_offset=offset, chunk_limit=MANIFEST_PAGE)
+        described += body.get("chunks", [])
+        offset = body.get("next_chunk_offset") or 0
+        if not offset:
+            break
+    expected = body["content_hash"]
+    chunks = [(c["sha256"], c["size"]) for c in described]
+    log(f"fetching {target.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        try:
+            offsets = []
+            pos = 0
+            for c in described:
+                offsets.append(pos)
+                pos += c["size"]
+            os.ftruncate(fd, pos)
+            if reuse is None or not any(reuse.source(c["sha256"]) for c in described):
+                # Nothing to reuse: one streamed request is faster than a GET per chunk.
+                await _stream_content(api, file_id, body["version"], described, fd, advance)
+            else:
+                await _assemble(api, file_id, expected, described, offsets, fd, reuse, advance)
+            log(f"fetched {target.name}, syncing it to disk")
+            await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
+        if content_hash_of(chunks) != expected:
+            raise DownloadCorrupt("downloaded file does not match its hash")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # noqa: ASYNC240 - one local unlink, on the way out
+        raise
+    return chunks, body
+
+
+async def _assemble(
+    api: CofferClient,
+    file_id: str,
+    expected: str,
+    described: list[dict[str, Any]],
+    offsets: list[int],
+    fd: int,
+    reuse: LocalChunks,
+    advance: Advance,
+) -> None:
+    """Each chunk copied from a local file that has it, or fetched, verified, written."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(described)):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            c = described[i]
+            source = reuse.source(c["sha256"])
+            if source and await asyncio.to_thread(
+                reuse.copy, source, c["sha256"], c["size"], fd, offsets[i]
+            ):
+                advance(c["size"])
+                continue
+            try:
+                data = await api.get_chunk(c["url"])
+            except ApiError as exc:
+                if exc.status != 403:
+                    raise
+                # Read URLs live minutes and die when access changes: ask again.
+                data = await api.get_chunk(
+                    await _fresh_chunk_url(api, file_id, i, c["sha256"], expected)
+                )
+            if await asyncio.to_thread(sha256_hex, data) != c["sha256"]:
+                raise DownloadCorrupt("a chunk arrived damaged")
+            await asyncio.to_thread(os.pwrite, fd, data, offsets[i])
+            advance(len(data))
+
+    await run_all([worker() for _ in range(min(api.parallel, len(described)))])
+
+
+async def _fresh_chunk_url(
+    api: CofferClient, file_id: str, index: int, sha: str, expected: str
+) -> str:
+    body = await api.describe(file_id, chunk_offset=index, chunk_limit=1)
+    chunks = body.get("chunks") or []
+    if body.get("content_hash") != expected or not chunks or chunks[0]["sha256"] != sha:
+        raise RemoteChanged("the file changed while it was downloading")
+    return chunks[0]["url"]
+
+
+async def _stream_content(
+    api: CofferClient,
+    file_id: str,
+    version: int,
+    described: list[dict[str, Any]],
+    fd: int,
+    advance: Advance,
+) -> None:
+    """Write the version's bytes to `fd`, checking each chunk's hash as it completes."""
+    index = filled = 0
+    hasher = hashlib.sha256()
+    async with api.content(file_id, version) as pieces:
+        async for raw in pieces:
+            piece = memoryview(raw)
+            while piece:
+                if index == len(described):
+                    raise DownloadCorrupt("the download is longer than the file")
+                need = described[index]["size"] - filled
+                part, piece = piece[:need], piece[need:]
+                hasher.update(part)
+                os.write(fd, part)
+                filled += len(part)
+                if filled == described[index]["size"]:
+                    if hasher.hexdigest() != described[index]["sha256"]:
+                        raise DownloadCorrupt("a chunk arrived damaged")
+                    index, filled, hasher = index + 1, 0, hashlib.sha256()
+            advance(len(raw))
+    if index != len(described):
+        raise DownloadIncomplete("the download ended early")
+
+
+# ------------------------------------------------------------------- the sync's transfers
+
+
+class Transfers:
+    """The sync's uploads and downloads: big ones get a progress bar, downloads reuse
+    chunks of synced local files and are assembled in `.coffer/tmp/`."""
+
+    def __init__(
+        self,
+        api: CofferClient,
+        root: Path,
+        state: SyncState,
+        *,
+        log: Log = _quiet,
+        progress: Progress | None = None,
+    ) -> None:
+        self.api = api
+        self.root = root
+        self.tmp_dir = state.dir / "tmp"
+        self.local_chunks = LocalChunks(root, state, log)
+        self.log = log
+        # Shows transfers of files over PROGRESS_MIN bytes (a rich Progress, or None).
+        self.progress = progress
+
+    def discard_interrupted(self) -> None:
+        """Remove temp files of downloads a crash cut short. Only the process about to
+        sync may do this: `coffer status` beside a running sync must not."""
+        for stale in self.tmp_dir.iterdir():
+            stale.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def bar(self, name: str, total: int) -> Iterator[Advance]:
+        if self.progress is None or total < PROGRESS_MIN:
+            yield _no_progress
+            return
+        progress = self.progress
+        task = progress.add_task(name, total=total)
+        try:
+            yield lambda n: progress.advance(task, n)
+        finally:
+            progress.remove_task(task)
+
+    async def upload(
+        self, rel: str, target: dict[str, str], base_version: int | None, chunks: Chunks
+    ) -> dict[str, Any]:
+        with self.bar(f"↑ {rel}", sum(size for _, size in chunks)) as advance:
+            return await upload_file(
+                self.api,
+                self.root / rel,
+                target,
+                base_version=base_version,
+                chunks=chunks,
+                progress=advance,
+            )
+
+    async def download(self, rel: str, file_id: str, size: int) -> tuple[Chunks, dict[str, Any]]:
+        """Fetch the server's file to `rel` (its folder made if missing)."""
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        with self.bar(f"↓ {rel}", size) as advance:
+            return await fetch(
+                self.api,
+                file_id,
+                target,
+                tmp,
+                reuse=self.local_chunks,
+                advance=advance,
+                log=self.log,
+            )

@@ -1,0 +1,176 @@
+"""An in-memory stand-in for the part of the Coffer API the sync client uses, so that the
+sync's passes can be run in-process and in milliseconds. It mimics the answers the client
+depends on (paths, ids, versions, content hashes, chunk lists, 404 / 409 errors), nothing
+more: the real server is exercised by tests/test_client.py."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from app.protocol import content_hash
+from client.api import TransferStats
+from client.errors import ApiError
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0] or "/"
+
+
+class FakeServer:
+    """One account's tree: items by path, chunk bytes by SHA-256."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.uploads: dict[str, dict[str, Any]] = {}
+        self.ids = itertools.count(1)
+        self.moves = 0
+
+    # Helpers for tests: change the server as another device would.
+
+    def put_folder(self, path: str) -> dict[str, Any]:
+        if path in self.items:
+            return self.items[path]
+        if _parent(path) != "/":
+            self.put_folder(_parent(path))
+        item = {"id": f"id{next(self.ids)}", "path": path, "kind": "folder", "version": 1}
+        item |= {"name": path.rpartition("/")[2], "size": 0, "content_hash": None}
+        self.items[path] = item
+        return item
+
+    def put_file(self, path: str, data: bytes) -> dict[str, Any]:
+        if _parent(path) != "/":
+            self.put_folder(_parent(path))
+        sha = hashlib.sha256(data).hexdigest()
+        self.blobs[sha] = data
+        old = self.items.get(path)
+        item = {
+            "id": old["id"] if old else f"id{next(self.ids)}",
+            "path": path,
+            "name": path.rpartition("/")[2],
+            "kind": "file",
+            "version": old["version"] + 1 if old else 1,
+            "size": len(data),
+            "content_hash": content_hash([sha]),
+            "chunks": [(sha, len(data))] if data else [],
+        }
+        self.items[path] = item
+        return item
+
+    def remove(self, path: str) -> None:
+        for p in [p for p in self.items if p == path or p.startswith(path + "/")]:
+            del self.items[p]
+
+    def data(self, path: str) -> bytes:
+        return b"".join(self.blobs[sha] for sha, _ in self.items[path]["chunks"])
+
+    def by_id(self, file_id: str) -> dict[str, Any]:
+        for item in self.items.values():
+            if item["id"] == file_id:
+                return item
+        raise ApiError(404, "not_found", "no such file", {})
+
+
+class FakeApi:
+    """The CofferClient methods the sync calls, answered by a FakeServer."""
+
+    parallel = 4
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.stats = TransferStats()
+
+    @staticmethod
+    def _out(item: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in item.items() if k != "chunks"}
+
+    async def events(self, cursor: str, **_: Any) -> dict[str, Any]:
+        return {"events": [], "cursor": 0, "has_more": False}
+
+    async def shared_with_me(self) -> list[dict[str, Any]]:
+        return []
+
+    async def list_page(self, where: dict[str, str], **_: Any) -> dict[str, Any]:
+        return {"items": await self.list(where["path"]), "cursor": None}
+
+    async def list(self, path: str = "/") -> list[dict[str, Any]]:
+        if path != "/" and self.server.items.get(path, {}).get("kind") != "folder":
+            raise ApiError(404, "not_found", f"{path}: no such folder", {})
+        return [self._out(i) for p, i in sorted(self.server.items.items()) if _parent(p) == path]
+
+    async def create_folder(self, target: dict[str, str]) -> dict[str, Any]:
+        if target["path"] in self.server.items:
+            raise ApiError(409, "exists", "already there", {})
+        return self._out(self.server.put_folder(target["path"]))
+
+    async def delete(self, file_id: str) -> None:
+        self.server.remove(self.server.by_id(file_id)["path"])
+
+    async def move(self, file_id: str, target: dict[str, str]) -> dict[str, Any]:
+        item = self.server.by_id(file_id)
+        if target["path"] in self.server.items:
+            raise ApiError(409, "exists", "already there", {})
+        del self.server.items[item["path"]]
+        item |= {"path": target["path"], "name": target["path"].rpartition("/")[2]}
+        self.server.items[target["path"]] = item
+        self.server.moves += 1
+        return self._out(item)
+
+    async def describe(
+        self, file_id: str, *, chunk_offset: int | None = None, chunk_limit: int | None = None
+    ) -> dict[str, Any]:
+        item = self.server.by_id(file_id)
+        chunks = [
+            {"sha256": sha, "size": size, "url": f"blob/{sha}"}
+            for sha, size in item.get("chunks", [])
+        ]
+        start = chunk_offset or 0
+        return self._out(item) | {
+            "chunks": chunks[start : start + (chunk_limit or len(chunks))],
+            "next_chunk_offset": None,
+        }
+
+    async def register_upload(self, body: dict[str, Any]) -> dict[str, Any]:
+        node = self.server.items.get(body["path"])
+        if node is not None and node["kind"] == "folder":
+            raise ApiError(409, "is_a_folder", "a folder is there", {})
+        base = body.get("base_version")
+        if base is not None and node is not None and node["version"] != base:
+            raise ApiError(409, "conflict", "the file changed since base_version", {})
+        upload_id = f"up{next(self.server.ids)}"
+        self.server.uploads[upload_id] = body
+        missing = [
+            {"index": i, "sha256": c["sha256"], "size": c["size"], "url": f"blob/{c['sha256']}"}
+            for i, c in enumerate(body["chunks"])
+            if c["sha256"] not in self.server.blobs
+        ]
+        return {"file_id": upload_id, "upload_id": upload_id, "missing": missing}
+
+    async def put_chunk(self, url: str, data: bytes, headers: dict[str, str]) -> None:
+        self.server.blobs[url.rpartition("/")[2]] = data
+        self.stats.chunks_sent += 1
+        self.stats.bytes_sent += len(data)
+
+    async def commit_upload(self, file_id: str, upload_id: str) -> dict[str, Any]:
+        body = self.server.uploads.pop(upload_id)
+        data = b"".join(self.server.blobs[c["sha256"]] for c in body["chunks"])
+        return self._out(self.server.put_file(body["path"], data))
+
+    async def get_chunk(self, url: str) -> bytes:
+        data = self.server.blobs[url.rpartition("/")[2]]
+        self.stats.bytes_received += len(data)
+        return data
+
+    @asynccontextmanager
+    async def content(self, file_id: str, version: int | None = None) -> AsyncIterator[Any]:
+        data = self.server.data(self.server.by_id(file_id)["path"])
+        self.stats.bytes_received += len(data)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield data
+
+        yield pieces()

@@ -1,0 +1,146 @@
+"""Verified downloads (`client.transfer.fetch`, used by sync and by `coffer download`)
+against an in-process stand-in for the API: good bytes land under the real name; damaged,
+short or inconsistent ones raise and leave nothing behind, neither the file nor its
+temporary."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.protocol import content_hash
+from client.api import TransferStats
+from client.errors import DownloadCorrupt, DownloadIncomplete
+from client.state import Entry, SyncState
+from client.transfer import LocalChunks, fetch
+
+CHUNK = 64 * 1024
+
+
+class FakeApi:
+    """Serves one file's manifest, stream and chunks; `sent` is what goes on the wire."""
+
+    parallel = 4
+
+    def __init__(self, data: bytes, sent: bytes | None = None, manifest_hash: str = "") -> None:
+        self.pieces = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+        self.sent = data if sent is None else sent
+        shas = [hashlib.sha256(p).hexdigest() for p in self.pieces]
+        self.chunks = [
+            {"sha256": sha, "size": len(p), "url": f"chunk/{i}"}
+            for i, (sha, p) in enumerate(zip(shas, self.pieces, strict=True))
+        ]
+        self.hash = manifest_hash or content_hash(shas)
+        self.stats = TransferStats()
+        self.fetched: list[str] = []
+
+    async def describe(
+        self, file_id: str, *, chunk_offset: int | None = None, chunk_limit: int | None = None
+    ) -> dict[str, Any]:
+        start = chunk_offset or 0
+        end = start + (chunk_limit or len(self.chunks))
+        more = end < len(self.chunks)
+        return {
+            "id": file_id,
+            "version": 3,
+            "content_hash": self.hash,
+            "chunks": self.chunks[start:end],
+            "next_chunk_offset": end if more else None,
+        }
+
+    @asynccontextmanager
+    async def content(self, file_id: str, version: int | None = None) -> AsyncIterator[Any]:
+        async def pieces() -> AsyncIterator[bytes]:
+            for i in range(0, len(self.sent), 10_000):  # not aligned with chunks
+                yield self.sent[i : i + 10_000]
+
+        yield pieces()
+
+    async def get_chunk(self, url: str) -> bytes:
+        self.fetched.append(url)
+        index = int(url.rpartition("/")[2])
+        start = index * CHUNK
+        return self.sent[start : start + len(self.pieces[index])]
+
+
+def data(n: int = 5 * CHUNK + 123) -> bytes:
+    return bytes((i * 7 + i // 251) % 256 for i in range(n))
+
+
+async def test_a_good_download_lands_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
+    api = FakeApi(data())
+    target, tmp = tmp_path / "file.bin", tmp_path / ".file.bin.part"
+    chunks, head = await fetch(api, "f1", target, tmp)
+    assert target.read_bytes() == data()
+    assert not tmp.exists()
+    assert head["version"] == 3 and [size for _, size in chunks][-1] == 123
+
+
+@pytest.mark.parametrize(
+    ("sent", "error"),
+    [
+        (data()[:CHUNK] + b"X" + data()[CHUNK + 1 :], DownloadCorrupt),  # a flipped byte
+        (data()[: 3 * CHUNK], DownloadIncomplete),  # cut short
+        (data() + b"more", DownloadCorrupt),  # longer than the manifest says
+    ],
+    ids=["damaged", "short", "long"],
+)
+async def test_bad_bytes_raise_and_leave_nothing(
+    tmp_path: Path, sent: bytes, error: type[Exception]
+) -> None:
+    api = FakeApi(data(), sent)
+    target, tmp = tmp_path / "file.bin", tmp_path / ".file.bin.part"
+    with pytest.raises(error):
+        await fetch(api, "f1", target, tmp)
+    assert not target.exists() and not tmp.exists()
+
+
+async def test_a_manifest_that_does_not_match_its_content_hash_is_refused(tmp_path: Path) -> None:
+    api = FakeApi(data(), manifest_hash="0" * 64)
+    target, tmp = tmp_path / "file.bin", tmp_path / ".file.bin.part"
+    with pytest.raises(DownloadCorrupt):
+        await fetch(api, "f1", target, tmp)
+    assert not target.exists() and not tmp.exists()
+
+
+async def test_an_existing_file_is_not_replaced_by_a_bad_download(tmp_path: Path) -> None:
+    target, tmp = tmp_path / "file.bin", tmp_path / ".file.bin.part"
+    target.write_bytes(b"the old version")
+    with pytest.raises(DownloadCorrupt):
+        await fetch(FakeApi(data(), data()[:-1] + b"?"), "f1", target, tmp)
+    assert target.read_bytes() == b"the old version" and not tmp.exists()
+
+
+def synced_copy(root: Path, state: SyncState, name: str, content: bytes) -> None:
+    """A synced local file holding `content`, as the state's chunk index knows it."""
+    path = root / name
+    path.write_bytes(content)
+    st = path.stat()
+    pieces = [content[i : i + CHUNK] for i in range(0, len(content), CHUNK)]
+    chunks = [(hashlib.sha256(p).hexdigest(), len(p)) for p in pieces]
+    state.put(Entry(name, "file", "id-" + name, 1, st.st_size, st.st_mtime_ns, "h", chunks))
+
+
+async def test_chunks_on_disk_are_reused_and_fetched_ones_verified(tmp_path: Path) -> None:
+    state = SyncState(tmp_path)
+    old = bytearray(data())
+    old[2 * CHUNK : 2 * CHUNK + 5] = b"edit!"  # chunk 2 differs from the new version
+    synced_copy(tmp_path, state, "old.bin", bytes(old))
+    api = FakeApi(data())
+    target, tmp = tmp_path / "new.bin", state.dir / "tmp" / "x.part"
+    await fetch(api, "f1", target, tmp, reuse=LocalChunks(tmp_path, state))
+    assert target.read_bytes() == data()
+    assert api.fetched == ["chunk/2"]  # only the chunk no local file has
+
+    damaged = bytearray(data())
+    damaged[2 * CHUNK] ^= 1
+    api = FakeApi(data(), bytes(damaged))
+    with pytest.raises(DownloadCorrupt):
+        await fetch(api, "f1", tmp_path / "again.bin", tmp, reuse=LocalChunks(tmp_path, state))
+    assert not (tmp_path / "again.bin").exists() and not tmp.exists()
+    state.close()
