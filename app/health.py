@@ -1,10 +1,13 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and (when `COFFER_METRICS` is on) counters."""
 
 from __future__ import annotations
 
 from litestar import Request, Response, get
 
+from app.core.errors import NotFound
 from app.core.http import PUBLIC
+from app.db import COMMANDS
+from app.settings import Settings
 from app.storage.base import BlobStore
 
 
@@ -28,3 +31,12 @@ async def readyz(request: Request, store: BlobStore) -> Response[dict[str, objec
         checks["blob_store"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@get("/metrics", opt=PUBLIC, include_in_schema=False)
+async def metrics(settings: Settings) -> dict[str, object]:
+    """Database round trips by command since start (benchmarks read it). Off unless
+    COFFER_METRICS is set: activity counts are nobody's business by default."""
+    if not settings.metrics:
+        raise NotFound("metrics are off (COFFER_METRICS)")
+    return {"mongo_commands": dict(COMMANDS.counts)}

@@ -32,11 +32,12 @@ from app.core.headers import SecurityHeadersMiddleware, page_policy
 from app.db import connect
 from app.events.queue import JobQueue
 from app.events.routes import CredentialCheck, events_socket, read_events
+from app.files.batch_routes import BatchController, list_tree
 from app.files.blob_routes import blob_router
 from app.files.recovery import finish_interrupted_writes
 from app.files.routes import FileController, TrashController, create_folder
 from app.files.scope import Caller
-from app.health import healthz, readyz
+from app.health import healthz, metrics, readyz
 from app.settings import Settings, get_settings
 from app.sharing.routes import ShareController, revoke_link, shared_with_me
 from app.storage.factory import open_store
@@ -117,6 +118,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             read_events,
             events_socket,
             FileController,
+            BatchController,
+            list_tree,
             TrashController,
             create_folder,
             ShareController,
@@ -143,6 +146,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ui_router(),
             healthz,
             readyz,
+            metrics,
             create_static_files_router(path="/static", directories=[STATIC_DIR]),
         ],
         dependencies=dependencies,

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     gc_grace_seconds: int = 24 * 3600
     # A collector that dies holds its lease this long; a live one renews it every batch.
     gc_lease_seconds: float = 60
+    # A quota claim (bytes charged before a commit point) still open after this long was
+    # left by a process that died mid-commit: the worker settles it (app/files/accounting.py).
+    claim_settle_seconds: float = 60
     # Default per-user quota in bytes; 0 means unlimited.
     default_quota_bytes: int = 0
     # Password guessing: attempts per address and username (logins), or per address (link
@@ -85,6 +88,14 @@ class Settings(BaseSettings):
     # Tests only: "name=seconds,..." makes the server pause at those failpoints
     # (see app/failpoints.py) so a fault test can kill it at an exact step.
     failpoints: str = ""
+    # Serve /metrics (database round trips by command), for benchmarks and operators.
+    metrics: bool = False
+
+    # The batch API: files per request, the largest file that may carry its bytes inline
+    # (committed in the same request), and the inline bytes one request may carry.
+    batch_max_files: int = 1000
+    batch_inline_max_bytes: int = 64 * KIB
+    batch_inline_total_bytes: int = 16 * MIB
 
     min_chunk_size: int = 64 * KIB
     max_chunk_size: int = 16 * MIB

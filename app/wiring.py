@@ -19,6 +19,7 @@ from app.db.sharing import Share
 from app.events.feed import ChangeFeed, Enqueue
 from app.events.hub import Hub
 from app.events.registry import EventRegistry, OutboxSource
+from app.files.batch import BatchService
 from app.files.context import FilesContext
 from app.files.history import HistoryService
 from app.files.reads import ReadService
@@ -65,6 +66,7 @@ class Services:
     uploads: UploadService
     reads: ReadService
     history: HistoryService
+    batch: BatchService
     sharing: SharingService
     links: LinkService
 
@@ -80,6 +82,7 @@ def services_for(
         uploads=uploads,
         reads=ReadService(ctx),
         history=HistoryService(ctx, tree, uploads),
+        batch=BatchService(ctx, tree, uploads),
         sharing=SharingService(feed),
         links=LinkService(settings, passwords),
     )

@@ -16,6 +16,7 @@ from arq.connections import RedisSettings
 from app.core import failpoints
 from app.core.ratelimit import forget_expired
 from app.db import connect
+from app.files.accounting import settle_claims
 from app.files.maintenance import expiry
 from app.files.maintenance.gc import GarbageCollector, pause_file_for
 from app.files.maintenance.retention import empty_trash, thin_versions
@@ -59,8 +60,10 @@ async def sweep_outboxes(ctx: dict[str, Any]) -> int:
 
 
 async def finish_interrupted_ops(ctx: dict[str, Any]) -> int:
-    """Complete commits and folder moves/trashes a crashed web process left half done."""
-    return await finish_interrupted_writes()
+    """Complete commits and folder moves/trashes a crashed web process left half done, and
+    settle the quota claims of commits it never decided."""
+    settled = await settle_claims(ctx["settings"].claim_settle_seconds)
+    return await finish_interrupted_writes() + settled
 
 
 async def expire_uploads(ctx: dict[str, Any]) -> int:

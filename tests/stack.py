@@ -92,6 +92,8 @@ class Stack:
             "COFFER_HOST": "127.0.0.1",
             "COFFER_FSYNC": "false",
             "COFFER_GC_LEASE_SECONDS": "2",
+            # Crash tests settle a dead commit's quota claim without waiting a minute.
+            "COFFER_CLAIM_SETTLE_SECONDS": "2",
             **self.env,
         }
 

@@ -11,6 +11,7 @@ query is `audience_for`'s read of the owner's grants), and tested as decision ta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from beanie import PydanticObjectId
@@ -22,8 +23,60 @@ from app.db.outbox import EVENT_FIELDS, AudienceEntry, Change
 from app.db.sharing import ROLES, Share
 
 
+@dataclass(frozen=True)
+class OwnerShares:
+    """An owner's live grants (file id, recipient id) and the shared nodes they are on."""
+
+    grants: list[tuple[str, str]]
+    roots: dict[str, FileNode]
+
+
+NO_SHARES = OwnerShares([], {})
+
+
+async def owner_shares(owner_id: str) -> OwnerShares:
+    """Read once per write (or per batch): one indexed query, raw and projected; most
+    owners share nothing, and then this is all a write pays for its audience."""
+    grants = await (
+        Share.get_pymongo_collection()
+        .find(
+            {"owner_id": {"$eq": owner_id}, "role": {"$in": list(ROLES)}},
+            {"file_id": 1, "user_id": 1},
+        )
+        .to_list()
+    )
+    if not grants:
+        return NO_SHARES
+    roots = {
+        str(n.id): n
+        for n in await FileNode.find(
+            {"_id": {"$in": list({PydanticObjectId(g["file_id"]) for g in grants})}}
+        ).to_list()
+    }
+    return OwnerShares([(g["file_id"], g["user_id"]) for g in grants], roots)
+
+
 async def audience_for(
     owner_id: str,
+    file_id: str,
+    new_path: str,
+    old_path: str | None,
+    *,
+    includes_descendants: bool = False,
+) -> list[AudienceEntry]:
+    """Recipients (other than the owner) of a change to `file_id`, with how each sees it
+    (see `audience_in`)."""
+    return audience_in(
+        await owner_shares(owner_id),
+        file_id,
+        new_path,
+        old_path,
+        includes_descendants=includes_descendants,
+    )
+
+
+def audience_in(
+    shares: OwnerShares,
     file_id: str,
     new_path: str,
     old_path: str | None,
@@ -38,28 +91,9 @@ async def audience_for(
     "roots": [[root_id, root_name, kind], ...]} where `roots` lists shared items *below*
     a trashed or restored folder (their recipients see their own root go or come back).
     """
-    # Runs before every write: one indexed query, raw and projected (most owners share
-    # nothing, and then this is all it costs).
-    grants = await (
-        Share.get_pymongo_collection()
-        .find(
-            {"owner_id": {"$eq": owner_id}, "role": {"$in": list(ROLES)}},
-            {"file_id": 1, "user_id": 1},
-        )
-        .to_list()
-    )
-    if not grants:
-        return []
-    roots = {
-        str(n.id): n
-        for n in await FileNode.find(
-            {"_id": {"$in": list({PydanticObjectId(g["file_id"]) for g in grants})}}
-        ).to_list()
-    }
     out: dict[str, AudienceEntry] = {}
-    for grant in grants:
-        grant_file, user_id = grant["file_id"], grant["user_id"]
-        root = roots.get(grant_file)
+    for grant_file, user_id in shares.grants:
+        root = shares.roots.get(grant_file)
         if root is None:
             continue
         if grant_file == file_id:

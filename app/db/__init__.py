@@ -7,8 +7,16 @@ same documents without importing each other.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from beanie import init_beanie
 from pymongo import AsyncMongoClient
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from app.core.ratelimit import RateCounter
 from app.db.accounts import ApiToken, BrowserSession, User
@@ -43,9 +51,31 @@ DOCUMENT_MODELS = [
 ]
 
 
+class CommandCounter(CommandListener):
+    """Counts the database round trips this process makes, by command (for `/metrics`)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.counts[event.command_name] += 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        return None
+
+
+COMMANDS = CommandCounter()
+
+
 async def connect(settings: Settings) -> AsyncMongoClient:
     client: AsyncMongoClient = AsyncMongoClient(
-        settings.mongo_url, serverSelectionTimeoutMS=5000, tz_aware=True
+        settings.mongo_url,
+        serverSelectionTimeoutMS=5000,
+        tz_aware=True,
+        event_listeners=[COMMANDS],
     )
     await init_beanie(database=client[settings.db_name], document_models=DOCUMENT_MODELS)
     return client

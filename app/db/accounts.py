@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from beanie import Document
 from pymongo import ASCENDING, IndexModel
@@ -18,10 +19,18 @@ class User(Document):
     # Bumped when access to the user's files is taken away (a share revoked, a file purged):
     # signed chunk-read URLs carry it, so those handed out before stop working at once.
     url_epoch: int = 0
+    # Quota charges not yet matched by a commit: claim id -> {"at", "items"} (see
+    # app/files/accounting.py).
+    claims: dict[str, Any] = {}
+    has_claims: bool = False  # any claim may be open (cleared once none is)
+    claims_rev: int = 0  # bumped by every charge
 
     class Settings:
         name = "users"
-        indexes = [IndexModel([("username_key", ASCENDING)], unique=True)]
+        indexes = [
+            IndexModel([("username_key", ASCENDING)], unique=True),
+            IndexModel([("has_claims", ASCENDING)]),
+        ]
 
 
 class BrowserSession(Document):

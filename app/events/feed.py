@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app import protocol
 from app.core.clock import epoch_ms, iso, now
@@ -99,6 +99,37 @@ async def append_event(
             continue
 
 
+async def append_events(recipient: str, deliveries: list[tuple[str, dict[str, Any]]]) -> int:
+    """Append many first-time deliveries to one recipient's feed in two writes: one `$inc`
+    takes a run of seqs, one insert adds the events (for a batch of changes). A copy the
+    unique (recipient, delivery) index refuses (a race with the sweeper) leaves a seq
+    hole, which readers fill; returns how many were added."""
+    if not deliveries:
+        return 0
+    counter = await EventCounter.get_pymongo_collection().find_one_and_update(
+        {"_id": recipient},
+        {"$inc": {"seq": len(deliveries)}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    first = counter["seq"] - len(deliveries) + 1
+    docs = [
+        Event(
+            recipient_id=recipient,
+            seq=first + i,
+            change_id=delivery_id,
+            at_ms=epoch_ms(fields["at"]),
+            **fields,
+        )
+        for i, (delivery_id, fields) in enumerate(deliveries)
+    ]
+    try:
+        await Event.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        return len(docs) - len(exc.details.get("writeErrors", []))
+    return len(docs)
+
+
 class ChangeFeed:
     """What writers call after a durable change, and what readers read."""
 
@@ -159,6 +190,65 @@ class ChangeFeed:
                 else None
             )
         )
+
+    async def changed_many(self, source: str, changes: list[tuple[str, Change]]) -> None:
+        """`changed` for a batch: (doc id, change) pairs just written, each in its own
+        document's outbox. The owners' events go in now, a few writes per owner whatever
+        the batch's size; everyone else's right after, in bulk too, then the markers."""
+        if not changes:
+            return
+        by_owner: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for _, change in changes:
+            by_owner.setdefault(change["owner_id"], []).extend(
+                self.registry.deliveries(change, change["owner_id"])
+            )
+        for owner, deliveries in by_owner.items():
+            if await append_events(owner, deliveries):
+                await self.hub.notify(owner)
+        task = asyncio.create_task(self._flush_many_later(source, changes))
+        for doc_id, change in changes:
+            key = f"{source}:{doc_id}"
+            self._background[key] = (change["id"], task)
+        task.add_done_callback(lambda done: self._forget_background(source, changes, done))
+
+    def _forget_background(
+        self, source: str, changes: list[tuple[str, Change]], done: asyncio.Task[bool]
+    ) -> None:
+        for doc_id, _ in changes:
+            key = f"{source}:{doc_id}"
+            if self._background.get(key, (None, None))[1] is done:
+                self._background.pop(key, None)
+
+    async def _flush_many_later(self, source: str, changes: list[tuple[str, Change]]) -> bool:
+        """Deliver a batch to everyone but the owners, in bulk, then clear the markers
+        (only of documents whose outbox still holds this batch's change)."""
+        try:
+            registered = self.registry.sources[source]
+            per_recipient: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+            for _, change in changes:
+                for recipient in recipients_for(change)[1:]:
+                    per_recipient.setdefault(recipient, []).extend(
+                        self.registry.deliveries(change, recipient)
+                    )
+            for recipient, deliveries in per_recipient.items():
+                if await append_events(recipient, deliveries):
+                    await self.hub.notify(recipient)
+            ids = [registered.doc_id(doc_id) for doc_id, _ in changes]
+            change_ids = [change["id"] for _, change in changes]
+            for start in range(0, len(ids), 1000):
+                await registered.model.get_pymongo_collection().update_many(
+                    {
+                        "_id": {"$in": ids[start : start + 1000]},
+                        "outbox.id": {"$in": change_ids[start : start + 1000]},
+                    },
+                    {"$set": {"outbox_pending": False}},
+                )
+            return True
+        except Exception as exc:  # the sweeper retries whatever is still marked
+            log.warning(
+                "fan-out of a batch of %d failed, left to the sweeper: %s", len(changes), exc
+            )
+            return False
 
     async def _flush_later(self, source: str, doc_id: str, change: Change) -> bool:
         try:

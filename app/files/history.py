@@ -15,7 +15,7 @@ from app.core.clock import iso, now
 from app.core.errors import BadRequest, NotFound
 from app.core.query import match
 from app.db.files import ChunkMapPage, FileNode, FileVersion, delete_chunk_maps
-from app.files.accounting import add_usage, charge, withdraw_read_urls
+from app.files.accounting import RESTORED, charge, release, withdraw_read_urls
 from app.files.context import FilesContext
 from app.files.recovery import finish_pending_op
 from app.files.schemas import FileOut, TrashItemOut, TrashListOut, VersionOut
@@ -205,15 +205,15 @@ class HistoryService:
         # What comes back counts against the quota again: charged before the commit point
         # (refused with 507 if it no longer fits), given back if the restore loses a race.
         size = await _trashed_size(node)
-        if size:
-            await charge(scope, size)
+        claim = await charge(scope, [(str(node.id), RESTORED, size)])
         try:
             restored, change = await self.tree.compare_and_set(
                 scope, node, FILE_RESTORED, changes, trashed=True
             )
         except BaseException:
-            await add_usage(scope.owner_id, -size)
+            await release(scope.owner_id, claim, refund=size)
             raise
+        await release(scope.owner_id, claim)
         if op:
             await finish_pending_op(restored)
         await self.ctx.feed.changed(FILES, str(node.id), change)

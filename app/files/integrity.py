@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from beanie import PydanticObjectId
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.core.clock import now_ms
 from app.core.errors import CorruptData, ServiceUnavailable
@@ -82,6 +82,60 @@ async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: b
             code="chunk_busy",
             headers={"Retry-After": "1"},
         ) from None
+
+
+async def record_stored_chunks(owner: str, sizes: dict[str, int]) -> set[str]:
+    """`record_stored_chunk` for many chunks the server wrote itself (a batch's inline
+    files), in a few writes whatever their number. Returns the hashes garbage collection
+    is deleting right now: their files must be sent again a moment later."""
+    if not sizes:
+        return set()
+    coll = StoredChunk.get_pymongo_collection()
+    ids = {chunk_id(owner, sha): sha for sha in sizes}
+    found = {
+        doc["_id"]: doc.get("state", "stored")
+        async for doc in coll.find({"_id": {"$in": list(ids)}}, {"state": 1})
+    }
+    t = now_ms()
+    busy = {ids[i] for i, state in found.items() if state == "deleting"}
+    bad = [i for i, state in found.items() if state in ("corrupt", "missing", "unverified")]
+    good = [i for i, state in found.items() if state == "stored"]
+    fresh = [i for i in ids if i not in found]
+    if good:
+        await coll.update_many(
+            {"_id": {"$in": good}, "state": "stored"}, {"$set": {"put_ms": t, "used_ms": t}}
+        )
+    if bad:
+        await coll.update_many(
+            {"_id": {"$in": bad}, "state": {"$in": ["corrupt", "missing", "unverified"]}},
+            {"$set": {"state": "stored", "verified": True, "put_ms": t, "used_ms": t}},
+        )
+        log.warning("%d chunk(s) of %s healed by a new upload", len(bad), owner)
+        await heal(owner)
+    if fresh:
+        docs = [
+            {
+                "_id": i,
+                "owner_id": owner,
+                "sha256": ids[i],
+                "size": sizes[ids[i]],
+                "state": "stored",
+                "verified": True,
+                "put_ms": t,
+                "used_ms": t,
+                "created_at": datetime.now(UTC),
+            }
+            for i in fresh
+        ]
+        try:
+            await coll.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            # Recorded meanwhile by another upload: fine unless GC is deleting it.
+            raced = [docs[e["index"]]["_id"] for e in exc.details.get("writeErrors", [])]
+            async for doc in coll.find({"_id": {"$in": raced}}, {"state": 1}):
+                if doc.get("state") == "deleting":
+                    busy.add(ids[doc["_id"]])
+    return busy
 
 
 async def touch_chunks(owner: str, hashes: Iterable[str]) -> None:

@@ -173,6 +173,33 @@ class TreeService:
             next_cursor = encode_cursor(nodes[-1].name_key)
         return ListOut(items=[scope.out(n) for n in nodes], cursor=next_cursor)
 
+    async def list_tree(
+        self, caller: Caller, folder_id: str | None, limit: int, cursor: str | None
+    ) -> ListOut:
+        """One page of everything below the caller's root (or a folder they can see), in
+        path order: one indexed range scan on (owner, path key) per page."""
+        scope = own_scope(caller)
+        below: dict[str, str] = {"$gt": "/", "$lt": "/\U0010ffff"}
+        if folder_id is not None:
+            scope, folder = await open_folder(caller, folder_id)
+            below = paths.subtree_range(folder.path_key)
+        if cursor:
+            below = {**below, "$gt": max(below["$gt"], decode_cursor(cursor))}
+        limit = max(1, min(limit, 1000))
+        nodes = (
+            await FileNode.find(match(owner_id=scope.owner_id, path_key=below))
+            .sort("+path_key")
+            .limit(limit + 1)
+            .to_list()
+        )
+        next_cursor = encode_cursor(nodes[limit - 1].path_key) if len(nodes) > limit else None
+        # Trashed items keep their path key and uncommitted uploads are not shown: they
+        # are skipped here (the page may hold fewer than `limit`; the cursor still moves).
+        return ListOut(
+            items=[scope.out(n) for n in nodes[:limit] if n.deleted_at is None and n.committed],
+            cursor=next_cursor,
+        )
+
     # ---------------------------------------------------------------- move / trash
 
     async def move(self, caller: Caller, file_id: str, req: MoveRequest) -> FileOut:

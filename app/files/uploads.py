@@ -37,7 +37,7 @@ from app.db.files import (
     UploadSession,
     delete_chunk_maps,
 )
-from app.files.accounting import add_usage, charge, check_quota
+from app.files.accounting import charge, check_quota, release
 from app.files.context import FilesContext
 from app.files.integrity import record_stored_chunk, touch_chunks
 from app.files.recovery import finish_commit, finish_commit_tail
@@ -98,11 +98,13 @@ class UploadService:
             scope, existing = await open_node(caller, req.file_id, "write", include_pending=True)
             if existing.kind != "file":
                 raise Conflict(f"{scope.shown(existing.path)} is a folder", code="is_a_folder")
-            return await self._register(scope, existing.path, req)
+            return await self.register_in(scope, existing.path, req)
         scope, path = await target_path(caller, req.path, req.parent_id, req.name)
-        return await self._register(scope, path, req)
+        return await self.register_in(scope, path, req)
 
-    async def _register(self, scope: Scope, path: str, req: UploadRequest) -> UploadOut:
+    async def register_in(self, scope: Scope, path: str, req: UploadRequest) -> UploadOut:
+        """Register an upload to `path` in a tree the caller was already found to be
+        allowed to write to (`scope`)."""
         if path == "/":
             raise BadRequest("cannot upload to the root folder itself", code="invalid_path")
         hashes = self.check_chunks(req.size, req.chunks)
@@ -310,6 +312,10 @@ class UploadService:
         scope, node = await open_node(caller, file_id, "write", include_pending=True)
         return scope.out(await self._commit(scope, node, upload_id))
 
+    async def commit_in(self, scope: Scope, file_id: str, upload_id: str) -> FileOut:
+        """Commit in a tree whose write access was already checked (`scope`)."""
+        return scope.out(await self._commit(scope, await reload(scope, file_id), upload_id))
+
     async def _commit(self, scope: Scope, node: FileNode, upload_id: str) -> FileNode:
         file_id = str(node.id)
         try:
@@ -391,44 +397,48 @@ class UploadService:
             # Growth is charged against the quota *before* the commit point, atomically, so
             # concurrent commits can never together pass it; shrinking is credited after.
             charged = max(delta, 0)
-            if charged:
-                await charge(scope, charged)
+            claim = await charge(scope, [(file_id, str(version.id), charged)])
             tail = CommitTail(
                 version_id=str(version.id),
                 version=new_version,
                 at=t,
                 usage_delta=delta - charged,
             )
-            change = change_of(
-                scope,
-                FILE_UPDATED if node.committed else FILE_CREATED,
-                node,
-                await audience_of(scope, file_id, node.path),
-                version=new_version,
-                size=version.size,
-                content_hash=version.content_hash,
-            )
-            result = await FileNode.get_pymongo_collection().update_one(
-                {"_id": node.id, "rev": node.rev, "deleted_at": None},
-                {
-                    "$set": {
-                        "committed": True,
-                        "version": new_version,
-                        "head_version_id": str(version.id),
-                        "damaged": version.damaged,
-                        "size": version.size,
-                        "content_hash": version.content_hash,
-                        "modified_at": t,
-                        "rev": node.rev + 1,
-                        "outbox": change,
-                        "outbox_pending": True,
-                        "commit_tail": tail,
-                    }
-                },
-            )
+            try:
+                change = change_of(
+                    scope,
+                    FILE_UPDATED if node.committed else FILE_CREATED,
+                    node,
+                    await audience_of(scope, file_id, node.path),
+                    version=new_version,
+                    size=version.size,
+                    content_hash=version.content_hash,
+                )
+                result = await FileNode.get_pymongo_collection().update_one(
+                    {"_id": node.id, "rev": node.rev, "deleted_at": None},
+                    {
+                        "$set": {
+                            "committed": True,
+                            "version": new_version,
+                            "head_version_id": str(version.id),
+                            "damaged": version.damaged,
+                            "size": version.size,
+                            "content_hash": version.content_hash,
+                            "modified_at": t,
+                            "rev": node.rev + 1,
+                            "outbox": change,
+                            "outbox_pending": True,
+                            "commit_tail": tail,
+                        }
+                    },
+                )
+            except BaseException:
+                await release(scope.owner_id, claim, refund=charged)
+                raise
             if result.modified_count == 1:
+                await release(scope.owner_id, claim)
                 break
-            await add_usage(scope.owner_id, -charged)  # lost the race: give it back, go again
+            await release(scope.owner_id, claim, refund=charged)  # lost the race: go again
             node = await reload(scope, file_id)
 
         await failpoint("commit.after_head")

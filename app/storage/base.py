@@ -45,6 +45,11 @@ class BlobStore(Protocol):
         """Forget whatever an upload staged and never had accepted."""
         ...
 
+    async def put_many(self, owner: str, chunks: dict[str, bytes]) -> None:
+        """Store chunks the server already holds and has verified (a batch's small inline
+        files), durably, all at once."""
+        ...
+
     async def stat(self, owner: str, sha256: str) -> int | None:
         """Stored size of the chunk, or None when absent."""
         ...

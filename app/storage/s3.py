@@ -124,6 +124,20 @@ class S3BlobStore:
             raise
         return int(head["ContentLength"])
 
+    async def put_many(self, owner: str, chunks: dict[str, bytes]) -> None:
+        sem = asyncio.Semaphore(16)
+
+        async def one(sha: str, data: bytes) -> None:
+            async with sem:
+                await self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=chunk_key(owner, sha),
+                    Body=data,
+                    ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
+                )
+
+        await asyncio.gather(*(one(sha, data) for sha, data in chunks.items()))
+
     def read(self, owner: str, sha256: str) -> AsyncIterator[bytes]:
         return self._read_key(chunk_key(owner, sha256))
 

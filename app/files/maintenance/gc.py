@@ -18,6 +18,10 @@ Blobs with no record at all (a crash between writing a blob and recording it, or
 presigned S3 PUT never committed) are adopted as `unverified` records, so the same
 protocol collects them on a later run instead of a racy delete-by-listing.
 
+A committed version that no file node knows (a batch upload killed between writing its
+versions and its nodes: app/files/batch.py) is invisible garbage: once older than the grace
+period it is deleted with its chunk map before references are read, so its chunks go too.
+
 A backup pauses collection (`run/gc-paused-until` in the data dir): a run checks the pause
 after marking a batch and puts the batch back, so no blob a snapshot references goes away.
 """
@@ -29,22 +33,29 @@ import logging
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from app.core.clock import now_ms
+from app.core.clock import as_utc, now_ms
 from app.core.failpoints import failpoint
 from app.core.query import match
 from app.db.accounts import User
-from app.db.files import MaintenanceState, StoredChunk
+from app.db.files import FileNode, FileVersion, MaintenanceState, StoredChunk, delete_chunk_maps
 from app.files.integrity import chunk_id, owner_chunk_pages
 from app.storage.base import BlobStore
 
 log = logging.getLogger("coffer.gc")
 COLLECTABLE = ["stored", "corrupt", "missing", "unverified"]
+
+
+@dataclass(frozen=True)
+class _Versioned:
+    id: Any
+    chunk_count: int
 
 
 def pause_file_for(data_dir: Path) -> Path:
@@ -134,6 +145,7 @@ class GarbageCollector:
             await self.finish_deleting()
             async for user in User.get_pymongo_collection().find({}, {"_id": 1}):
                 owner = str(user["_id"])
+                await self.drop_orphan_versions(owner, cutoff)
                 await self.adopt_orphans(owner, cutoff)
                 if not await self.collect_owner(owner, cutoff):
                     self.stats["paused"] = 1
@@ -239,6 +251,33 @@ class GarbageCollector:
                 await self.store.delete(owner, sha)
 
         await asyncio.gather(*(delete(owner, sha) for owner, sha in blobs))
+
+    async def drop_orphan_versions(self, owner: str, cutoff: int) -> None:
+        """Delete committed versions older than the grace period (and at least an hour,
+        whatever the grace: a batch in flight writes its nodes within seconds) whose file
+        node does not exist (a batch commit cut short between its two inserts)."""
+        cutoff = min(cutoff, now_ms() - 3600 * 1000)
+        nodes = {
+            str(doc["_id"])
+            async for doc in FileNode.get_pymongo_collection().find(
+                match(owner_id=owner), {"_id": 1}
+            )
+        }
+        doomed = [
+            doc
+            async for doc in FileVersion.get_pymongo_collection().find(
+                match(owner_id=owner), {"file_id": 1, "chunk_count": 1, "created_at": 1}
+            )
+            if doc.get("file_id") not in nodes
+            and as_utc(doc["created_at"]).timestamp() * 1000 < cutoff
+        ]
+        if not doomed:
+            return
+        await delete_chunk_maps([_Versioned(d["_id"], d.get("chunk_count", 0)) for d in doomed])
+        await FileVersion.get_pymongo_collection().delete_many(
+            {"_id": {"$in": [d["_id"] for d in doomed]}}
+        )
+        self.stats["orphan_versions"] = self.stats.get("orphan_versions", 0) + len(doomed)
 
     async def adopt_orphans(self, owner: str, cutoff: int) -> None:
         """Give blobs older than the grace period that have no record an `unverified` one."""

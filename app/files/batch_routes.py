@@ -1,0 +1,122 @@
+"""The batch API: many files per request (upload, commit, delete, move, download) and the
+recursive listing a first sync reads the whole tree with.
+
+`POST /api/batch/download` answers `application/x-coffer-files`: for each requested id, in
+order, one line of JSON (`{"index","id","path","version","size","content_hash"}`, or
+`{"index","id","error":{...}}`) and then, unless it is an error, exactly `size` bytes of
+that file. It streams: memory stays at about one chunk whatever the batch holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from app.core.errors import BadRequest, CofferError, CorruptData
+from app.core.http import ByteRange
+from app.files.batch import BatchService
+from app.files.batch_schemas import (
+    BatchCommitRequest,
+    BatchIdsRequest,
+    BatchItemsOut,
+    BatchMoveRequest,
+    BatchUploadOut,
+    BatchUploadRequest,
+)
+from app.files.reads import head_version_of, stream_content
+from app.files.schemas import ListOut
+from app.files.scope import Caller, open_node
+from app.files.tree import TreeService
+from app.settings import Settings
+from app.storage.base import BlobStore
+
+# The largest request body a batch may have: 16 MiB of inline data as base64 plus the
+# manifests of a thousand files (the service checks the configured limits exactly).
+BATCH_BODY_MAX = 40 * 1024 * 1024
+FILES_MEDIA_TYPE = "application/x-coffer-files"
+
+
+class BatchController(Controller):
+    path = "/api/batch"
+    tags = ["batch"]
+
+    @post("/upload", status_code=200, request_max_body_size=BATCH_BODY_MAX)
+    async def upload(
+        self, data: BatchUploadRequest, caller: Caller, batch: BatchService
+    ) -> BatchUploadOut:
+        """Register up to 1,000 files; small ones (`data`, base64) commit right here."""
+        return await batch.upload(caller, data)
+
+    @post("/commit", status_code=200)
+    async def commit(
+        self, data: BatchCommitRequest, caller: Caller, batch: BatchService
+    ) -> BatchItemsOut:
+        return await batch.commit(caller, data)
+
+    @post("/delete", status_code=200)
+    async def delete(
+        self, data: BatchIdsRequest, caller: Caller, batch: BatchService
+    ) -> BatchItemsOut:
+        return await batch.delete(caller, data)
+
+    @post("/move", status_code=200)
+    async def move(
+        self, data: BatchMoveRequest, caller: Caller, batch: BatchService
+    ) -> BatchItemsOut:
+        return await batch.move(caller, data)
+
+    @post("/download", status_code=200)
+    async def download(
+        self, data: BatchIdsRequest, caller: Caller, store: BlobStore, settings: Settings
+    ) -> Stream:
+        if len(data.ids) > settings.batch_max_files:
+            raise BadRequest(
+                f"at most {settings.batch_max_files} files per batch", code="too_many_files"
+            )
+        return Stream(
+            _files(caller, store, data.ids),
+            media_type=FILES_MEDIA_TYPE,
+            headers={"Cache-Control": "private, no-store"},
+        )
+
+
+async def _files(caller: Caller, store: BlobStore, ids: list[str]) -> AsyncIterator[bytes]:
+    for index, file_id in enumerate(ids):
+        try:
+            scope, node = await open_node(caller, file_id)
+            version = await head_version_of(node)
+            if version.damaged:
+                raise CorruptData("this file's data is damaged", code="damaged_file")
+        except CofferError as exc:
+            error = {"code": exc.code, "message": exc.message, "status": exc.status_code}
+            yield msgspec.json.encode({"index": index, "id": file_id, "error": error}) + b"\n"
+            continue
+        head = {
+            "index": index,
+            "id": file_id,
+            "path": scope.shown(node.path),
+            "version": node.version,
+            "size": version.size,
+            "content_hash": version.content_hash,
+        }
+        yield msgspec.json.encode(head) + b"\n"
+        if version.size:
+            async for piece in stream_content(store, version, ByteRange(0, version.size - 1)):
+                yield piece
+
+
+@get("/api/tree", tags=["files"])
+async def list_tree(
+    caller: Caller,
+    tree: TreeService,
+    folder_id: str | None = Parameter(default=None, query="id"),
+    limit: int = Parameter(default=1000, ge=1, le=1000),
+    cursor: str | None = None,
+) -> ListOut:
+    """Everything below your root, or below folder `id`, in path order, one page per call:
+    what a first sync reads instead of listing folder by folder."""
+    return await tree.list_tree(caller, folder_id, limit, cursor)
