@@ -9,6 +9,7 @@ token.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from app.protocol import CHUNK_SIZE
-from client.errors import ApiError
+from client.errors import ApiError, DownloadIncomplete
 
 if TYPE_CHECKING:
     from client.hashing import Chunks
@@ -62,6 +63,44 @@ class _Counted:
         raw = await self.pieces.__anext__()
         self.stats.bytes_received += len(raw)
         return raw
+
+
+class BatchReader:
+    """Reads `application/x-coffer-files`: per file a JSON line, then `size` bytes."""
+
+    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+        self._buffer = bytearray()
+
+    async def _fill(self, need: int) -> bool:
+        while len(self._buffer) < need:
+            try:
+                self._buffer += await anext(self._pieces)
+            except StopAsyncIteration:
+                return False
+        return True
+
+    async def next_head(self) -> dict[str, Any] | None:
+        """The next file's header, or None at the end."""
+        while b"\n" not in self._buffer:
+            if not await self._fill(len(self._buffer) + 1):
+                if self._buffer:
+                    raise DownloadIncomplete("the batch ended in the middle of a header")
+                return None
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return json.loads(line)
+
+    async def body(self, size: int) -> AsyncIterator[bytes]:
+        """The current file's `size` bytes, in pieces."""
+        left = size
+        while left:
+            if not self._buffer and not await self._fill(1):
+                raise DownloadIncomplete("the batch ended in the middle of a file")
+            piece = bytes(self._buffer[:left])
+            del self._buffer[: len(piece)]
+            left -= len(piece)
+            yield piece
 
 
 class CofferClient:
@@ -181,6 +220,16 @@ class CofferClient:
             if not cursor:
                 return items
 
+    async def tree_page(
+        self, where: dict[str, str], *, cursor: str | None = None, limit: int = 1000
+    ) -> dict[str, Any]:
+        """One page of everything below a folder (`where`: {} for our root, {"path": ...}
+        or {"id": ...}), in path order: {"items", "cursor"}."""
+        params: dict[str, Any] = {**where, "limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        return await self.request("GET", "/api/tree", params=params)
+
     async def shared_with_me(self) -> list[dict[str, Any]]:
         """What other users shared with us (top-level items, as we see them)."""
         return (await self.request("GET", "/api/shared"))["items"]
@@ -273,7 +322,33 @@ class CofferClient:
             progress=progress,
         )
 
+    async def batch_upload(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Up to 1,000 files in one request (small ones with their bytes, base64, which
+        commits them); one result per file, in order."""
+        body = await self.request("POST", "/api/batch/upload", json={"files": files}, timeout=300)
+        self.stats.bytes_sent += sum(len(f.get("data") or "") * 3 // 4 for f in files)
+        return body["results"]
+
+    async def batch_folders(self, folders: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """Have these folders (each {"path"} or {"parent_id", "name"}), made where missing."""
+        body = await self.request("POST", "/api/batch/folders", json={"folders": folders})
+        return body["results"]
+
+    async def batch_delete(self, ids: list[str]) -> list[dict[str, Any]]:
+        return (await self.request("POST", "/api/batch/delete", json={"ids": ids}))["results"]
+
     # ------------------------------------------------------------- downloads
+
+    @asynccontextmanager
+    async def batch_download(self, ids: list[str]) -> AsyncIterator[BatchReader]:
+        """Many files in one streamed answer: read them in order from the reader."""
+        async with self.http.stream(
+            "POST", "/api/batch/download", json={"ids": ids}, timeout=300.0
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise_for_error(resp)
+            yield BatchReader(_Counted(resp.aiter_raw(STREAM_PIECE), self.stats))
 
     async def get_chunk(self, url: str) -> bytes:
         """One chunk's bytes from its read URL (unverified: the caller checks its hash)."""

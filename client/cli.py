@@ -5,7 +5,7 @@ The commands only: syncing is client/sync.py (and client/live.py for `sync` with
 
     coffer login URL [--username U --password-stdin] [--device-name NAME]
     coffer logout
-    coffer sync DIR [--remote /path] [--once]
+    coffer sync DIR [--remote /path] [--once] [--exclude /FOLDER] [--include /FOLDER]
     coffer upload FILE REMOTE | download REMOTE FILE | ls [REMOTE] | rm REMOTE
     coffer share REMOTE USER --role viewer|editor
     coffer link REMOTE [--password] [--expires 7d]
@@ -267,13 +267,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return 0
     # A sync may be running beside it: look, change nothing (not even its temp files).
     state = SyncState(folder)
-    files = Scanner(folder, Ignore(folder)).scan().files
-    known = state.all()
+    ignore = Ignore(folder)
+    ignore.excluded = json.loads(state.get_meta("excludes") or "[]")
+    files = Scanner(folder, ignore).scan().files
+    known = {rel: e for rel, e in state.all().items() if not ignore(rel)}
     pending = [
         rel for rel, lf in files.items() if rel not in known or not unchanged(lf, known[rel])
     ]
     gone = [rel for rel, e in known.items() if e.kind == "file" and rel not in files]
     print(f"{len(known)} synced entries, cursor {state.get_meta('cursor')}")
+    if ignore.excluded:
+        print("  left out of this device: " + ", ".join("/" + e for e in ignore.excluded))
     for rel in sorted(pending):
         print(f"  to upload: {rel}")
     for rel in sorted(gone):
@@ -294,6 +298,9 @@ async def cmd_sync(args: argparse.Namespace) -> int:
     bars = progress_bar(args.quiet)
     async with client_for(login) as api:
         syncer = Syncer(api, folder, args.remote, login.device_name, log=log, progress=bars)
+        if args.exclude or args.include:
+            left_out = syncer.set_excludes(args.exclude or [], args.include or [])
+            log(f"left out of this device: {', '.join('/' + e for e in left_out) or 'nothing'}")
         syncer.discard_interrupted_downloads()
         if not args.once:
             from client.live import LiveSync  # watchdog and websockets: live sync only
@@ -331,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--remote", default="/")
     p.add_argument("--once", action="store_true")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="/FOLDER",
+        help="leave this folder out of this device (selective sync; remembered)",
+    )
+    p.add_argument(
+        "--include", action="append", metavar="/FOLDER", help="take a left-out folder back in"
+    )
     p = sub.add_parser("upload")
     p.add_argument("file")
     p.add_argument("remote")

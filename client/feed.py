@@ -32,6 +32,7 @@ class FeedFollower:
     """Follows the feed of the account behind `api`, from the cursor in `state`."""
 
     LONG_POLL_SECONDS = 60.0  # then the socket is tried again
+    BATCH = 1000  # events handled together at most
     POLL_WAIT = 25  # seconds the server holds one long-poll
     POLL_TIMEOUT = 40  # seconds we wait for its answer
 
@@ -80,13 +81,20 @@ class FeedFollower:
             additional_headers=self.api.auth_headers,
             open_timeout=10,
         ) as socket:
-            async for raw in socket:
-                message = json.loads(raw)
-                if message.get("type") == HEARTBEAT:
-                    self.state.set_meta(CURSOR, str(message["cursor"]))
-                    continue
-                event = msgspec.convert(message, Event)
-                await self.on_events([event], str(event.seq))
+            while True:
+                # Events come one per message; whatever has already arrived is handled as
+                # one batch (1,000 new files: a handful of batch downloads, not 1,000).
+                batch = [json.loads(await socket.recv())]
+                while len(batch) < self.BATCH:
+                    try:
+                        batch.append(json.loads(await asyncio.wait_for(socket.recv(), 0.01)))
+                    except TimeoutError:
+                        break
+                events = [msgspec.convert(m, Event) for m in batch if m.get("type") != HEARTBEAT]
+                if events:
+                    await self.on_events(events, str(events[-1].seq))
+                elif batch:
+                    self.state.set_meta(CURSOR, str(batch[-1]["cursor"]))
 
     async def long_poll_for(self, seconds: float) -> bool:
         """Long-poll for a while (then the socket is tried again); False if unreachable."""

@@ -45,6 +45,8 @@ def chunk_hashes(path: Path, chunk_size: int = CHUNK_SIZE) -> Chunks:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
+        if size <= chunk_size:  # most files: one read, no thread pool to start
+            return [_hash_piece(fd, 0, size)] if size else []
         offsets = range(0, size, chunk_size)
         workers = min(os.cpu_count() or 1, 8)
         with ThreadPoolExecutor(workers) as pool:

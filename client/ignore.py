@@ -3,6 +3,10 @@ files, macOS litter, the client's own state, and the patterns in `DIR/.cofferign
 
 A pattern (fnmatch) ignores a path when it matches any component of it (so `*.log` and
 `build` work at any depth) or the whole relative path (`docs/drafts/*`).
+
+Selective sync: folders the device leaves out (`coffer sync DIR --exclude /Photos`) are
+ignored the same way, with everything below them: neither downloaded, nor deleted on the
+server when they are missing here.
 """
 
 from __future__ import annotations
@@ -26,8 +30,13 @@ class Ignore:
                 if line and not line.startswith("#"):
                     self.patterns.append(line.rstrip("/"))
 
+        # Selective sync: relative folder paths left out, with all below them.
+        self.excluded: list[str] = []
+
     def __call__(self, rel: str) -> bool:
         """Whether the relative, '/'-separated path is ignored."""
+        if any(rel == e or rel.startswith(e + "/") for e in self.excluded):
+            return True
         parts = rel.split("/")
         return any(fnmatch.fnmatch(p, pat) for p in parts for pat in self.patterns) or any(
             fnmatch.fnmatch(rel, pat) for pat in self.patterns

@@ -20,8 +20,8 @@ from client.feed import FeedFollower
 from client.sync import Syncer
 from client.watcher import Watcher
 
-# Local changes: (changed files, renames in order); None asks for a full pass.
-Changes = tuple[set[str], list[tuple[str, str]]] | None
+# Local changes: (changed files, renames in order, new folders); None: a full pass.
+Changes = tuple[set[str], list[tuple[str, str]], set[str]] | None
 
 
 class LiveSync:
@@ -38,6 +38,7 @@ class LiveSync:
         self.passed = asyncio.Event()  # set after each pass
         self.dirty: set[str] = set()  # files the watcher saw change since the last pass
         self.moves: list[tuple[str, str]] = []  # files it saw renamed, in order
+        self.new_folders: set[str] = set()  # folders it saw appear
         self.full_needed = False
         self.feed = FeedFollower(syncer.api, syncer.state, self.handle, syncer.log)
 
@@ -53,9 +54,14 @@ class LiveSync:
         self.moves.append((src, dest))
         self.wake.set()
 
+    def local_folder(self, rel: str) -> None:
+        """A new folder: a targeted pass over it (and all that is in it)."""
+        self.new_folders.add(rel)
+        self.wake.set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        watcher = Watcher(self.syncer.root, self.local_change, self.local_move)
+        watcher = Watcher(self.syncer.root, self.local_change, self.local_move, self.local_folder)
         watcher.start()
         try:
             # The first full pass starts once the watcher is up, so no change slips
@@ -66,6 +72,7 @@ class LiveSync:
             raise
         self.dirty.clear()  # the pass saw these
         self.moves.clear()
+        self.new_folders.clear()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
         feed = asyncio.create_task(self.feed.follow())
@@ -89,9 +96,11 @@ class LiveSync:
                 self.passed.clear()
                 dirty, self.dirty = self.dirty, set()
                 moves, self.moves = self.moves, []
-                full, self.full_needed = self.full_needed or not (dirty or moves), False
+                folders, self.new_folders = self.new_folders, set()
+                full = self.full_needed or not (dirty or moves or folders)
+                self.full_needed = False
                 skipped = len(self.syncer.report.skipped)
-                await self.pass_with_retry(None if full else (dirty, moves))
+                await self.pass_with_retry(None if full else (dirty, moves, folders))
                 self.passed.set()
                 if len(self.syncer.report.skipped) > skipped:
                     # Files skipped for a full disk or permissions: try again in a while.
@@ -107,7 +116,7 @@ class LiveSync:
         delay = 0.5
         while not self.stop.is_set():
             try:
-                if changes is not None and await self.syncer.sync_paths(*changes):
+                if changes is not None and await self._targeted(*changes):
                     return
                 changes = None
                 await self.syncer.reconcile()
@@ -122,6 +131,16 @@ class LiveSync:
                 self.syncer.log(f"server unreachable ({exc}); retrying in {delay:.0f}s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
+
+    async def _targeted(
+        self, dirty: set[str], moves: list[tuple[str, str]], folders: set[str]
+    ) -> bool:
+        """New folders first (each a pass over its subtree), then the files the watcher
+        named outside them. False: only a full pass can settle it."""
+        if folders and not await self.syncer.sync_folders(folders):
+            return False
+        outside = {rel for rel in dirty if not any(rel.startswith(f + "/") for f in folders)}
+        return await self.syncer.sync_paths(outside, moves)
 
     async def handle(self, events: list[Event], cursor: str) -> None:
         """Events from the feed: applied directly when simple, otherwise by a full pass;

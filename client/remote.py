@@ -70,6 +70,18 @@ class Remote:
             parent_id = entry.file_id
         return {"parent_id": parent_id, "name": name}
 
+    def target_below_synced(self, rel: str) -> dict[str, str]:
+        """Like `target`, for a path whose parents may not be synced yet: named from the
+        nearest synced folder above it ("name" may then hold several levels)."""
+        if self.shared_root_id is None:
+            return {"path": self.path(rel)}
+        parts = rel.split("/")
+        for cut in range(len(parts) - 1, 0, -1):
+            entry = self.state.get("/".join(parts[:cut]))
+            if entry is not None and entry.file_id is not None:
+                return {"parent_id": entry.file_id, "name": "/".join(parts[cut:])}
+        return {"parent_id": self.shared_root_id, "name": rel}
+
     async def resolve_root(self) -> None:
         """Own folder (created if missing), or a folder shared with us of that name."""
         self.shared_root_id = None
@@ -94,28 +106,59 @@ class Remote:
             return await self.api.list(path)
         return await self.api.list_by_id(folder_id)
 
-    async def scan(self) -> RemoteTree:
-        """List the whole synced tree (empty when the synced folder does not exist)."""
+    async def scan(self, under: str = "") -> RemoteTree:
+        """The whole synced tree, or the part below the folder `under` (relative): pages of
+        a recursive listing, one request per 1,000 items whatever the number of folders.
+        Empty when that folder does not exist on the server."""
         tree = RemoteTree()
-        pending: list[tuple[str, str | None]] = [(self.root, self.shared_root_id)]
-        while pending:
-            folder, folder_id = pending.pop()
+        where: dict[str, str]
+        if under:
+            folder = await self.find(under)
+            if folder is None or folder["kind"] != "folder":
+                return tree
+            tree.folders[under] = folder
+            where = {"id": folder["id"]}
+        elif self.shared_root_id is not None:
+            where = {"id": self.shared_root_id}
+        else:
+            where = {} if self.root == "/" else {"path": self.root}
+        cursor = None
+        while True:
             try:
-                items = await self.list_children(folder, folder_id)
+                page = await self.api.tree_page(where, cursor=cursor)
             except ApiError as exc:
-                if exc.status == 404 and folder == self.root:
+                if exc.status == 404:
                     return tree
                 raise
-            for item in items:
+            for item in page["items"]:
                 rel = self.rel_of(item["path"])
                 if rel is None or self.ignore(rel):
                     continue
                 if item["kind"] == "folder":
                     tree.folders[rel] = item
-                    pending.append((item["path"], item["id"]))
                 else:
                     tree.files[rel] = item
-        return tree
+            cursor = page["cursor"]
+            if not cursor:
+                return tree
+
+    async def find(self, rel: str) -> RemoteItem | None:
+        """The server's item at a relative path (by listing its folder), or None."""
+        parent, _, _ = rel.rpartition("/")
+        folder_id = self.shared_root_id
+        if parent and self.shared_root_id is not None:
+            entry = self.state.get(parent)
+            if entry is None or entry.file_id is None:
+                return None
+            folder_id = entry.file_id
+        try:
+            items = await self.list_children(self.path(parent) if parent else self.root, folder_id)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        wanted = self.path(rel).casefold()
+        return next((i for i in items if i["path"].casefold() == wanted), None)
 
     async def latest_cursor(self) -> int | None:
         """The feed's position now (None when the feed cannot be read)."""

@@ -63,10 +63,15 @@ class Scanner:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
-    def scan(self) -> LocalTree:
-        """Walk the tree (blocking: run it in a thread)."""
+    def scan(self, under: str = "") -> LocalTree:
+        """Walk the tree, or the part below the folder `under` (relative; it is included):
+        blocking, run it in a thread."""
         tree = LocalTree()
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        if under:
+            if self.ignore(under) or not os.path.isdir(self.root / under):
+                return tree
+            tree.dirs.add(under)
+        for dirpath, dirnames, filenames in os.walk(self.root / under):
             rel_dir = os.path.relpath(dirpath, self.root)
             rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
             keep = []

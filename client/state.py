@@ -116,31 +116,50 @@ class SyncState:
 
     def put(self, e: Entry) -> None:
         with self._transaction():  # the entry and its chunk positions change together
-            self.db.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    e.path,
-                    e.kind,
-                    e.file_id,
-                    e.version,
-                    e.size,
-                    e.mtime_ns,
-                    e.content_hash,
-                    json.dumps(e.chunks) if e.chunks is not None else None,
-                ),
-            )
-            self.db.execute("DELETE FROM chunk_index WHERE path=?", (e.path,))
-            if e.chunks:
-                self._index_chunks(e.path, e.chunks)
+            self._put(e)
+
+    def _put(self, e: Entry) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                e.path,
+                e.kind,
+                e.file_id,
+                e.version,
+                e.size,
+                e.mtime_ns,
+                e.content_hash,
+                json.dumps(e.chunks) if e.chunks is not None else None,
+            ),
+        )
+        self.db.execute("DELETE FROM chunk_index WHERE path=?", (e.path,))
+        if e.chunks:
+            self._index_chunks(e.path, e.chunks)
+
+    def put_many(self, entries: list[Entry]) -> None:
+        """`put` for many entries, in one transaction (a bulk pass records thousands)."""
+        if not entries:
+            return
+        with self._transaction():
+            for e in entries:
+                self._put(e)
+
+    def delete_many(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        with self._transaction():
+            for path in paths:
+                self._delete(path)
 
     def delete(self, path: str) -> None:
         """Forget the path and, for a folder, everything under it."""
-        below = (path, path + "/", path + "0")  # '0' sorts right after '/'
         with self._transaction():
-            self.db.execute("DELETE FROM entries WHERE path=? OR (path > ? AND path < ?)", below)
-            self.db.execute(
-                "DELETE FROM chunk_index WHERE path=? OR (path > ? AND path < ?)", below
-            )
+            self._delete(path)
+
+    def _delete(self, path: str) -> None:
+        below = (path, path + "/", path + "0")  # '0' sorts right after '/'
+        self.db.execute("DELETE FROM entries WHERE path=? OR (path > ? AND path < ?)", below)
+        self.db.execute("DELETE FROM chunk_index WHERE path=? OR (path > ? AND path < ?)", below)
 
     def chunk_source(self, sha: str) -> tuple[str, int, tuple[int, int]] | None:
         """A synced local file known to hold this chunk, to copy instead of downloading

@@ -22,8 +22,10 @@ The last two answer False whenever only the full pass can decide.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
+import json
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -37,6 +39,7 @@ from rich.progress import Progress
 from app.protocol import FILE_CREATED, FILE_DELETED, FILE_MOVED, FILE_RESTORED, FILE_UPDATED
 from app.protocol import Event as FeedEvent
 from client.api import CofferClient
+from client.bulk import Bulk, Download, Plan, Upload, fits_download, fits_upload
 from client.errors import ApiError, ClientError, LocalFileChanged, ParentNotSynced
 from client.hashing import Chunks, chunk_hashes, content_hash_of
 from client.ignore import Ignore
@@ -115,10 +118,30 @@ class Syncer:
         self.scanner = Scanner(self.root, self.ignore)
         self.remote = Remote(api, remote_root, self.state, self.ignore)
         self.transfers = Transfers(api, self.root, self.state, log=log, progress=progress)
+        self.bulk = Bulk(api, self.root, self.state.dir / "tmp", log)
+        self.ignore.excluded = self.excludes
         self.log = log
         self.report = Report()
         # Passes never overlap: each of the three ways in holds it throughout.
         self.lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- selective sync
+
+    @property
+    def excludes(self) -> list[str]:
+        """Folders this device leaves out (relative paths), remembered in its state."""
+        return json.loads(self.state.get_meta("excludes") or "[]")
+
+    def set_excludes(self, add: Sequence[str] = (), remove: Sequence[str] = ()) -> list[str]:
+        """Leave more folders out, or take some back in (given as "/Photos", relative to
+        the synced folder); the next pass applies it."""
+        wanted = [e for e in self.excludes if e not in {r.strip("/") for r in remove}]
+        for rel in (a.strip("/") for a in add):
+            if rel and rel not in wanted:
+                wanted.append(rel)
+        self.state.set_meta("excludes", json.dumps(sorted(wanted)))
+        self.ignore.excluded = sorted(wanted)
+        return sorted(wanted)
 
     def discard_interrupted_downloads(self) -> None:
         self.transfers.discard_interrupted()
@@ -150,7 +173,13 @@ class Syncer:
             self.log("pass done")
             return self.report
 
-    async def _sync_tree(self, here: LocalTree, there: RemoteTree) -> None:
+    async def _sync_tree(self, here: LocalTree, there: RemoteTree, under: str = "") -> None:
+        """Sync every path of the two trees (and of the state), or only those below the
+        folder `under` (a targeted folder pass)."""
+
+        def mine(rel: str) -> bool:
+            return not under or rel == under or rel.startswith(under + "/")
+
         # A file on one side where the other has a folder (rare) is settled first: what is
         # under it depends on which of the two stays.
         blocked: set[str] = set()  # clashes: left alone with all that is under them
@@ -163,13 +192,19 @@ class Syncer:
         def is_blocked(rel: str) -> bool:
             return any(rel == b or rel.startswith(b + "/") for b in blocked)
 
-        known = self.state.all()
+        known = {rel: e for rel, e in self.state.all().items() if mine(rel)}
+        plan = Plan()  # small files go in batches, after every file has been looked at
+        # A synced folder deleted here, with nothing new or changed under it on the
+        # server, goes to the trash whole: one request, not one per file.
+        for rel in self._folders_deleted_here(here, there, known):
+            plan.folder_deletes.append((rel, there.folders[rel]["id"]))
+            blocked.add(rel)
         folder_paths: list[str] = []
         file_paths: list[str] = []
         for rel in sorted(
             here.files.keys() | here.dirs | there.files.keys() | there.folders.keys() | known.keys()
         ):
-            if is_blocked(rel):
+            if is_blocked(rel) or not mine(rel):
                 continue
             local = _kind(rel, here.files, here.dirs)
             remote = _kind(rel, there.files, there.folders)
@@ -184,6 +219,7 @@ class Syncer:
         # Folders first (parents before children), so files have somewhere to go; those
         # deleted on one side go after the files, when they may be empty.
         later: list[tuple[str, Action]] = []
+        new_remote: list[str] = []  # made on the server in one request
         for rel in folder_paths:
             action = decide(
                 Side.folder() if rel in here.dirs else None,
@@ -192,8 +228,12 @@ class Syncer:
             )
             if action in (Action.DELETE_LOCAL, Action.DELETE_REMOTE, Action.FORGET):
                 later.append((rel, action))
+            elif action is Action.MAKE_REMOTE_FOLDER:
+                new_remote.append(rel)
             else:
                 await self._act_on_folder(rel, action, there)
+        if new_remote:
+            await self._make_remote_folders(new_remote)
 
         paths = iter(file_paths)
 
@@ -201,16 +241,64 @@ class Syncer:
             for rel in paths:  # shared by the workers: each path is taken once
                 try:
                     await self._sync_file(
-                        rel, here.files.get(rel), there.files.get(rel), known.get(rel)
+                        rel, here.files.get(rel), there.files.get(rel), known.get(rel), plan
                     )
                 except OSError as exc:
                     if not self._skip(rel, exc):
                         raise
 
         await run_all([sync_files() for _ in range(FILES_IN_PARALLEL)])
+        await self._carry_out(plan)
 
         for rel, action in reversed(later):
             await self._act_on_folder(rel, action, there)
+
+    async def _make_remote_folders(self, rels: list[str]) -> None:
+        """New local folders made on the server, up to 1,000 a request (parents first)."""
+        for start in range(0, len(rels), 1000):
+            group = rels[start : start + 1000]
+            results = await self.api.batch_folders(
+                [self.remote.target_below_synced(rel) for rel in group]
+            )
+            entries = []
+            for rel, result in zip(group, results, strict=True):
+                if result["status"] != "ok":
+                    error = result.get("error") or {}
+                    raise ApiError(
+                        error.get("status", 409),
+                        error.get("code", "error"),
+                        error.get("message", rel),
+                        {},
+                    )
+                entries.append(Entry(rel, Kind.FOLDER, result["file"]["id"]))
+            self.state.put_many(entries)
+
+    @staticmethod
+    def _folders_deleted_here(
+        here: LocalTree, there: RemoteTree, known: dict[str, Entry]
+    ) -> list[str]:
+        """Synced folders gone here whose server copy holds exactly what was last synced
+        (outermost first, none inside another)."""
+        out: list[str] = []
+        for rel in sorted(r for r, e in known.items() if e.kind == Kind.FOLDER):
+            if rel in here.dirs or rel not in there.folders:
+                continue
+            if any(rel.startswith(o + "/") for o in out):
+                continue
+            prefix = rel + "/"
+            if any(p.startswith(prefix) for p in here.files) or any(
+                d.startswith(prefix) for d in here.dirs
+            ):
+                continue
+            remote_files = {p: i for p, i in there.files.items() if p.startswith(prefix)}
+            remote_dirs = [p for p in there.folders if p.startswith(prefix)]
+            unchanged_there = all(
+                p in known and known[p].content_hash == i["content_hash"]
+                for p, i in remote_files.items()
+            ) and all(p in known for p in remote_dirs)
+            if unchanged_there:
+                out.append(rel)
+        return out
 
     async def _settle_mixed(
         self, rel: str, here: LocalTree, there: RemoteTree, entry: Entry | None
@@ -273,6 +361,7 @@ class Syncer:
         lf: LocalFile | None,
         item: RemoteItem | None,
         entry: Entry | None,
+        plan: Plan | None = None,
     ) -> None:
         local_hash: str | None = None
         chunks: Chunks | None = None
@@ -290,13 +379,20 @@ class Syncer:
                 self.state.delete(rel)
             case Action.RECORD if lf is not None and item is not None:
                 self._record_file(rel, item, lf, item["content_hash"], chunks)
+            case Action.UPLOAD if plan is not None and lf and fits_upload(chunks, lf.size):
+                base = item["version"] if item else None
+                plan.uploads.append(Upload(rel, self.remote.target(rel), base, chunks or [], lf))
             case Action.UPLOAD:
                 await self._upload(rel, item["version"] if item else None, chunks)
+            case Action.DOWNLOAD if item is not None and plan is not None and fits_download(item):
+                plan.downloads.append(Download(rel, item))
             case Action.DOWNLOAD if item is not None:
                 await self._download(rel, item)
             case Action.DELETE_LOCAL:
                 # Deleted on the server, untouched here: delete here too.
                 self._delete_local_file(rel)
+            case Action.DELETE_REMOTE if item is not None and plan is not None:
+                plan.deletes.append((rel, item["id"]))
             case Action.DELETE_REMOTE if item is not None:
                 # Deleted here, unchanged there: delete there (to the trash).
                 await self._delete_remote_file(rel, item["id"])
@@ -403,6 +499,27 @@ class Syncer:
         """The local file's content hash as known without reading it: the synced one if
         its size and mtime are as last synced, otherwise None (changed, not hashed)."""
         return entry.content_hash if unchanged(lf, entry) else None
+
+    # ---------------------------------------------------------------- new local folders
+
+    async def sync_folders(self, rels: set[str]) -> bool:
+        """New local folders, with everything in them: a pass over each of those subtrees
+        only (their part of the local tree, their part of the server's), never the whole
+        tree. False when the full pass must decide (a folder whose parent is not synced)."""
+        async with self.lock:
+            done: set[str] = set()
+            for rel in sorted(rels):  # parents first
+                if any(rel.startswith(d + "/") for d in done):
+                    continue  # already covered by its new parent's pass
+                if self.ignore(rel):
+                    continue
+                if not self._in_synced_folder(rel):
+                    return False
+                here = await asyncio.to_thread(self.scanner.scan, rel)
+                there = await self.remote.scan(rel)
+                await self._sync_tree(here, there, under=rel)
+                done.add(rel)
+            return True
 
     # ---------------------------------------------------------------- the targeted pass
 
@@ -528,12 +645,30 @@ class Syncer:
         a full pass (folder moves and deletions, shares, local edits: anything where the
         three-way comparison must look at everything)."""
         async with self.lock:
+            # New and changed files are fetched in batches: deferred until the end, or
+            # until a later event touches one of them.
+            plan = Plan()
             for event in events:
-                if not await self._apply_event(event):
+                touched = {self.rel_of(event.path or ""), self.rel_of(event.old_path or "")}
+                if any(d.rel in touched for d in plan.downloads):
+                    if not await self._carry_out_events(plan):
+                        return False
+                    plan = Plan()
+                if not await self._apply_event(event, plan):
+                    await self._carry_out_events(plan)
                     return False
-            return True
+            return await self._carry_out_events(plan)
 
-    async def _apply_event(self, event: FeedEvent) -> bool:
+    async def _carry_out_events(self, plan: Plan) -> bool:
+        try:
+            await self._carry_out(plan)
+        except (ClientError, OSError):
+            # Changed again or gone since, or no room or no right to write it here: a full
+            # pass sorts it out (and skips and reports what it cannot write).
+            return False
+        return True
+
+    async def _apply_event(self, event: FeedEvent, plan: Plan | None = None) -> bool:
         rel = self.rel_of(event.path or "")
         old = event.old_path
         if rel is None and (old is None or self.rel_of(old) is None):
@@ -542,11 +677,13 @@ class Syncer:
             return False
         entry = self.state.get(rel)
         if event.kind == Kind.FOLDER:
+            if event.type == FILE_DELETED:
+                return self._apply_folder_delete(rel, entry)
             return event.type == FILE_CREATED and self._apply_new_folder(rel, event, entry)
         if entry is not None and entry.kind != Kind.FILE:
             return False
         if event.type in FILE_CHANGES:
-            return await self._apply_remote_change(rel, event, entry)
+            return await self._apply_remote_change(rel, event, entry, plan)
         if event.type == FILE_MOVED:
             return self._apply_remote_rename(rel, event, entry)
         if event.type == FILE_DELETED:
@@ -563,7 +700,9 @@ class Syncer:
             return Side.file(None)
         return Side.file(self._synced_hash(LocalFile.of(st), entry))
 
-    async def _apply_remote_change(self, rel: str, event: FeedEvent, entry: Entry | None) -> bool:
+    async def _apply_remote_change(
+        self, rel: str, event: FeedEvent, entry: Entry | None, plan: Plan | None = None
+    ) -> bool:
         local = self._local_for_event(rel, entry)
         base = base_of(entry)
         action = decide(local, Side.file(event.content_hash), base)
@@ -577,6 +716,9 @@ class Syncer:
             "content_hash": event.content_hash,
             "size": event.size,
         }
+        if plan is not None and fits_download(item) and self._in_synced_folder(rel):
+            plan.downloads.append(Download(rel, item))
+            return True
         try:
             await self._download(rel, item)
         except (ClientError, OSError):
@@ -624,6 +766,31 @@ class Syncer:
             return True
         return False  # edited here: the full pass keeps the edit
 
+    def _apply_folder_delete(self, rel: str, entry: Entry | None) -> bool:
+        """A folder trashed on the server: gone here too if everything in it is as last
+        synced (nothing new, nothing edited). False: the full pass keeps what is ours."""
+        if entry is None:
+            return not lexists(self.local(rel))  # never synced here, nothing here
+        if entry.kind != Kind.FOLDER:
+            return False
+        below = {p: e for p, e in self.state.all().items() if p.startswith(rel + "/")}
+        local = self.scanner.scan(rel)
+        if any(d != rel and d not in below for d in local.dirs):
+            return False
+        for p, lf in local.files.items():
+            e = below.get(p)
+            if e is None or e.kind != Kind.FILE or not unchanged(lf, e):
+                return False
+        for p in sorted(local.files):
+            self.local(p).unlink(missing_ok=True)
+        for d in sorted(local.dirs, key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                self.local(d).rmdir()
+        self.state.delete(rel)
+        self.report.deleted_local.append(rel + "/")
+        self.log(f"deleted {rel}/")
+        return True
+
     def _apply_new_folder(self, rel: str, event: FeedEvent, entry: Entry | None) -> bool:
         """A folder created on the server: ours already (our own event coming back) or
         made here now. False when the tree around it is not as the state says."""
@@ -639,6 +806,94 @@ class Syncer:
         path.mkdir(exist_ok=True)
         self.state.put(Entry(rel, Kind.FOLDER, event.file_id))
         return True
+
+    # ---------------------------------------------------------------- bulk
+
+    async def _carry_out(self, plan: Plan) -> None:
+        """Send, fetch and delete what a pass planned in bulk; whatever a batch could not
+        do goes through the one-file path (conflicts, refusals, oversize, errors)."""
+        if not plan:
+            return
+        size = sum(u.local.size for u in plan.uploads) + sum(
+            int(d.item.get("size") or 0) for d in plan.downloads
+        )
+        count = len(plan.uploads) + len(plan.downloads)
+        with self.transfers.bar(f"{count} files", size, always=count > 1) as advance:
+            if plan.uploads:
+                await self._bulk_upload(plan.uploads, advance)
+            if plan.downloads:
+                await self._bulk_download(plan.downloads, advance)
+        for rel, folder_id in plan.folder_deletes:
+            await self.remote.delete(folder_id)
+            self.state.delete(rel)  # the folder and everything under it
+            self.report.deleted_remote.append(rel + "/")
+            self.log(f"deleted {rel}/ on the server")
+        if plan.deletes:
+            gone, left = await self.bulk.delete(plan.deletes)
+            self.state.delete_many(gone)
+            self.report.deleted_remote += gone
+            for rel in gone:
+                self.log(f"deleted {rel} on the server")
+            for rel, file_id in left:
+                await self._delete_remote_file(rel, file_id)
+
+    async def _bulk_upload(self, uploads: list[Upload], advance: Callable[[int], None]) -> None:
+        committed, refused = await self.bulk.upload(uploads, advance)
+        self.state.put_many(
+            [
+                Entry(
+                    u.rel,
+                    Kind.FILE,
+                    f["id"],
+                    f["version"],
+                    u.local.size,
+                    u.local.mtime_ns,
+                    f["content_hash"],
+                    u.chunks,
+                )
+                for u, f in committed
+            ]
+        )
+        for u, _ in committed:
+            self.report.uploaded.append(u.rel)
+        if committed:
+            self.log(f"uploaded {len(committed)} file(s) in bulk")
+        for u in refused:
+            try:
+                await self._upload(u.rel, u.base_version, u.chunks)
+            except OSError as exc:
+                if not self._skip(u.rel, exc):
+                    raise
+
+    async def _bulk_download(
+        self, downloads: list[Download], advance: Callable[[int], None]
+    ) -> None:
+        done, left = await self.bulk.download(downloads, advance)
+        self.state.put_many(
+            [
+                Entry(
+                    d.rel,
+                    Kind.FILE,
+                    d.item["id"],
+                    head["version"],
+                    st.st_size,
+                    st.st_mtime_ns,
+                    head["content_hash"],
+                    chunks,
+                )
+                for d, head, chunks, st in done
+            ]
+        )
+        for d, _, _, _ in done:
+            self.report.downloaded.append(d.rel)
+        if done:
+            self.log(f"downloaded {len(done)} file(s) in bulk")
+        for d in left:
+            try:
+                await self._download(d.rel, d.item)
+            except OSError as exc:
+                if not self._skip(d.rel, exc):
+                    raise
 
     # ---------------------------------------------------------------- acting
 

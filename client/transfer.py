@@ -358,8 +358,9 @@ class Transfers:
             stale.unlink(missing_ok=True)
 
     @contextlib.contextmanager
-    def bar(self, name: str, total: int) -> Iterator[Advance]:
-        if self.progress is None or total < PROGRESS_MIN:
+    def bar(self, name: str, total: int, *, always: bool = False) -> Iterator[Advance]:
+        """A progress bar for a transfer of `total` bytes (big ones, or `always`)."""
+        if self.progress is None or (total < PROGRESS_MIN and not always):
             yield _no_progress
             return
         progress = self.progress

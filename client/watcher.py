@@ -1,8 +1,9 @@
 """Watching the synced folder for local changes (watchdog), reported to the event loop.
 
 The observer runs in its own thread; each event is handed to the loop as a changed file
-(its relative path), a renamed file (both paths), or "something only a full pass handles"
-(None): folders, and anything moved out of sight. The client's own `.coffer/` (its state,
+(its relative path), a renamed file (both paths), a new folder (its relative path: a
+targeted pass over that folder), or "something only a full pass handles" (None): folders
+moved or deleted, and anything moved out of sight. The client's own `.coffer/` (its state,
 and downloads renamed into place from `.coffer/tmp/`) is not reported.
 """
 
@@ -27,12 +28,14 @@ class _Handler(FileSystemEventHandler):
         loop: asyncio.AbstractEventLoop,
         changed: Callable[[str | None], None],
         moved: Callable[[str, str], None],
+        folder: Callable[[str], None],
     ) -> None:
         self.root = root
         self.state_dir = str(root / ".coffer")
         self.loop = loop
         self.changed = changed
         self.moved = moved
+        self.folder = folder
 
     def rel_of(self, path: str) -> str:
         return os.path.relpath(path, self.root).replace(os.sep, "/")
@@ -46,7 +49,9 @@ class _Handler(FileSystemEventHandler):
         if event.is_directory and event.event_type == "modified":
             return  # an entry inside changed: that entry has its own event
         call = self.loop.call_soon_threadsafe
-        if event.is_directory or (
+        if event.is_directory and event.event_type == "created":
+            call(self.folder, self.rel_of(src))
+        elif event.is_directory or (
             event.event_type == "moved" and str(event.dest_path).startswith(self.state_dir)
         ):
             call(self.changed, None)  # folders: the full pass
@@ -57,22 +62,26 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
-    """Reports changes under `root` to `changed(rel | None)` and `moved(src, dest)`, both
-    called on the event loop that started it."""
+    """Reports changes under `root` to `changed(rel | None)`, `moved(src, dest)` and
+    `folder(rel)` (a new folder), all called on the event loop that started it."""
 
     def __init__(
         self,
         root: Path,
         changed: Callable[[str | None], None],
         moved: Callable[[str, str], None],
+        folder: Callable[[str], None],
     ) -> None:
         self.root = root
         self.changed = changed
         self.moved = moved
+        self.folder = folder
         self.observer = Observer()
 
     def start(self) -> None:
-        handler = _Handler(self.root, asyncio.get_running_loop(), self.changed, self.moved)
+        handler = _Handler(
+            self.root, asyncio.get_running_loop(), self.changed, self.moved, self.folder
+        )
         self.observer.schedule(handler, str(self.root), recursive=True)
         self.observer.start()
 

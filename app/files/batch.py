@@ -54,6 +54,7 @@ from app.files.batch_schemas import (
     BatchError,
     BatchFileIn,
     BatchFileResult,
+    BatchFoldersRequest,
     BatchIdsRequest,
     BatchItemResult,
     BatchItemsOut,
@@ -64,7 +65,7 @@ from app.files.batch_schemas import (
 from app.files.context import FilesContext
 from app.files.integrity import record_stored_chunks, touch_chunks
 from app.files.schemas import MoveRequest, UploadRequest
-from app.files.scope import Caller, Scope, open_folder, open_node, own_scope
+from app.files.scope import Caller, Scope, open_folder, open_node, own_scope, target_path
 from app.files.tree import FILES, TreeService
 from app.files.uploads import UploadService
 from app.protocol import FILE_CREATED, content_hash
@@ -497,6 +498,24 @@ class BatchService:
                         missing=missing if isinstance(missing, list) else None,
                     )
                 )
+        return BatchItemsOut(results=out)
+
+    async def folders(self, caller: Caller, req: BatchFoldersRequest) -> BatchItemsOut:
+        """Make sure each folder exists (with its parents): the existing one, or a new one.
+        Unlike `POST /api/folder`, an existing folder is no error: a sync wants it there."""
+        self._check_count(len(req.folders))
+        out = []
+        for i, f in enumerate(req.folders):
+            try:
+                scope, path = await target_path(caller, f.path, f.parent_id, f.name)
+                if path == "/":
+                    raise BadRequest("the root folder always exists", code="invalid_path")
+                node = await self.tree.ensure_folder(scope, path)
+                if node is None:
+                    raise BadRequest("the root folder always exists", code="invalid_path")
+                out.append(BatchItemResult(index=i, status="ok", file=scope.out(node)))
+            except CofferError as exc:
+                out.append(BatchItemResult(index=i, status="error", error=_error(exc)))
         return BatchItemsOut(results=out)
 
     async def delete(self, caller: Caller, req: BatchIdsRequest) -> BatchItemsOut:

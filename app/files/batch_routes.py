@@ -2,9 +2,10 @@
 recursive listing a first sync reads the whole tree with.
 
 `POST /api/batch/download` answers `application/x-coffer-files`: for each requested id, in
-order, one line of JSON (`{"index","id","path","version","size","content_hash"}`, or
-`{"index","id","error":{...}}`) and then, unless it is an error, exactly `size` bytes of
-that file. It streams: memory stays at about one chunk whatever the batch holds.
+order, one line of JSON (`{"index","id","path","version","size","content_hash","chunks"}`,
+`chunks` being `[[sha256, size], ...]`, or `{"index","id","error":{...}}`) and then, unless
+it is an error, exactly `size` bytes of that file (files of up to 1,024 chunks). It
+streams: memory stays at about one chunk whatever the batch holds.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from litestar import Controller, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from app.core.errors import BadRequest, CofferError, CorruptData
+from app.core.errors import BadRequest, CofferError, CorruptData, PayloadTooLarge
 from app.core.http import ByteRange
+from app.db.files import PAGE_SIZE, ChunkMapPage, chunk_map_page_ids
 from app.files.batch import BatchService
 from app.files.batch_schemas import (
     BatchCommitRequest,
+    BatchFoldersRequest,
     BatchIdsRequest,
     BatchItemsOut,
     BatchMoveRequest,
@@ -57,6 +60,13 @@ class BatchController(Controller):
     ) -> BatchItemsOut:
         return await batch.commit(caller, data)
 
+    @post("/folders", status_code=200)
+    async def folders(
+        self, data: BatchFoldersRequest, caller: Caller, batch: BatchService
+    ) -> BatchItemsOut:
+        """Have up to 1,000 folders (created with their parents where missing)."""
+        return await batch.folders(caller, data)
+
     @post("/delete", status_code=200)
     async def delete(
         self, data: BatchIdsRequest, caller: Caller, batch: BatchService
@@ -91,6 +101,17 @@ async def _files(caller: Caller, store: BlobStore, ids: list[str]) -> AsyncItera
             version = await head_version_of(node)
             if version.damaged:
                 raise CorruptData("this file's data is damaged", code="damaged_file")
+            if version.chunk_count > PAGE_SIZE:
+                raise PayloadTooLarge(
+                    "too many chunks for a batch: download it alone", code="too_large"
+                )
+            chunks = [
+                sha_size
+                async for page in ChunkMapPage.find(
+                    {"_id": {"$in": chunk_map_page_ids(str(version.id), version.chunk_count)}}
+                )
+                for sha_size in page.chunks
+            ]
         except CofferError as exc:
             error = {"code": exc.code, "message": exc.message, "status": exc.status_code}
             yield msgspec.json.encode({"index": index, "id": file_id, "error": error}) + b"\n"
@@ -102,6 +123,7 @@ async def _files(caller: Caller, store: BlobStore, ids: list[str]) -> AsyncItera
             "version": node.version,
             "size": version.size,
             "content_hash": version.content_hash,
+            "chunks": chunks,
         }
         yield msgspec.json.encode(head) + b"\n"
         if version.size:
@@ -114,9 +136,10 @@ async def list_tree(
     caller: Caller,
     tree: TreeService,
     folder_id: str | None = Parameter(default=None, query="id"),
+    path: str | None = None,
     limit: int = Parameter(default=1000, ge=1, le=1000),
     cursor: str | None = None,
 ) -> ListOut:
-    """Everything below your root, or below folder `id`, in path order, one page per call:
-    what a first sync reads instead of listing folder by folder."""
-    return await tree.list_tree(caller, folder_id, limit, cursor)
+    """Everything below your root, your folder `path`, or folder `id`, in path order, one
+    page per call: what a first sync reads instead of listing folder by folder."""
+    return await tree.list_tree(caller, folder_id, limit, cursor, path)

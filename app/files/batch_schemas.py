@@ -60,6 +60,18 @@ class BatchCommitRequest(msgspec.Struct):
     uploads: list[BatchCommitItem]
 
 
+class BatchFolderIn(msgspec.Struct):
+    """A folder to have: `path` in your tree, or `name` (may hold "a/b") in `parent_id`."""
+
+    path: str | None = None
+    parent_id: str | None = None
+    name: str | None = None
+
+
+class BatchFoldersRequest(msgspec.Struct):
+    folders: list[BatchFolderIn]
+
+
 class BatchIdsRequest(msgspec.Struct):
     ids: list[str]
 

@@ -174,15 +174,28 @@ class TreeService:
         return ListOut(items=[scope.out(n) for n in nodes], cursor=next_cursor)
 
     async def list_tree(
-        self, caller: Caller, folder_id: str | None, limit: int, cursor: str | None
+        self,
+        caller: Caller,
+        folder_id: str | None,
+        limit: int,
+        cursor: str | None,
+        path: str | None = None,
     ) -> ListOut:
-        """One page of everything below the caller's root (or a folder they can see), in
-        path order: one indexed range scan on (owner, path key) per page."""
+        """One page of everything below the caller's root, a folder of theirs (`path`), or
+        a folder they can see (`folder_id`), in path order: one indexed range scan on
+        (owner, path key) per page."""
         scope = own_scope(caller)
         below: dict[str, str] = {"$gt": "/", "$lt": "/\U0010ffff"}
         if folder_id is not None:
             scope, folder = await open_folder(caller, folder_id)
             below = paths.subtree_range(folder.path_key)
+        elif path is not None and paths.normalize_path(path) != "/":
+            found = await node_by_path(scope.owner_id, paths.normalize_path(path))
+            if found is None or not found.committed:
+                raise NotFound(f"{path} does not exist")
+            if found.kind != "folder":
+                raise BadRequest(f"{path} is a file, not a folder", code="not_a_folder")
+            below = paths.subtree_range(found.path_key)
         if cursor:
             below = {**below, "$gt": max(below["$gt"], decode_cursor(cursor))}
         limit = max(1, min(limit, 1000))

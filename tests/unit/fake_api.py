@@ -5,14 +5,16 @@ more: the real server is exercised by tests/test_client.py."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from app.protocol import content_hash
-from client.api import TransferStats
+from client.api import BatchReader, TransferStats
 from client.errors import ApiError
 
 
@@ -97,6 +99,17 @@ class FakeApi:
     async def list_page(self, where: dict[str, str], **_: Any) -> dict[str, Any]:
         return {"items": await self.list(where["path"]), "cursor": None}
 
+    async def tree_page(self, where: dict[str, str], **_: Any) -> dict[str, Any]:
+        top = where.get("path", "/")
+        if top != "/" and self.server.items.get(top, {}).get("kind") != "folder":
+            raise ApiError(404, "not_found", f"{top}: no such folder", {})
+        below = [
+            self._out(i)
+            for p, i in sorted(self.server.items.items())
+            if top == "/" or p.startswith(top + "/")
+        ]
+        return {"items": below, "cursor": None}
+
     async def list(self, path: str = "/") -> list[dict[str, Any]]:
         if path != "/" and self.server.items.get(path, {}).get("kind") != "folder":
             raise ApiError(404, "not_found", f"{path}: no such folder", {})
@@ -174,3 +187,75 @@ class FakeApi:
             yield data
 
         yield pieces()
+
+    # The batch API, as the server answers it (each file on its own).
+
+    async def batch_upload(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = []
+        for i, f in enumerate(files):
+            node = self.server.items.get(f["path"])
+            base = f.get("base_version")
+            if node is not None and node["kind"] == "folder":
+                error = {"code": "is_a_folder", "message": "a folder", "status": 409}
+                results.append({"index": i, "status": "error", "error": error})
+                continue
+            if base is not None and node is not None and node["version"] != base:
+                error = {"code": "conflict", "message": "changed", "status": 409}
+                results.append({"index": i, "status": "error", "error": error})
+                continue
+            data = base64.b64decode(f["data"])
+            self.stats.bytes_sent += len(data)
+            file = self._out(self.server.put_file(f["path"], data))
+            results.append({"index": i, "status": "committed", "file": file})
+        return results
+
+    async def batch_delete(self, ids: list[str]) -> list[dict[str, Any]]:
+        results = []
+        for i, file_id in enumerate(ids):
+            try:
+                self.server.remove(self.server.by_id(file_id)["path"])
+                results.append({"index": i, "status": "ok"})
+            except ApiError:
+                error = {"code": "not_found", "message": "gone", "status": 404}
+                results.append({"index": i, "status": "error", "error": error})
+        return results
+
+    @asynccontextmanager
+    async def batch_download(self, ids: list[str]) -> AsyncIterator[BatchReader]:
+        stream = bytearray()
+        for i, file_id in enumerate(ids):
+            try:
+                item = self.server.by_id(file_id)
+            except ApiError:
+                error = {"code": "not_found", "message": "gone", "status": 404}
+                stream += json.dumps({"index": i, "id": file_id, "error": error}).encode() + b"\n"
+                continue
+            data = self.server.data(item["path"])
+            head = {
+                "index": i,
+                "id": file_id,
+                "path": item["path"],
+                "version": item["version"],
+                "size": len(data),
+                "content_hash": item["content_hash"],
+                "chunks": item["chunks"],
+            }
+            stream += json.dumps(head).encode() + b"\n" + data
+            self.stats.bytes_received += len(data)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield bytes(stream)
+
+        yield BatchReader(pieces())
+
+    async def batch_folders(self, folders: list[dict[str, str]]) -> list[dict[str, Any]]:
+        results = []
+        for i, target in enumerate(folders):
+            existing = self.server.items.get(target["path"])
+            if existing is not None and existing["kind"] != "folder":
+                error = {"code": "not_a_folder", "message": "a file is there", "status": 409}
+                results.append({"index": i, "status": "error", "error": error})
+                continue
+            folder = self._out(self.server.put_folder(target["path"]))
+            results.append({"index": i, "status": "ok", "file": folder})
+        return results
