@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import msgspec
 
 from app.protocol import CHUNK_SIZE
 from client.errors import ApiError, DownloadIncomplete
@@ -325,7 +326,14 @@ class CofferClient:
     async def batch_upload(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Up to 1,000 files in one request (small ones with their bytes, base64, which
         commits them); one result per file, in order."""
-        body = await self.request("POST", "/api/batch/upload", json={"files": files}, timeout=300)
+        # msgspec encodes the 20-odd MB of a full batch ten times faster than json.
+        body = await self.request(
+            "POST",
+            "/api/batch/upload",
+            content=msgspec.json.encode({"files": files}),
+            headers={"Content-Type": "application/json"},
+            timeout=300,
+        )
         self.stats.bytes_sent += sum(len(f.get("data") or "") * 3 // 4 for f in files)
         return body["results"]
 

@@ -177,7 +177,10 @@ class Bulk:
         refused: list[Upload] = []
         read = await asyncio.to_thread(_read_all, self.root, uploads)
         ready = [r for r in read if r is not None]
-        for group in _groups(ready, BATCH_FILES, BATCH_INLINE_TOTAL, lambda r: len(r[1])):
+        # Two requests in flight: while the server commits one, the next is on its way.
+        sem = asyncio.Semaphore(2)
+
+        async def send(group: list[tuple[Upload, bytes]]) -> None:
             body = [
                 {
                     **u.target,
@@ -188,19 +191,23 @@ class Bulk:
                 }
                 for u, data in group
             ]
-            try:
-                results = await self.api.batch_upload(body)
-            except ApiError as exc:
-                if exc.status in (400, 413, 507) or exc.status >= 500:
-                    refused += [u for u, _ in group]  # the one-file path reports each
-                    continue
-                raise
+            async with sem:
+                try:
+                    results = await self.api.batch_upload(body)
+                except ApiError as exc:
+                    if exc.status in (400, 413, 507) or exc.status >= 500:
+                        refused.extend(u for u, _ in group)  # the one-file path reports each
+                        return
+                    raise
             for (u, data), result in zip(group, results, strict=True):
                 if result["status"] == "committed":
                     committed.append((u, result["file"]))
                     advance(len(data))
                 else:
                     refused.append(u)
+
+        groups = _groups(ready, BATCH_FILES, BATCH_INLINE_TOTAL, lambda r: len(r[1]))
+        await asyncio.gather(*(send(g) for g in groups))
         return committed, refused
 
     async def download(

@@ -33,7 +33,7 @@ from app import protocol
 from app.core.clock import epoch_ms, iso, now
 from app.core.query import match
 from app.db.events import HOLE, Event, EventCounter
-from app.db.outbox import Change
+from app.db.outbox import EVENT_FIELDS, Change
 from app.events.changes import recipients_for
 from app.events.hub import Hub
 from app.events.registry import EventRegistry
@@ -113,18 +113,19 @@ async def append_events(recipient: str, deliveries: list[tuple[str, dict[str, An
         return_document=ReturnDocument.AFTER,
     )
     first = counter["seq"] - len(deliveries) + 1
+    # Plain documents (a batch appends thousands: no model to build per event).
     docs = [
-        Event(
-            recipient_id=recipient,
-            seq=first + i,
-            change_id=delivery_id,
-            at_ms=epoch_ms(fields["at"]),
-            **fields,
-        )
+        {
+            "recipient_id": recipient,
+            "seq": first + i,
+            "change_id": delivery_id,
+            "at_ms": epoch_ms(fields["at"]),
+            **{k: fields.get(k) for k in EVENT_FIELDS},
+        }
         for i, (delivery_id, fields) in enumerate(deliveries)
     ]
     try:
-        await Event.insert_many(docs, ordered=False)
+        await Event.get_pymongo_collection().insert_many(docs, ordered=False)
     except BulkWriteError as exc:
         return len(docs) - len(exc.details.get("writeErrors", []))
     return len(docs)

@@ -10,16 +10,10 @@ streams: memory stays at about one chunk whatever the batch holds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import msgspec
 from litestar import Controller, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from app.core.errors import BadRequest, CofferError, CorruptData, PayloadTooLarge
-from app.core.http import ByteRange
-from app.db.files import PAGE_SIZE, ChunkMapPage, chunk_map_page_ids
 from app.files.batch import BatchService
 from app.files.batch_schemas import (
     BatchCommitRequest,
@@ -30,12 +24,9 @@ from app.files.batch_schemas import (
     BatchUploadOut,
     BatchUploadRequest,
 )
-from app.files.reads import head_version_of, stream_content
 from app.files.schemas import ListOut
-from app.files.scope import Caller, open_node
+from app.files.scope import Caller
 from app.files.tree import TreeService
-from app.settings import Settings
-from app.storage.base import BlobStore
 
 # The largest request body a batch may have: 16 MiB of inline data as base64 plus the
 # manifests of a thousand files (the service checks the configured limits exactly).
@@ -80,55 +71,12 @@ class BatchController(Controller):
         return await batch.move(caller, data)
 
     @post("/download", status_code=200)
-    async def download(
-        self, data: BatchIdsRequest, caller: Caller, store: BlobStore, settings: Settings
-    ) -> Stream:
-        if len(data.ids) > settings.batch_max_files:
-            raise BadRequest(
-                f"at most {settings.batch_max_files} files per batch", code="too_many_files"
-            )
+    async def download(self, data: BatchIdsRequest, caller: Caller, batch: BatchService) -> Stream:
         return Stream(
-            _files(caller, store, data.ids),
+            batch.download(caller, data.ids),
             media_type=FILES_MEDIA_TYPE,
             headers={"Cache-Control": "private, no-store"},
         )
-
-
-async def _files(caller: Caller, store: BlobStore, ids: list[str]) -> AsyncIterator[bytes]:
-    for index, file_id in enumerate(ids):
-        try:
-            scope, node = await open_node(caller, file_id)
-            version = await head_version_of(node)
-            if version.damaged:
-                raise CorruptData("this file's data is damaged", code="damaged_file")
-            if version.chunk_count > PAGE_SIZE:
-                raise PayloadTooLarge(
-                    "too many chunks for a batch: download it alone", code="too_large"
-                )
-            chunks = [
-                sha_size
-                async for page in ChunkMapPage.find(
-                    {"_id": {"$in": chunk_map_page_ids(str(version.id), version.chunk_count)}}
-                )
-                for sha_size in page.chunks
-            ]
-        except CofferError as exc:
-            error = {"code": exc.code, "message": exc.message, "status": exc.status_code}
-            yield msgspec.json.encode({"index": index, "id": file_id, "error": error}) + b"\n"
-            continue
-        head = {
-            "index": index,
-            "id": file_id,
-            "path": scope.shown(node.path),
-            "version": node.version,
-            "size": version.size,
-            "content_hash": version.content_hash,
-            "chunks": chunks,
-        }
-        yield msgspec.json.encode(head) + b"\n"
-        if version.size:
-            async for piece in stream_content(store, version, ByteRange(0, version.size - 1)):
-                yield piece
 
 
 @get("/api/tree", tags=["files"])
