@@ -168,7 +168,7 @@ class Bulk:
         self.log = log
 
     async def upload(
-        self, uploads: list[Upload], advance: Advance
+        self, uploads: list[Upload], advance: Advance, files_done: Advance
     ) -> tuple[list[tuple[Upload, dict[str, Any]]], list[Upload]]:
         """Send the files; (committed with their file objects, left for the one-file
         path). Files that changed since they were hashed are in neither: the next pass
@@ -199,19 +199,21 @@ class Bulk:
                         refused.extend(u for u, _ in group)  # the one-file path reports each
                         return
                     raise
+            before = len(committed)
             for (u, data), result in zip(group, results, strict=True):
                 if result["status"] == "committed":
                     committed.append((u, result["file"]))
                     advance(len(data))
                 else:
                     refused.append(u)
+            files_done(len(committed) - before)
 
         groups = _groups(ready, BATCH_FILES, BATCH_INLINE_TOTAL, lambda r: len(r[1]))
         await asyncio.gather(*(send(g) for g in groups))
         return committed, refused
 
     async def download(
-        self, downloads: list[Download], advance: Advance
+        self, downloads: list[Download], advance: Advance, files_done: Advance
     ) -> tuple[list[tuple[Download, dict[str, Any], Chunks, os.stat_result]], list[Download]]:
         """Fetch the files; (written and verified: with the header the server sent, the
         chunk list and the new local stat; left for the one-file path)."""
@@ -245,6 +247,7 @@ class Bulk:
                     left.append(d)
                 else:
                     done.append(result)
+            files_done(sum(r is not None for r in written))
         return done, left
 
     async def delete(

@@ -818,11 +818,11 @@ class Syncer:
             int(d.item.get("size") or 0) for d in plan.downloads
         )
         count = len(plan.uploads) + len(plan.downloads)
-        with self.transfers.bar(f"{count} files", size, always=count > 1) as advance:
+        with self.transfers.bulk_bar(count, size) as (advance, files_done):
             if plan.uploads:
-                await self._bulk_upload(plan.uploads, advance)
+                await self._bulk_upload(plan.uploads, advance, files_done)
             if plan.downloads:
-                await self._bulk_download(plan.downloads, advance)
+                await self._bulk_download(plan.downloads, advance, files_done)
         for rel, folder_id in plan.folder_deletes:
             await self.remote.delete(folder_id)
             self.state.delete(rel)  # the folder and everything under it
@@ -837,8 +837,13 @@ class Syncer:
             for rel, file_id in left:
                 await self._delete_remote_file(rel, file_id)
 
-    async def _bulk_upload(self, uploads: list[Upload], advance: Callable[[int], None]) -> None:
-        committed, refused = await self.bulk.upload(uploads, advance)
+    async def _bulk_upload(
+        self,
+        uploads: list[Upload],
+        advance: Callable[[int], None],
+        files_done: Callable[[int], None],
+    ) -> None:
+        committed, refused = await self.bulk.upload(uploads, advance, files_done)
         self.state.put_many(
             [
                 Entry(
@@ -864,11 +869,15 @@ class Syncer:
             except OSError as exc:
                 if not self._skip(u.rel, exc):
                     raise
+            files_done(1)
 
     async def _bulk_download(
-        self, downloads: list[Download], advance: Callable[[int], None]
+        self,
+        downloads: list[Download],
+        advance: Callable[[int], None],
+        files_done: Callable[[int], None],
     ) -> None:
-        done, left = await self.bulk.download(downloads, advance)
+        done, left = await self.bulk.download(downloads, advance, files_done)
         self.state.put_many(
             [
                 Entry(
@@ -894,6 +903,7 @@ class Syncer:
             except OSError as exc:
                 if not self._skip(d.rel, exc):
                     raise
+            files_done(1)
 
     # ---------------------------------------------------------------- acting
 
