@@ -370,6 +370,27 @@ class Transfers:
         finally:
             progress.remove_task(task)
 
+    @contextlib.contextmanager
+    def bulk_bar(self, files: int, total: int) -> Iterator[tuple[Advance, Advance]]:
+        """A progress bar for bulk work: (advance bytes, advance files); the description
+        counts files done, the columns show bytes, rate and time left."""
+        if self.progress is None or files < 2:
+            yield _no_progress, _no_progress
+            return
+        progress = self.progress
+        task = progress.add_task(f"0/{files} files", total=total)
+        done = 0
+
+        def files_done(n: int) -> None:
+            nonlocal done
+            done += n
+            progress.update(task, description=f"{done}/{files} files")
+
+        try:
+            yield (lambda n: progress.advance(task, n)), files_done
+        finally:
+            progress.remove_task(task)
+
     async def upload(
         self, rel: str, target: dict[str, str], base_version: int | None, chunks: Chunks
     ) -> dict[str, Any]:

@@ -144,3 +144,28 @@ async def test_chunks_on_disk_are_reused_and_fetched_ones_verified(tmp_path: Pat
         await fetch(api, "f1", tmp_path / "again.bin", tmp, reuse=LocalChunks(tmp_path, state))
     assert not (tmp_path / "again.bin").exists() and not tmp.exists()
     state.close()
+
+
+def test_bulk_work_shows_files_done_bytes_and_rate(tmp_path: Path) -> None:
+    """The bar a sync shows for bulk work counts files as batches finish and bytes as
+    they move; it goes away when the work is done."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from client.transfer import Transfers
+
+    progress = Progress(console=Console(file=StringIO(), force_terminal=True))
+    transfers = Transfers(FakeApi(b"x"), tmp_path, SyncState(tmp_path), progress=progress)  # type: ignore[arg-type]
+    with transfers.bulk_bar(5, 1000) as (advance, files_done):
+        advance(400)
+        files_done(3)
+        (task,) = progress.tasks
+        assert task.description == "3/5 files"
+        assert task.completed == 400 and task.total == 1000
+    assert progress.tasks == []
+    with transfers.bulk_bar(1, 10) as (advance, files_done):  # one file: no bar
+        advance(10)
+        files_done(1)
+        assert progress.tasks == []
