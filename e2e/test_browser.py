@@ -313,3 +313,59 @@ def test_the_pages_scripts_run_without_csp_violations_or_errors(
     page.goto("/files")
     expect(page.locator("body")).to_have_attribute("data-feed", "socket")
     assert problems == []
+
+
+def test_a_folder_of_many_small_files_uploads_in_batches_with_one_progress_row(
+    people: Callable[..., Person], tmp_path: Path
+) -> None:
+    """Bob, an editor of Alice's shared folder, uploads a folder of 400 small files in 4
+    subfolders and one larger file: the small ones go up in one batch request behind one
+    progress row, the large one the chunked way; Alice's open page shows the new folder
+    live and every byte arrives."""
+    alice, bob = people().register(), people().register()
+    a, b = alice.page, bob.page
+    create_folder(a, "Team")
+    team = alice.api("GET", "/api/file?path=/")["items"][0]
+    alice.api("POST", f"/api/file/{team['id']}/share", {"username": bob.username, "role": "editor"})
+    source = tmp_path / "Drop"
+    expected: dict[str, bytes] = {}
+    for i in range(400):
+        rel = f"part{i % 4}/note{i:03}.txt"
+        data = os.urandom(1 + (i * 37) % 8000)
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(data)
+        expected[rel] = data
+    big = os.urandom(300 * 1024)
+    (source / "video.bin").write_bytes(big)
+    expected["video.bin"] = big
+    open_folder(a, "Team")
+
+    b.goto("/shared")
+    row(b, "Team").get_by_role("link", name="Team").click()
+    expect(b.get_by_text("This folder is empty")).to_be_visible()
+    posts: list[str] = []
+    b.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    b.locator("#folder-picker").set_input_files(source)
+    batch = upload_row(b, "400 files")
+    expect(batch.locator(".status")).to_have_text("400 files done", timeout=30_000)
+    expect(upload_row(b, "video.bin").locator(".status")).to_have_text("done", timeout=30_000)
+    assert sum("/api/batch/upload" in url for url in posts) == 1
+    assert sum(url.endswith("/api/file") for url in posts) == 1  # only the large file
+    expect(row(a, "Drop")).to_be_visible(timeout=3000)  # live on Alice's open page
+
+    got: dict[str, bytes] = {}
+    cursor = None
+    while True:
+        page = alice.api(
+            "GET", "/api/tree?path=/Team/Drop" + (f"&cursor={cursor}" if cursor else "")
+        )
+        for item in page["items"]:
+            if item["kind"] == "file":
+                rel = item["path"].removeprefix("/Team/Drop/")
+                resp = alice.context.request.get(f"/api/file/{item['id']}/content")
+                assert resp.ok
+                got[rel] = resp.body()
+        cursor = page["cursor"]
+        if cursor is None:
+            break
+    assert got == expected

@@ -41,6 +41,7 @@ async function filesFromDrop(dataTransfer) {
 export function setUpDrops() {
   const zone = document.getElementById("dropzone");
   const picker = document.getElementById("picker");
+  const folderPicker = document.getElementById("folder-picker");
   if (!zone) return;  // no write access here
   const over = (on) => (e) => { e.preventDefault(); zone.classList.toggle("over", on); };
   // The whole page accepts drops (onto the listing too), the zone shows where.
@@ -54,6 +55,12 @@ export function setUpDrops() {
   picker?.addEventListener("change", async () => {
     const pairs = Array.from(picker.files, (f) => [f, f.name]);
     picker.value = "";
+    await uploadAll(pairs);
+  });
+  // A chosen folder: each file's webkitRelativePath starts with the folder's own name.
+  folderPicker?.addEventListener("change", async () => {
+    const pairs = Array.from(folderPicker.files, (f) => [f, f.webkitRelativePath || f.name]);
+    folderPicker.value = "";
     await uploadAll(pairs);
   });
 }

@@ -8,13 +8,19 @@ export function listing() {
 }
 
 let refreshTimer = null;
+let firstAsked = 0;
 let refreshing = null;
 
+// Refresh once things are quiet for 60 ms, but at most half a second after the first ask:
+// a batch of a thousand events is a few renders, not a thousand, and still shows progress.
 export function refreshListing() {
+  const now = performance.now();
+  if (refreshTimer === null) firstAsked = now;
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(() => {
+    refreshTimer = null;
     refreshing = (refreshing || Promise.resolve()).then(patchListing).catch(() => {});
-  }, 60);
+  }, Math.max(0, Math.min(60, firstAsked + 500 - now)));
 }
 
 async function patchListing() {
