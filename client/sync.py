@@ -143,6 +143,39 @@ class Syncer:
         self.ignore.excluded = sorted(wanted)
         return sorted(wanted)
 
+    def _remove_left_out_copies(self) -> None:
+        """Selective sync, as Dropbox and Nextcloud do it: the synced copies of a folder
+        this device leaves out go from its disk (the server keeps them). A file changed
+        here since it was synced stays (its entry goes, so taking the folder back in
+        treats it as new: a conflicted copy if the server's differs)."""
+        if not self.ignore.excluded:
+            return
+        left_out = {
+            rel: e
+            for rel, e in self.state.all().items()
+            if any(rel == x or rel.startswith(x + "/") for x in self.ignore.excluded)
+        }
+        if not left_out:
+            return
+        for rel, e in left_out.items():
+            if e.kind != Kind.FILE:
+                continue
+            try:
+                st = (self.root / rel).lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (e.size, e.mtime_ns):
+                (self.root / rel).unlink()
+            else:
+                self.log(f"kept {rel}: changed here, and not synced while its folder is left out")
+        folders = [rel for rel, e in left_out.items() if e.kind == Kind.FOLDER]
+        folders += [x for x in self.ignore.excluded if x not in left_out]
+        for rel in sorted(set(folders), key=lambda r: r.count("/"), reverse=True):
+            with contextlib.suppress(OSError):  # not empty (kept files) or not there
+                (self.root / rel).rmdir()
+        self.state.delete_many(list(left_out))
+        self.log(f"removed the copies of {len(left_out)} left-out item(s) from this device")
+
     def discard_interrupted_downloads(self) -> None:
         self.transfers.discard_interrupted()
 
@@ -160,6 +193,7 @@ class Syncer:
         skipped paths)."""
         async with self.lock:
             self.log("pass begins")
+            self._remove_left_out_copies()  # once per left-out folder: little work
             start_cursor = await self.remote.latest_cursor()
             await self.remote.resolve_root()
             here = await asyncio.to_thread(self.scanner.scan)

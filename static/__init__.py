@@ -1,1 +1,2 @@
-"""Static assets of the browser UI (vendored htmx, the stylesheet, ES modules); served at /static."""
+"""Static assets of the browser UI (vendored htmx, the stylesheet, ES modules), served
+at /static."""
