@@ -11,18 +11,21 @@ Baselines from the same run: `cp` of the 256 MiB file (+ fsync) on the same disk
 p50 of a bare HTTP round trip to the server.
 
 `--workload tree` measures bulk sync (issue: "a folder of 1,000 files reaches the other
-device as fast as Syncthing does"), each tree renamed into A at once and timed until B
-holds every file (polled every 20 ms by size, then checked byte for byte):
-- 1,000 files of 1-64 KiB in 10 folders (Syncthing 1.19 here: 2.0-2.3 s), then deleted at
-  once (until gone on B);
-- this machine's Python standard library (`*.py`, about 1,790 files in about 100 folders;
-  Syncthing 3.5 s), with `--prefill N` other files already in the account;
-- first sync of 10,000 files of 1-64 KiB: a new device with an empty folder pulling them;
-  a device holding them uploading them; a device holding exactly what the server has
-  (zero file bytes must be sent).
+device as fast as Syncthing does"), each tree renamed into A at once and timed from the
+rename until B holds every file (polled every 20 ms by size, then checked byte for byte):
+- tree: 1,000 files of 1-64 KiB in 10 folders, then deleted at once (until gone on B);
+- stdlib: this machine's Python standard library (`*.py`, about 1,790 files in about 100
+  folders), with `--prefill N` other files already in the account;
+- first: first sync of 10,000 files of 1-64 KiB: a device holding them uploads them, a new
+  device with an empty folder pulls them, a device holding exactly what the server has
+  syncs (zero file bytes must be sent);
+- syncthing: the baseline, measured in the same run after Coffer has stopped: two local
+  Syncthing instances (Debian's package, installed if missing; bench/syncthing.py), the
+  same trees, the same rename and poller.
 Prints one JSON line.
 
-    python bench/sync.py [--workload basic|tree] [--size-mib 256] [--prefill 10000]
+    python bench/sync.py [--workload basic|tree] [--size-mib 256] [--prefill 10000]\
+        [--parts tree,stdlib,first,syncthing]
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import base64
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -48,6 +50,17 @@ from pymongo import MongoClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from syncthing import (  # noqa: E402  (bench/, the script's own folder)
+    SyncthingPair,
+    ensure_installed,
+    make_tree,
+    sizes_under,
+    time_delete,
+    time_tree,
+    version,
+    wait_for_tree,
+)
 
 from tests.stack import Stack  # noqa: E402
 
@@ -92,19 +105,6 @@ class Watch:
         return self.hashed == expect
 
 
-def make_tree(root: Path, files: int, folders: int, seed: int) -> dict[str, bytes]:
-    """`files` random files of 1-64 KiB spread over `folders` folders, under `root`."""
-    rng = random.Random(seed)
-    out = {}
-    for i in range(files):
-        rel = f"d{i % folders:02}/f{i:05}.bin"
-        data = rng.randbytes(rng.randint(1024, 64 * 1024))
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-        out[rel] = data
-    return out
-
-
 def copy_stdlib(dest: Path) -> int:
     """This machine's Python standard library sources (*.py) under `dest`; how many."""
     src = Path(sysconfig.get_paths()["stdlib"])
@@ -119,39 +119,17 @@ def copy_stdlib(dest: Path) -> int:
     return n
 
 
-def sizes_under(root: Path) -> dict[str, int]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            full = Path(dirpath) / name
-            try:
-                out[str(full.relative_to(root))] = full.stat().st_size
-            except FileNotFoundError:
-                continue
-    return out
-
-
-def wait_for_tree(a: Path, b: Path, timeout: float = 600) -> float:
-    """Seconds until B holds A's files (by size, polled every 20 ms), then byte-checked."""
-    want = sizes_under(a)
-    start = time.monotonic()
-    while sizes_under(b) != want:
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"B has {len(sizes_under(b))} of {len(want)} files")
-        time.sleep(0.02)
-    seconds = time.monotonic() - start
-    for rel in want:
-        if (a / rel).read_bytes() != (b / rel).read_bytes():
-            raise AssertionError(f"{rel} differs on B")
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workload", choices=["basic", "tree"], default="basic")
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--prefill", type=int, default=10_000)
     parser.add_argument("--first-sync-files", type=int, default=10_000)
+    parser.add_argument(
+        "--parts",
+        default="tree,stdlib,first,syncthing",
+        help="tree workload parts, comma-separated: tree, stdlib, first, syncthing",
+    )
     args = parser.parse_args()
     if args.workload == "tree":
         tree_workload(args)
@@ -329,10 +307,22 @@ def start_sync(work: Path, folder: Path, env: dict[str, str]) -> subprocess.Pope
     )
 
 
-def sync_once(folder: Path, env: dict[str, str]) -> tuple[float, dict[str, object]]:
+def sync_once(
+    folder: Path, env: dict[str, str], remote: str = "/"
+) -> tuple[float, dict[str, object]]:
     t = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "client.cli", "--quiet", "sync", "--once", str(folder)],
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "--quiet",
+            "sync",
+            "--once",
+            "--remote",
+            remote,
+            str(folder),
+        ],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -375,8 +365,12 @@ def prefill(url: str, user: str, count: int) -> None:
 
 
 def tree_workload(args: argparse.Namespace) -> None:
+    parts = set(args.parts.split(","))
+    figures: dict[str, object] = {"bench": "sync-tree"}
     with tempfile.TemporaryDirectory(prefix="coffer-bench-tree-") as tmp:
         work = Path(tmp)
+        scratch = work / "scratch"
+        scratch.mkdir()
         stack = Stack(work / "stack", env={"COFFER_FSYNC": "true"})
         stack.start_all()
         url = stack.url()
@@ -388,69 +382,104 @@ def tree_workload(args: argparse.Namespace) -> None:
             a, b = work / "folder-a", work / "folder-b"
             a.mkdir()
             b.mkdir()
-            procs = [start_sync(work, a, envs["a"]), start_sync(work, b, envs["b"])]
-            time.sleep(2)
-            scratch = work / "scratch"
-            scratch.mkdir()
-
-            make_tree(scratch / "tree", 1000, 10, seed=1)
-            os.rename(scratch / "tree", a / "tree")
-            tree_s = wait_for_tree(a / "tree", b / "tree")
-            shutil.rmtree(a / "tree")
-            t = time.monotonic()
-            while (b / "tree").exists() and any(sizes_under(b / "tree")):
-                time.sleep(0.02)
-            delete_s = time.monotonic() - t
-
+            # The account already holds --prefill other files, which both devices sync
+            # before anything is timed.
             prefill(url, user, args.prefill)
-            stdlib_files = copy_stdlib(scratch / "stdlib")
-            stdlib_bytes = sum(sizes_under(scratch / "stdlib").values())
-            os.rename(scratch / "stdlib", a / "stdlib")
-            stdlib_s = wait_for_tree(a / "stdlib", b / "stdlib")
+            procs = [start_sync(work, a, envs["a"]), start_sync(work, b, envs["b"])]
+            t = time.monotonic()
+            while any(len(sizes_under(f)) < args.prefill for f in (a, b)):
+                if time.monotonic() - t > 600:
+                    raise TimeoutError("the devices did not pull the prefilled files")
+                time.sleep(0.2)
+            figures["prefill_pulled_by_both_s"] = round(time.monotonic() - t, 1)
+            time.sleep(2)
+            figures["prefilled_files"] = args.prefill
+
+            if "tree" in parts:
+                make_tree(scratch / "tree", 1000, 10, seed=1)
+                os.rename(scratch / "tree", a / "tree")
+                figures["tree_1000_files_s"] = round(
+                    wait_for_tree(a / "tree", b / "tree", start=time.monotonic()), 2
+                )
+                shutil.rmtree(a / "tree")
+                t = time.monotonic()
+                while (b / "tree").exists() and any(sizes_under(b / "tree")):
+                    time.sleep(0.02)
+                figures["tree_1000_delete_s"] = round(time.monotonic() - t, 2)
+
+            if "stdlib" in parts:
+                figures["stdlib_files"] = copy_stdlib(scratch / "stdlib")
+                figures["stdlib_mb"] = round(sum(sizes_under(scratch / "stdlib").values()) / 1e6, 1)
+                os.rename(scratch / "stdlib", a / "stdlib")
+                figures["stdlib_s"] = round(
+                    wait_for_tree(a / "stdlib", b / "stdlib", start=time.monotonic()), 2
+                )
             stop(procs)
             procs = []
 
-            # First sync, 10,000 files: a device holding them uploads them...
-            n = args.first_sync_files
-            c = work / "folder-c"
-            make_tree(c / "big", n, 100, seed=2)
-            upload_s, up_report = sync_once(c, envs["c"])
-            # ...an empty device pulls them (with everything else the account holds)...
-            d = work / "folder-d"
-            d.mkdir()
-            pull_s, _ = sync_once(d, envs["d"])
-            pulled = sum(1 for _ in (d / "big").rglob("*.bin"))
-            # ...and a device that already holds exactly the same sends no file bytes.
-            e = work / "folder-e"
-            shutil.copytree(d, e, ignore=shutil.ignore_patterns(".coffer"))
-            equal_s, equal_report = sync_once(e, envs["e"])
-            print(
-                json.dumps(
-                    {
-                        "bench": "sync-tree",
-                        "tree_1000_files_s": round(tree_s, 2),
-                        "tree_1000_delete_s": round(delete_s, 2),
-                        "stdlib_files": stdlib_files,
-                        "stdlib_mb": round(stdlib_bytes / 1e6, 1),
-                        "stdlib_s": round(stdlib_s, 2),
-                        "stdlib_prefilled_files": args.prefill,
-                        "first_sync_files": n,
-                        "first_sync_upload_s": round(upload_s, 2),
-                        "first_sync_upload_bytes_sent": up_report["bytes_sent"],
-                        "first_sync_pull_s": round(pull_s, 2),
-                        "first_sync_pulled_files": pulled,
-                        "first_sync_equal_s": round(equal_s, 2),
-                        "first_sync_equal_bytes_sent": equal_report["bytes_sent"],
-                        "syncthing_1_19_here": {"tree_1000_s": "2.0-2.3", "stdlib_s": 3.5},
-                    }
-                )
-            )
+            if "first" in parts:
+                first_sync(figures, work, envs, args.first_sync_files)
         finally:
             if os.environ.get("COFFER_SYNC_TRACE"):
                 for name in ("folder-a", "folder-b"):
                     sys.stderr.write((work / f"{name}.log").read_text())
             stop(procs)
             stack.stop_all()
+
+        # The baseline, alone on the machine after Coffer has stopped: Syncthing with the
+        # same trees, renamed in the same way, timed by the same poller.
+        if "syncthing" in parts:
+            syncthing_baseline(figures, work, parts)
+    print(json.dumps(figures))
+
+
+def first_sync(
+    figures: dict[str, object], work: Path, envs: dict[str, dict[str, str]], n: int
+) -> None:
+    """First sync of `n` files in the server folder /first (the account holds the trees of
+    the other parts too): a device holding them uploads them, an empty device pulls them,
+    and a device already holding exactly the same sends no file bytes."""
+    c = work / "folder-c"
+    made = make_tree(c, n, 100, seed=2)
+    upload_s, up_report = sync_once(c, envs["c"], "/first")
+    d = work / "folder-d"
+    d.mkdir()
+    pull_s, _ = sync_once(d, envs["d"], "/first")
+    pulled = sizes_under(d)
+    assert pulled == {rel: len(data) for rel, data in made.items()}, "pull incomplete"
+    e = work / "folder-e"
+    shutil.copytree(d, e, ignore=shutil.ignore_patterns(".coffer"))
+    equal_s, equal_report = sync_once(e, envs["e"], "/first")
+    figures.update(
+        {
+            "first_sync_files": n,
+            "first_sync_upload_s": round(upload_s, 2),
+            "first_sync_upload_bytes_sent": up_report["bytes_sent"],
+            "first_sync_pull_s": round(pull_s, 2),
+            "first_sync_pulled_files": len(pulled),
+            "first_sync_equal_s": round(equal_s, 2),
+            "first_sync_equal_bytes_sent": equal_report["bytes_sent"],
+        }
+    )
+
+
+def syncthing_baseline(figures: dict[str, object], work: Path, parts: set[str]) -> None:
+    binary = ensure_installed()
+    if binary is None:
+        figures["syncthing"] = "unavailable"
+        return
+    base = work / "syncthing"
+    base.mkdir()
+    with SyncthingPair(base, binary) as pair:
+        result: dict[str, object] = {"version": version(binary)}
+        if "tree" in parts:
+            make_tree(base / "tree", 1000, 10, seed=1)
+            result["tree_1000_files_s"] = round(time_tree(pair, base / "tree", "tree"), 2)
+            result["tree_1000_delete_s"] = round(time_delete(pair, "tree"), 2)
+        if "stdlib" in parts:
+            copy_stdlib(base / "stdlib")
+            result["stdlib_s"] = round(time_tree(pair, base / "stdlib", "stdlib"), 2)
+    figures["syncthing"] = result
 
 
 if __name__ == "__main__":

@@ -337,6 +337,13 @@ class CofferClient:
         self.stats.bytes_sent += sum(len(f.get("data") or "") * 3 // 4 for f in files)
         return body["results"]
 
+    async def batch_commit(self, uploads: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """Commit registered uploads ({"file_id", "upload_id"} each); one result per upload."""
+        body = await self.request(
+            "POST", "/api/batch/commit", json={"uploads": uploads}, timeout=300
+        )
+        return body["results"]
+
     async def batch_folders(self, folders: list[dict[str, str]]) -> list[dict[str, Any]]:
         """Have these folders (each {"path"} or {"parent_id", "name"}), made where missing."""
         body = await self.request("POST", "/api/batch/folders", json={"folders": folders})

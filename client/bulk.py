@@ -4,6 +4,9 @@ A pass that finds hundreds of small files to send or fetch would otherwise pay s
 round trips per file on each side (register, PUT, commit; manifest, GET). Here:
 - small files (one chunk, at most BATCH_INLINE_MAX bytes) go up with their bytes in
   `POST /api/batch/upload`, up to 1,000 files or 16 MiB a request, and commit there;
+- larger ones up to BATCH_UPLOAD_MAX are registered 1,000 a request the same way, their
+  missing chunks PUT (api.parallel at a time, across files), and committed with
+  `POST /api/batch/commit`: two requests for the lot instead of two per file;
 - files up to BATCH_DOWNLOAD_MAX come down in `POST /api/batch/download`, up to 1,000
   files or 64 MiB a request, are verified chunk by chunk and against their content hash,
   written to `.coffer/tmp/`, made durable with one `syncfs` for the lot, and renamed into
@@ -39,6 +42,8 @@ from client.scanner import LocalFile
 BATCH_INLINE_MAX = 64 * KIB
 BATCH_INLINE_TOTAL = 16 * MIB
 BATCH_FILES = 1000
+# Files up to this size go up in batches (bigger ones alone, each with its progress bar).
+BATCH_UPLOAD_MAX = 8 * MIB
 # Files up to this size come down in batches, up to BATCH_DOWNLOAD_TOTAL bytes a request.
 BATCH_DOWNLOAD_MAX = 4 * MIB
 BATCH_DOWNLOAD_TOTAL = 64 * MIB
@@ -89,7 +94,12 @@ class Plan:
 
 
 def fits_upload(chunks: Chunks | None, size: int) -> bool:
-    return chunks is not None and len(chunks) <= 1 and size <= BATCH_INLINE_MAX
+    return chunks is not None and size <= BATCH_UPLOAD_MAX
+
+
+def inline(u: Upload) -> bool:
+    """Whether the file travels with its bytes in the batch request."""
+    return len(u.chunks) <= 1 and u.local.size <= BATCH_INLINE_MAX
 
 
 def fits_download(item: dict[str, Any]) -> bool:
@@ -118,6 +128,14 @@ def _read_all(root: Path, uploads: list[Upload]) -> list[tuple[Upload, bytes] | 
     return out
 
 
+def _read_chunk(path: Path, offset: int, size: int) -> tuple[bytes, str]:
+    """A chunk's bytes and their SHA-256."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def _write_all(
     root: Path, tmp_dir: Path, files: list[tuple[Download, dict[str, Any], bytes]]
 ) -> list[tuple[Download, dict[str, Any], Chunks, os.stat_result] | None]:
@@ -140,7 +158,11 @@ def _write_all(
         with open(tmp, "wb") as out:
             out.write(data)
         staged.append((d, head, chunks, tmp))
+    import time as _t
+
+    _t0 = _t.monotonic()
     sync_filesystem(tmp_dir)
+    print(f"{_t.time():.3f} TIMING syncfs {_t.monotonic() - _t0:.3f}", file=sys.stderr, flush=True)
     done: list[tuple[Download, dict[str, Any], Chunks, os.stat_result] | None] = []
     for entry in staged:
         if entry is None:
@@ -171,10 +193,115 @@ class Bulk:
         self, uploads: list[Upload], advance: Advance, files_done: Advance
     ) -> tuple[list[tuple[Upload, dict[str, Any]]], list[Upload]]:
         """Send the files; (committed with their file objects, left for the one-file
-        path). Files that changed since they were hashed are in neither: the next pass
-        takes them."""
+        path). Small files that changed since they were hashed are in neither: the next
+        pass takes them. Small and larger files go at the same time."""
+        small = [u for u in uploads if inline(u)]
+        larger = [u for u in uploads if not inline(u)]
+        (c1, r1), (c2, r2) = await asyncio.gather(
+            self._upload_inline(small, advance, files_done),
+            self._upload_chunked(larger, advance, files_done),
+        )
+        return c1 + c2, r1 + r2
+
+    async def _upload_chunked(
+        self, uploads: list[Upload], advance: Advance, files_done: Advance
+    ) -> tuple[list[tuple[Upload, dict[str, Any]]], list[Upload]]:
         committed: list[tuple[Upload, dict[str, Any]]] = []
         refused: list[Upload] = []
+        for group in _groups(uploads, BATCH_FILES, BATCH_FILES, lambda _u: 1):
+            body = [
+                {
+                    **u.target,
+                    "size": u.local.size,
+                    "chunks": [{"sha256": sha, "size": size} for sha, size in u.chunks],
+                    **({"base_version": u.base_version} if u.base_version is not None else {}),
+                }
+                for u in group
+            ]
+            try:
+                results = await self.api.batch_upload(body)
+            except ApiError as exc:
+                if exc.status in (400, 413, 507) or exc.status >= 500:
+                    refused += group  # the one-file path reports each
+                    continue
+                raise
+            registered: list[tuple[Upload, dict[str, Any]]] = []
+            for u, result in zip(group, results, strict=True):
+                if result["status"] == "upload":
+                    registered.append((u, result))
+                else:
+                    refused.append(u)  # a conflict, a refusal: the one-file path settles it
+            failed = await self._put_missing(registered, advance)
+            to_commit = [(u, r) for u, r in registered if id(u) not in failed]
+            refused += [u for u, _ in registered if id(u) in failed]
+            if not to_commit:
+                continue
+            done = await self.api.batch_commit(
+                [{"file_id": r["file_id"], "upload_id": r["upload_id"]} for _, r in to_commit]
+            )
+            before = len(committed)
+            for (u, _), result in zip(to_commit, done, strict=True):
+                if result["status"] == "ok":
+                    committed.append((u, result["file"]))
+                else:
+                    refused.append(u)
+            files_done(len(committed) - before)
+        return committed, refused
+
+    async def _put_missing(
+        self, registered: list[tuple[Upload, dict[str, Any]]], advance: Advance
+    ) -> set[int]:
+        """PUT every missing chunk of the registered files, `api.parallel` at a time across
+        files; the ids of the uploads that could not be sent whole (changed since they were
+        hashed, or refused: the one-file path retries or reports them)."""
+        work: list[tuple[Upload, dict[str, Any], int]] = []
+        for u, result in registered:
+            offsets, pos = [], 0
+            for _, size in u.chunks:
+                offsets.append(pos)
+                pos += size
+            work += [(u, m, offsets[m["index"]]) for m in result["missing"]]
+        failed: set[int] = set()
+        queue = iter(work)
+        # A chunk two files share (copies) goes once: the second waits for the first PUT.
+        sending: dict[str, asyncio.Future[bool]] = {}
+
+        async def worker() -> None:
+            for u, m, offset in queue:
+                if id(u) in failed:
+                    continue
+                wanted = m["sha256"]
+                if wanted in sending:
+                    if not await sending[wanted]:
+                        failed.add(id(u))
+                    continue
+                sent = sending[wanted] = asyncio.get_running_loop().create_future()
+                ok = False
+                try:
+                    data, sha = await asyncio.to_thread(
+                        _read_chunk, self.root / u.rel, offset, m["size"]
+                    )
+                    if sha == wanted:  # else the file changed since it was hashed
+                        await self.api.put_chunk(m["url"], data, m.get("headers") or {})
+                        advance(len(data))
+                        ok = True
+                except (OSError, ApiError):
+                    pass
+                finally:
+                    sent.set_result(ok)
+                if not ok:
+                    failed.add(id(u))
+
+        await asyncio.gather(*(worker() for _ in range(max(1, self.api.parallel))))
+        return failed
+
+    async def _upload_inline(
+        self, uploads: list[Upload], advance: Advance, files_done: Advance
+    ) -> tuple[list[tuple[Upload, dict[str, Any]]], list[Upload]]:
+        committed: list[tuple[Upload, dict[str, Any]]] = []
+        refused: list[Upload] = []
+        if not uploads:
+            return committed, refused
         read = await asyncio.to_thread(_read_all, self.root, uploads)
         ready = [r for r in read if r is not None]
         # Two requests in flight: while the server commits one, the next is on its way.
@@ -223,6 +350,9 @@ class Bulk:
             downloads, BATCH_FILES, BATCH_DOWNLOAD_TOTAL, lambda d: int(d.item.get("size") or 0)
         ):
             received: list[tuple[Download, dict[str, Any], bytes]] = []
+            import time as _t
+
+            _t0 = _t.monotonic()
             try:
                 async with self.api.batch_download([d.item["id"] for d in group]) as reader:
                     for d in group:
@@ -241,7 +371,11 @@ class Bulk:
                 self.log(f"batch download cut short ({exc}); fetching the rest one by one")
                 got = {id(d) for d, _, _ in received}
                 left += [d for d in group if id(d) not in got and d not in left]
+            _t1 = _t.monotonic()
             written = await asyncio.to_thread(_write_all, self.root, self.tmp_dir, received)
+            self.log(
+                f"TIMING fetch {_t1 - _t0:.3f} write {_t.monotonic() - _t1:.3f} n={len(group)}"
+            )
             for (d, _, _), result in zip(received, written, strict=True):
                 if result is None:
                     left.append(d)

@@ -114,6 +114,16 @@ class SyncState:
     def all(self) -> dict[str, Entry]:
         return {row[0]: self._entry(row) for row in self.db.execute("SELECT * FROM entries")}
 
+    def under(self, folder: str) -> dict[str, Entry]:
+        """The entries of `folder` and of everything below it (an index range: a pass over
+        one folder costs what is in it, not what the whole state holds)."""
+        rows = self.db.execute(
+            # "0" sorts right after "/": [folder + "/", folder + "0") is all below it.
+            "SELECT * FROM entries WHERE path = ? OR (path >= ? AND path < ?)",
+            (folder, folder + "/", folder + "0"),
+        )
+        return {row[0]: self._entry(row) for row in rows}
+
     def put(self, e: Entry) -> None:
         with self._transaction():  # the entry and its chunk positions change together
             self._put(e)

@@ -217,16 +217,15 @@ class Syncer:
         # A file on one side where the other has a folder (rare) is settled first: what is
         # under it depends on which of the two stays.
         blocked: set[str] = set()  # clashes: left alone with all that is under them
-        known = self.state.all()
         mixed = (set(here.files) & set(there.folders)) | (here.dirs & set(there.files))
         for rel in sorted(mixed):
-            if not await self._settle_mixed(rel, here, there, known.get(rel)):
+            if not await self._settle_mixed(rel, here, there, self.state.get(rel)):
                 blocked.add(rel)
 
         def is_blocked(rel: str) -> bool:
             return any(rel == b or rel.startswith(b + "/") for b in blocked)
 
-        known = {rel: e for rel, e in self.state.all().items() if mine(rel)}
+        known = self.state.under(under) if under else self.state.all()
         plan = Plan()  # small files go in batches, after every file has been looked at
         # A synced folder deleted here, with nothing new or changed under it on the
         # server, goes to the trash whole: one request, not one per file.
@@ -707,8 +706,13 @@ class Syncer:
         old = event.old_path
         if rel is None and (old is None or self.rel_of(old) is None):
             return True  # not under the synced folder
-        if rel is None or self.ignore(rel):
-            return False
+        if rel is None:
+            return False  # moved out of the synced folder: a full pass settles it
+        if self.ignore(rel):
+            # Nothing to do for an ignored or left-out path, unless a file we sync was
+            # moved there (the full pass decides what happens to our copy).
+            old_rel = self.rel_of(old) if old else None
+            return old_rel is None or self.ignore(old_rel)
         entry = self.state.get(rel)
         if event.kind == Kind.FOLDER:
             if event.type == FILE_DELETED:

@@ -203,10 +203,21 @@ class FakeApi:
                 error = {"code": "conflict", "message": "changed", "status": 409}
                 results.append({"index": i, "status": "error", "error": error})
                 continue
+            if f.get("data") is None:  # registered: the chunks follow, then a commit
+                reg = await self.register_upload(f)
+                results.append({"index": i, "status": "upload", **reg})
+                continue
             data = base64.b64decode(f["data"])
             self.stats.bytes_sent += len(data)
             file = self._out(self.server.put_file(f["path"], data))
             results.append({"index": i, "status": "committed", "file": file})
+        return results
+
+    async def batch_commit(self, uploads: list[dict[str, str]]) -> list[dict[str, Any]]:
+        results = []
+        for i, u in enumerate(uploads):
+            file = await self.commit_upload(u["file_id"], u["upload_id"])
+            results.append({"index": i, "status": "ok", "file": file})
         return results
 
     async def batch_delete(self, ids: list[str]) -> list[dict[str, Any]]:

@@ -147,3 +147,26 @@ async def test_targeted_pass_uploads_an_edit_and_moves_a_rename(
     (syncer.root / "new").mkdir()
     (syncer.root / "new" / "d.txt").write_text("three")
     assert not await syncer.sync_paths({"new/d.txt"})
+
+
+async def test_small_and_larger_files_go_up_in_batches_and_only_missing_chunks_are_sent(
+    syncer: Syncer, server: FakeServer
+) -> None:
+    """Small files travel inline; larger ones are registered and committed in batches, and
+    a chunk two files share is PUT once."""
+    import os
+
+    big = os.urandom(5 * 1024 * 1024)  # two chunks of a batch-registered file
+    (syncer.root / "big.bin").write_bytes(big)
+    (syncer.root / "copy.bin").write_bytes(big)  # same chunks: sent once
+    (syncer.root / "mid.bin").write_bytes(os.urandom(300 * 1024))
+    for i in range(5):
+        (syncer.root / f"s{i}.txt").write_text(f"small {i}")
+    report = await syncer.reconcile()
+    assert sorted(report.uploaded) == sorted(
+        ["big.bin", "copy.bin", "mid.bin", *(f"s{i}.txt" for i in range(5))]
+    )
+    assert server.data("/big.bin") == big == server.data("/copy.bin")
+    assert server.data("/mid.bin") == (syncer.root / "mid.bin").read_bytes()
+    assert syncer.api.stats.chunks_sent == 3  # big's two (not again for its copy), mid's
+    assert (await fresh(syncer).reconcile()).total() == 0
