@@ -158,11 +158,7 @@ def _write_all(
         with open(tmp, "wb") as out:
             out.write(data)
         staged.append((d, head, chunks, tmp))
-    import time as _t
-
-    _t0 = _t.monotonic()
     sync_filesystem(tmp_dir)
-    print(f"{_t.time():.3f} TIMING syncfs {_t.monotonic() - _t0:.3f}", file=sys.stderr, flush=True)
     done: list[tuple[Download, dict[str, Any], Chunks, os.stat_result] | None] = []
     for entry in staged:
         if entry is None:
@@ -350,9 +346,6 @@ class Bulk:
             downloads, BATCH_FILES, BATCH_DOWNLOAD_TOTAL, lambda d: int(d.item.get("size") or 0)
         ):
             received: list[tuple[Download, dict[str, Any], bytes]] = []
-            import time as _t
-
-            _t0 = _t.monotonic()
             try:
                 async with self.api.batch_download([d.item["id"] for d in group]) as reader:
                     for d in group:
@@ -371,11 +364,7 @@ class Bulk:
                 self.log(f"batch download cut short ({exc}); fetching the rest one by one")
                 got = {id(d) for d, _, _ in received}
                 left += [d for d in group if id(d) not in got and d not in left]
-            _t1 = _t.monotonic()
             written = await asyncio.to_thread(_write_all, self.root, self.tmp_dir, received)
-            self.log(
-                f"TIMING fetch {_t1 - _t0:.3f} write {_t.monotonic() - _t1:.3f} n={len(group)}"
-            )
             for (d, _, _), result in zip(received, written, strict=True):
                 if result is None:
                     left.append(d)
