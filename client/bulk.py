@@ -36,6 +36,7 @@ from client.api import CofferClient
 from client.errors import ApiError, DownloadCorrupt
 from client.hashing import Chunks, content_hash_of
 from client.scanner import LocalFile
+from client.state import Entry
 
 # The largest file that travels inline in a batch upload (the server's limit), and the
 # inline bytes and files per request.
@@ -88,9 +89,12 @@ class Plan:
     downloads: list[Download] = field(default_factory=list)
     deletes: list[tuple[str, str]] = field(default_factory=list)  # (rel, file id)
     folder_deletes: list[tuple[str, str]] = field(default_factory=list)  # whole folders
+    records: list[Entry] = field(default_factory=list)  # agreements to note, in one write
 
     def __bool__(self) -> bool:
-        return bool(self.uploads or self.downloads or self.deletes or self.folder_deletes)
+        return bool(
+            self.uploads or self.downloads or self.deletes or self.folder_deletes or self.records
+        )
 
 
 def fits_upload(chunks: Chunks | None, size: int) -> bool:

@@ -12,6 +12,7 @@ server when they are missing here.
 from __future__ import annotations
 
 import fnmatch
+import re
 from pathlib import Path
 
 DEFAULT_IGNORES = ["~$*", ".*.swp", "*.tmp", ".DS_Store", ".coffer", ".cofferignore"]
@@ -30,14 +31,16 @@ class Ignore:
                 if line and not line.startswith("#"):
                     self.patterns.append(line.rstrip("/"))
 
+        # All patterns as one regular expression: a pass asks about every path it sees.
+        self._match = re.compile(
+            "|".join(f"(?:{fnmatch.translate(pat)})" for pat in self.patterns)
+        ).match
         # Selective sync: relative folder paths left out, with all below them.
         self.excluded: list[str] = []
 
     def __call__(self, rel: str) -> bool:
         """Whether the relative, '/'-separated path is ignored."""
-        if any(rel == e or rel.startswith(e + "/") for e in self.excluded):
+        if self.excluded and any(rel == e or rel.startswith(e + "/") for e in self.excluded):
             return True
-        parts = rel.split("/")
-        return any(fnmatch.fnmatch(p, pat) for p in parts for pat in self.patterns) or any(
-            fnmatch.fnmatch(rel, pat) for pat in self.patterns
-        )
+        match = self._match
+        return match(rel) is not None or any(match(part) for part in rel.split("/"))

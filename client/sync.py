@@ -89,6 +89,25 @@ def base_of(entry: Entry | None) -> Side | None:
     return Side.file(entry.content_hash)
 
 
+def _records(entry: Entry | None, item: RemoteItem, lf: LocalFile) -> bool:
+    """Whether the entry already says both sides hold `item` as the local file is now."""
+    return (
+        entry is not None
+        and entry.chunks is not None
+        and (entry.file_id, entry.version, entry.content_hash, entry.size, entry.mtime_ns)
+        == (item["id"], item["version"], item["content_hash"], lf.size, lf.mtime_ns)
+    )
+
+
+def _entry_for(
+    rel: str, item: RemoteItem, lf: LocalFile, content_hash: str, chunks: Chunks | None
+) -> Entry:
+    """The entry saying both sides hold these bytes at `rel`."""
+    return Entry(
+        rel, Kind.FILE, item["id"], item["version"], lf.size, lf.mtime_ns, content_hash, chunks
+    )
+
+
 def _kind(rel: str, files: dict[str, Any], folders: set[str] | dict[str, Any]) -> Kind | None:
     if rel in files:
         return Kind.FILE
@@ -411,7 +430,12 @@ class Syncer:
             case Action.FORGET:
                 self.state.delete(rel)
             case Action.RECORD if lf is not None and item is not None:
-                self._record_file(rel, item, lf, item["content_hash"], chunks)
+                if _records(entry, item, lf):
+                    pass  # a no-op pass writes nothing
+                elif plan is not None:
+                    plan.records.append(_entry_for(rel, item, lf, item["content_hash"], chunks))
+                else:
+                    self._record_file(rel, item, lf, item["content_hash"], chunks)
             case Action.UPLOAD if plan is not None and lf and fits_upload(chunks, lf.size):
                 base = item["version"] if item else None
                 plan.uploads.append(Upload(rel, self.remote.target(rel), base, chunks or [], lf))
@@ -545,6 +569,11 @@ class Syncer:
                 if any(rel.startswith(d + "/") for d in done):
                     continue  # already covered by its new parent's pass
                 if self.ignore(rel):
+                    continue
+                known = self.state.get(rel)
+                if known is not None and known.kind == Kind.FOLDER:
+                    # Synced already: we made it (a download's folder). Files put in it
+                    # have their own watcher events; a folder moved in whole is not known.
                     continue
                 if not self._in_synced_folder(rel):
                     return False
@@ -852,6 +881,8 @@ class Syncer:
         do goes through the one-file path (conflicts, refusals, oversize, errors)."""
         if not plan:
             return
+        if plan.records:
+            self.state.put_many(plan.records)
         size = sum(u.local.size for u in plan.uploads) + sum(
             int(d.item.get("size") or 0) for d in plan.downloads
         )
@@ -962,18 +993,7 @@ class Syncer:
         chunks: Chunks | None,
     ) -> None:
         """Both sides hold these bytes at `rel` now."""
-        self.state.put(
-            Entry(
-                rel,
-                Kind.FILE,
-                item["id"],
-                item["version"],
-                lf.size,
-                lf.mtime_ns,
-                content_hash,
-                chunks,
-            )
-        )
+        self.state.put(_entry_for(rel, item, lf, content_hash, chunks))
 
     async def _upload(self, rel: str, base_version: int | None, chunks: Chunks | None) -> None:
         path = self.local(rel)
