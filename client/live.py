@@ -73,6 +73,8 @@ class LiveSync:
         self.dirty.clear()  # the pass saw these
         self.moves.clear()
         self.new_folders.clear()
+        self.full_needed = False
+        self.wake.clear()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
         feed = asyncio.create_task(self.feed.follow())
@@ -97,8 +99,11 @@ class LiveSync:
                 dirty, self.dirty = self.dirty, set()
                 moves, self.moves = self.moves, []
                 folders, self.new_folders = self.new_folders, set()
-                full = self.full_needed or not (dirty or moves or folders)
+                full = self.full_needed
                 self.full_needed = False
+                if not (full or dirty or moves or folders):
+                    self.passed.set()
+                    continue  # woken for what a pass already covered
                 skipped = len(self.syncer.report.skipped)
                 await self.pass_with_retry(None if full else (dirty, moves, folders))
                 self.passed.set()
