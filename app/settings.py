@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # The batch API: files per request, the largest file that may carry its bytes inline
     # (committed in the same request), and the inline bytes one request may carry.
     batch_max_files: int = 1000
-    batch_inline_max_bytes: int = 64 * KIB
+    batch_inline_max_bytes: int = 1 * MIB
     batch_inline_total_bytes: int = 16 * MIB
 
     min_chunk_size: int = 64 * KIB

@@ -10,6 +10,9 @@ token.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 
 # Body pieces are read in slices of this size while streaming.
 STREAM_PIECE = 1024 * 1024
+# COFFER_SYNC_TRACE=1: each API call's method, path, status and duration on stderr.
+TRACE = bool(os.environ.get("COFFER_SYNC_TRACE"))
 
 
 def raise_for_error(resp: httpx.Response) -> None:
@@ -147,7 +152,15 @@ class CofferClient:
 
     async def request(self, method: str, url: str, **kw: Any) -> Any:
         """One API call; the decoded JSON answer (None when empty), or ApiError."""
+        started = time.monotonic()
         resp = await self.http.request(method, url, **kw)
+        if TRACE:
+            took = time.monotonic() - started
+            print(
+                f"{time.time():.3f} http {method} {url} {resp.status_code} {took:.3f}s",
+                file=sys.stderr,
+                flush=True,
+            )
         raise_for_error(resp)
         if resp.status_code == 204 or not resp.content:
             return None

@@ -2,8 +2,9 @@
 
 A pass that finds hundreds of small files to send or fetch would otherwise pay several
 round trips per file on each side (register, PUT, commit; manifest, GET). Here:
-- small files (one chunk, at most BATCH_INLINE_MAX bytes) go up with their bytes in
-  `POST /api/batch/upload`, up to 1,000 files or 16 MiB a request, and commit there;
+- small files (one chunk, at most BATCH_INLINE_MAX bytes, or what the server says its
+  limit is) go up with their bytes in `POST /api/batch/upload`, up to 1,000 files or
+  16 MiB a request, and commit there;
 - larger ones up to BATCH_UPLOAD_MAX are registered 1,000 a request the same way, their
   missing chunks PUT (api.parallel at a time, across files), and committed with
   `POST /api/batch/commit`: two requests for the lot instead of two per file;
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.protocol import KIB, MIB
+from app.protocol import MIB
 from client.api import CofferClient
 from client.errors import ApiError, DownloadCorrupt
 from client.hashing import Chunks, content_hash_of
@@ -40,7 +41,7 @@ from client.state import Entry
 
 # The largest file that travels inline in a batch upload (the server's limit), and the
 # inline bytes and files per request.
-BATCH_INLINE_MAX = 64 * KIB
+BATCH_INLINE_MAX = 1 * MIB
 BATCH_INLINE_TOTAL = 16 * MIB
 BATCH_FILES = 1000
 # Files up to this size go up in batches (bigger ones alone, each with its progress bar).
@@ -99,11 +100,6 @@ class Plan:
 
 def fits_upload(chunks: Chunks | None, size: int) -> bool:
     return chunks is not None and size <= BATCH_UPLOAD_MAX
-
-
-def inline(u: Upload) -> bool:
-    """Whether the file travels with its bytes in the batch request."""
-    return len(u.chunks) <= 1 and u.local.size <= BATCH_INLINE_MAX
 
 
 def fits_download(item: dict[str, Any]) -> bool:
@@ -188,6 +184,12 @@ class Bulk:
         self.root = root
         self.tmp_dir = tmp_dir
         self.log = log
+        # Lowered to the server's own limit if it refuses ours (413 inline_too_large).
+        self.inline_max = BATCH_INLINE_MAX
+
+    def inline(self, u: Upload) -> bool:
+        """Whether the file travels with its bytes in the batch request."""
+        return len(u.chunks) <= 1 and u.local.size <= self.inline_max
 
     async def upload(
         self, uploads: list[Upload], advance: Advance, files_done: Advance
@@ -195,12 +197,16 @@ class Bulk:
         """Send the files; (committed with their file objects, left for the one-file
         path). Small files that changed since they were hashed are in neither: the next
         pass takes them. Small and larger files go at the same time."""
-        small = [u for u in uploads if inline(u)]
-        larger = [u for u in uploads if not inline(u)]
+        small = [u for u in uploads if self.inline(u)]
+        larger = [u for u in uploads if not self.inline(u)]
         (c1, r1), (c2, r2) = await asyncio.gather(
             self._upload_inline(small, advance, files_done),
             self._upload_chunked(larger, advance, files_done),
         )
+        if self.inline_max < BATCH_INLINE_MAX and (late := [u for u in r1 if not self.inline(u)]):
+            # The server's inline limit is lower than ours: those go in chunks after all.
+            c3, r3 = await self._upload_chunked(late, advance, files_done)
+            return c1 + c2 + c3, [u for u in r1 if self.inline(u)] + r2 + r3
         return c1 + c2, r1 + r2
 
     async def _upload_chunked(
@@ -322,6 +328,9 @@ class Bulk:
                 try:
                     results = await self.api.batch_upload(body)
                 except ApiError as exc:
+                    limit = (exc.body.get("error") or {}).get("max_inline_bytes")
+                    if exc.code == "inline_too_large" and isinstance(limit, int):
+                        self.inline_max = min(self.inline_max, limit)
                     if exc.status in (400, 413, 507) or exc.status >= 500:
                         refused.extend(u for u, _ in group)  # the one-file path reports each
                         return

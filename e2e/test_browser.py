@@ -335,7 +335,7 @@ def test_a_folder_of_many_small_files_uploads_in_batches_with_one_progress_row(
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         (source / rel).write_bytes(data)
         expected[rel] = data
-    big = os.urandom(300 * 1024)
+    big = os.urandom(1536 * 1024)  # over the inline limit: chunked
     (source / "video.bin").write_bytes(big)
     expected["video.bin"] = big
     open_folder(a, "Team")

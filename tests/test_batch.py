@@ -159,13 +159,13 @@ def test_bad_batches_are_refused_whole(alice: User) -> None:
     too_many = [inline(f"/many/{i}.txt", b"x") for i in range(1001)]
     r = alice.http.post("/api/batch/upload", json={"files": too_many})
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_files"
-    big = os.urandom(65 * 1024)
+    big = os.urandom(1024 * 1024 + 1)
     r = alice.http.post(
         "/api/batch/upload",
         json={
             "files": [
                 {
-                    **manifest(big, 128 * 1024),
+                    **manifest(big, 2 * 1024 * 1024),
                     "path": "/big.bin",
                     "data": base64.b64encode(big).decode(),
                 }
@@ -173,6 +173,8 @@ def test_bad_batches_are_refused_whole(alice: User) -> None:
         },
     )
     assert r.status_code == 413
+    assert r.json()["error"]["code"] == "inline_too_large"
+    assert r.json()["error"]["max_inline_bytes"] == 1024 * 1024
     r = alice.http.post("/api/batch/upload", json={"files": []})
     assert r.status_code == 400
     assert alice.http.get("/api/file", params={"path": "/"}).json()["items"] == []
@@ -217,6 +219,53 @@ def test_a_batch_into_a_shared_folder_reaches_the_recipient_with_their_paths(
     assert sorted(e["path"] for e in events) == [f"/Team/n{i:03}.txt" for i in range(50)]
     owner_view = alice.http.get("/api/file", params={"path": "/Work/Team"}).json()["items"]
     assert len(owner_view) == 50 and alice.http.get("/api/me").json()["usage_bytes"] > 0
+
+
+def test_batch_folders_make_trees_at_once_and_fail_alone(alice: User, bob: User) -> None:
+    """Many folders with their parents in one request: existing ones are fine, a file in
+    the way fails alone, an editor makes folders inside a share (a viewer may not), and
+    each new folder is announced once, parents before children."""
+    alice.upload("/Src/README", b"a file, not a folder")
+    alice.http.post("/api/folder", json={"path": "/Src/old"})
+    team = alice.http.post("/api/folder", json={"path": "/Team"}).json()
+    alice.http.post(
+        f"/api/file/{team['id']}/share", json={"username": bob.username, "role": "editor"}
+    )
+    cursor = alice.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
+    wanted = [
+        {"path": "/Src/old"},  # exists: ok
+        *({"path": f"/Src/pkg{i}/sub/deep"} for i in range(20)),
+        {"path": "/Src/README/inside"},  # a file in the way
+    ]
+    r = alice.http.post("/api/batch/folders", json={"folders": wanted})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == ["ok"] * 21 + ["error"]
+    assert results[-1]["error"]["code"] == "not_a_folder"
+    assert (
+        results[3]["file"]["path"] == "/Src/pkg2/sub/deep"
+        and results[3]["file"]["kind"] == "folder"
+    )
+    made = [e["path"] for e in feed(alice, cursor) if e["type"] == "file.created"]
+    assert sorted(made) == sorted(
+        p for i in range(20) for p in (f"/Src/pkg{i}", f"/Src/pkg{i}/sub", f"/Src/pkg{i}/sub/deep")
+    )
+    assert all(made.index(p.rsplit("/", 1)[0]) < made.index(p) for p in made if p.count("/") > 2)
+    again = alice.http.post("/api/batch/folders", json={"folders": wanted[:5]}).json()["results"]
+    assert [x["file"]["id"] for x in again] == [x["file"]["id"] for x in results[:5]]
+
+    r = bob.http.post(
+        "/api/batch/folders", json={"folders": [{"parent_id": team["id"], "name": "x/y"}]}
+    )
+    assert r.json()["results"][0]["file"]["path"] == "/Team/x/y"
+    assert alice.http.get("/api/file", params={"path": "/Team/x"}).json()["items"][0]["name"] == "y"
+    alice.http.post(
+        f"/api/file/{team['id']}/share", json={"username": bob.username, "role": "viewer"}
+    )
+    r = bob.http.post(
+        "/api/batch/folders", json={"folders": [{"parent_id": team["id"], "name": "z"}]}
+    )
+    assert r.json()["results"][0]["error"]["status"] == 403
 
 
 def test_batch_delete_move_and_the_recursive_listing(alice: User) -> None:

@@ -63,6 +63,7 @@ from app.files.batch_schemas import (
     BatchError,
     BatchFileIn,
     BatchFileResult,
+    BatchFolderIn,
     BatchFoldersRequest,
     BatchIdsRequest,
     BatchItemResult,
@@ -81,9 +82,8 @@ from app.files.scope import (
     open_node,
     own_scope,
     parse_id,
-    target_path,
 )
-from app.files.tree import FILES, TreeService
+from app.files.tree import FILES, TreeService, node_document
 from app.files.uploads import UploadService
 from app.protocol import FILE_CREATED, content_hash
 from app.storage.base import BlobStore
@@ -140,12 +140,13 @@ class BatchService:
             if f.data is None:
                 continue
             # base64: 4 characters for every 3 bytes.
-            length = len(f.data) * 3 // 4
-            if length > s.batch_inline_max_bytes + 2:
+            length = len(f.data) * 3 // 4 - (len(f.data) - len(f.data.rstrip("=")))
+            if length > s.batch_inline_max_bytes:
                 raise PayloadTooLarge(
                     f"file {i}: inline data is for files of at most "
                     f"{s.batch_inline_max_bytes} bytes; upload larger ones in chunks",
                     code="inline_too_large",
+                    max_inline_bytes=s.batch_inline_max_bytes,
                 )
             inline += length
         if inline > s.batch_inline_total_bytes:
@@ -196,16 +197,7 @@ class BatchService:
             if existing.kind != "file":
                 raise Conflict(f"{scope.shown(existing.path)} is a folder", code="is_a_folder")
             return scope, existing.path
-        if f.parent_id is not None:
-            if f.parent_id not in folders:
-                folders[f.parent_id] = await open_folder(caller, f.parent_id, "write")
-            scope, parent = folders[f.parent_id]
-            if not isinstance(f.name, str) or not f.name.strip("/"):
-                raise BadRequest("name is required with parent_id", code="invalid_path")
-            return scope, paths.join(parent.path, paths.normalize_path("/" + f.name))
-        if f.path is None:
-            raise BadRequest("give path, or parent_id and name", code="invalid_path")
-        return own_scope(caller), paths.normalize_path(f.path)
+        return await _place(caller, f.path, f.parent_id, f.name, folders)
 
     def _inline(self, index: int, scope: Scope, path: str, f: BatchFileIn) -> _Inline:
         hashes = self.uploads.check_chunks(f.size, f.chunks)
@@ -309,14 +301,18 @@ class BatchService:
         )
         try:
             shares = await owner_shares(scope.owner_id)
-            parents: dict[str, FileNode | None] = {}
+            parent_paths = sorted({paths.split(f.path)[0] for f in new})
+            try:
+                parents = await self.tree.ensure_folders(scope, parent_paths)
+            except CofferError:
+                parents = {}  # a file where a folder should be: each file finds out alone
             ready: list[_Inline] = []
             for f in new:
                 try:
                     parent_path = paths.split(f.path)[0]
-                    if parent_path not in parents:
+                    if parent_path != "/" and parent_path not in parents:
                         parents[parent_path] = await self.tree.ensure_folder(scope, parent_path)
-                    self._prepare(f, parents[parent_path], shares)
+                    self._prepare(f, parents.get(parent_path), shares)
                     ready.append(f)
                 except CofferError as exc:
                     results[f.index] = BatchFileResult(
@@ -438,12 +434,7 @@ class BatchService:
             if f.sha
             else None
         )
-        f.node_doc = {
-            "_id": node_id,
-            **{
-                k: getattr(node, k) for k in FileNode.model_fields if k not in ("id", "revision_id")
-            },
-        }
+        f.node_doc = node_document(node)
 
     @staticmethod
     async def _insert_invisible(files: list[_Inline]) -> None:
@@ -522,19 +513,39 @@ class BatchService:
         """Make sure each folder exists (with its parents): the existing one, or a new one.
         Unlike `POST /api/folder`, an existing folder is no error: a sync wants it there."""
         self._check_count(len(req.folders))
-        out = []
+        results: dict[int, BatchItemResult] = {}
+        # Where each goes, by owner's tree (a parent folder opened once), then each tree's
+        # folders made together; if that fails (a file in the way), one by one.
+        targets: dict[str, tuple[Scope, list[tuple[int, str]]]] = {}
+        opened: dict[str, tuple[Scope, FileNode]] = {}
         for i, f in enumerate(req.folders):
             try:
-                scope, path = await target_path(caller, f.path, f.parent_id, f.name)
-                if path == "/":
-                    raise BadRequest("the root folder always exists", code="invalid_path")
-                node = await self.tree.ensure_folder(scope, path)
-                if node is None:
-                    raise BadRequest("the root folder always exists", code="invalid_path")
-                out.append(BatchItemResult(index=i, status="ok", file=scope.out(node)))
+                scope, path = await self._folder_target(caller, f, opened)
+                targets.setdefault(scope.owner_id, (scope, []))[1].append((i, path))
             except CofferError as exc:
-                out.append(BatchItemResult(index=i, status="error", error=_error(exc)))
-        return BatchItemsOut(results=out)
+                results[i] = BatchItemResult(index=i, status="error", error=_error(exc))
+        for scope, items in targets.values():
+            try:
+                made = await self.tree.ensure_folders(scope, [path for _, path in items])
+            except CofferError:
+                made = {}
+            for i, path in items:
+                try:
+                    node = made.get(path) or await self.tree.ensure_folder(scope, path)
+                    if node is None:
+                        raise BadRequest("the root folder always exists", code="invalid_path")
+                    results[i] = BatchItemResult(index=i, status="ok", file=scope.out(node))
+                except CofferError as exc:
+                    results[i] = BatchItemResult(index=i, status="error", error=_error(exc))
+        return BatchItemsOut(results=[results[i] for i in range(len(req.folders))])
+
+    async def _folder_target(
+        self, caller: Caller, f: BatchFolderIn, opened: dict[str, tuple[Scope, FileNode]]
+    ) -> tuple[Scope, str]:
+        scope, path = await _place(caller, f.path, f.parent_id, f.name, opened)
+        if path == "/":
+            raise BadRequest("the root folder always exists", code="invalid_path")
+        return scope, path
 
     async def delete(self, caller: Caller, req: BatchIdsRequest) -> BatchItemsOut:
         self._check_count(len(req.ids))
@@ -651,6 +662,27 @@ class BatchService:
             raise BadRequest(
                 f"at most {self.settings.batch_max_files} items per batch", code="too_many_files"
             )
+
+
+async def _place(
+    caller: Caller,
+    path: str | None,
+    parent_id: str | None,
+    name: str | None,
+    opened: dict[str, tuple[Scope, FileNode]],
+) -> tuple[Scope, str]:
+    """`target_path` for the items of a batch: each parent folder opened (and its access
+    checked) once per batch."""
+    if parent_id is not None:
+        if parent_id not in opened:
+            opened[parent_id] = await open_folder(caller, parent_id, "write")
+        scope, parent = opened[parent_id]
+        if not isinstance(name, str) or not name.strip("/"):
+            raise BadRequest("name is required with parent_id", code="invalid_path")
+        return scope, paths.join(parent.path, paths.normalize_path("/" + name))
+    if path is None:
+        raise BadRequest("give path, or parent_id and name", code="invalid_path")
+    return own_scope(caller), paths.normalize_path(path)
 
 
 async def _read_ahead(

@@ -11,10 +11,10 @@ import base64
 from typing import Any
 
 from beanie import PydanticObjectId
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.acl.access import resolve_access
-from app.acl.audience import audience_for
+from app.acl.audience import audience_for, audience_in, owner_shares
 from app.core import paths
 from app.core.clock import epoch_ms, now
 from app.core.errors import BadRequest, Conflict, NotFound
@@ -56,6 +56,14 @@ def new_node(scope: Scope, path: str, parent: FileNode | None, **fields: Any) ->
         modified_at=t,
         **fields,
     )
+
+
+def node_document(node: FileNode) -> dict[str, Any]:
+    """The node as the raw document a bulk insert writes (validation already happened)."""
+    return {
+        "_id": node.id,
+        **{k: getattr(node, k) for k in FileNode.model_fields if k not in ("id", "revision_id")},
+    }
 
 
 def change_of(
@@ -108,6 +116,62 @@ class TreeService:
                 )
             parent = node
         return parent
+
+    async def ensure_folders(self, scope: Scope, wanted: list[str]) -> dict[str, FileNode]:
+        """`ensure_folder` for many paths at once (a folder tree arriving in bulk): each
+        path is looked up once, and below a missing folder nothing is looked up at all;
+        the missing ones are inserted together, parents first, with one event each.
+        Returns every folder on the way by path. A file in the way raises Conflict."""
+        todo = sorted(
+            {a for p in wanted if p != "/" for a in [*paths.ancestors(p), p]},
+            key=lambda p: (p.count("/"), paths.path_key(p)),
+        )
+        found: dict[str, FileNode] = {}
+        missing: set[str] = set()
+        for path in todo:
+            parent_path = paths.split(path)[0]
+            if parent_path in missing:
+                missing.add(path)  # below a missing folder: missing too, no lookup
+                continue
+            node = await node_by_path(scope.owner_id, path)
+            if node is None:
+                missing.add(path)
+            elif node.kind != "folder":
+                raise Conflict(
+                    f"{scope.shown(node.path)} is a file, not a folder", code="not_a_folder"
+                )
+            else:
+                found[path] = node
+        if not missing:
+            return found
+        shares = await owner_shares(scope.owner_id)
+        made: list[FileNode] = []
+        for path in (p for p in todo if p in missing):  # parents first
+            parent = found.get(paths.split(path)[0])
+            node = new_node(scope, path, parent, kind="folder")
+            node.id = PydanticObjectId()
+            node.outbox = change_of(
+                scope, FILE_CREATED, node, audience_in(shares, str(node.id), path, None)
+            )
+            node.outbox_pending = True
+            found[path] = node
+            made.append(node)
+        try:
+            await FileNode.get_pymongo_collection().insert_many(
+                [node_document(n) for n in made], ordered=True
+            )
+        except BulkWriteError as exc:
+            # Someone made some of them meanwhile: ours up to there stand (ordered), the
+            # rest the one-by-one way, which takes theirs.
+            inserted = exc.details.get("nInserted", 0)
+            await self.feed.changed_many(
+                FILES, [(str(n.id), n.outbox) for n in made[:inserted] if n.outbox]
+            )
+            for n in made[inserted:]:
+                found[n.path] = await self.ensure_folder(scope, n.path)  # type: ignore[assignment]
+            return found
+        await self.feed.changed_many(FILES, [(str(n.id), n.outbox) for n in made if n.outbox])
+        return found
 
     async def _create_folder_node(
         self, scope: Scope, path: str, parent: FileNode | None

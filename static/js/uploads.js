@@ -1,4 +1,4 @@
-// Uploads, the same protocol as the sync client. Small files (up to 64 KiB) go up in
+// Uploads, the same protocol as the sync client. Small files (up to 1 MiB) go up in
 // batches: up to 1,000 of them with their bytes in one POST /api/batch/upload, two batches
 // in flight, one progress row for the whole drop (a folder of 1,000 files is a couple of
 // requests, not 3,000). Larger files one by one: hash in 4 MiB chunks (Web Crypto SHA-256),
@@ -17,7 +17,7 @@ const CHUNK = 4 * 1024 * 1024;
 const PARALLEL = 4;
 // The server's batch limits (settings batch_inline_max_bytes, batch_max_files,
 // batch_inline_total_bytes): files this small travel inline, so many per request.
-const INLINE_MAX = 64 * 1024;
+let inlineMax = 1024 * 1024;  // lowered to the server's own limit if it says so
 const BATCH_FILES = 1000;
 const BATCH_BYTES = 16 * 1024 * 1024;
 const BATCHES_IN_FLIGHT = 2;
@@ -198,6 +198,7 @@ async function uploadBatches(pairs) {
   let doneFiles = 0;
   let doneBytes = 0;
   const failures = [];
+  const deferred = [];  // for the one-file path after all
   const show = () => {
     bar.value = totalBytes ? (100 * doneBytes) / totalBytes : (100 * doneFiles) / count;
     const speed = doneBytes / Math.max((performance.now() - began) / 1000, 0.001);
@@ -223,6 +224,14 @@ async function uploadBatches(pairs) {
     try {
       answer = await api("POST", "/api/batch/upload", { files }, abort.signal);
     } catch (err) {
+      const limit = err.body?.error?.max_inline_bytes;
+      if (err.code === "inline_too_large" && limit) {
+        // The server takes less inline than we thought: send this group the chunked way.
+        inlineMax = Math.min(inlineMax, limit);
+        uploads.total -= group.reduce((n, [file]) => n + file.size, 0);
+        deferred.push(...group);
+        return;
+      }
       return fail(group, abort.signal.aborted ? "cancelled" : err.message);
     }
     answer.results.forEach((result, i) => {
@@ -247,6 +256,9 @@ async function uploadBatches(pairs) {
     status.textContent = `${doneFiles} of ${count} files uploaded; ${failures.length} failed: ` +
       failures.slice(0, 3).join("; ") + (failures.length > 3 ? "; …" : "");
     row.classList.add("failed");
+  } else if (deferred.length) {
+    status.textContent = `${doneFiles} of ${count} files done; ${deferred.length} follow one by one`;
+    row.classList.add("done");
   } else {
     bar.value = 100;
     status.textContent = `${count} files done`;
@@ -255,14 +267,15 @@ async function uploadBatches(pairs) {
   uploads.active--;
   updateOverall();
   if (!uploads.active) { uploads.total = 0; uploads.done = 0; }
+  return deferred;
 }
 
 // [file, path relative to the current folder] pairs: the small ones in batches, then the
 // large ones one after the other.
 export async function uploadAll(pairs) {
-  const small = pairs.filter(([file]) => file.size <= INLINE_MAX);
-  const large = pairs.filter(([file]) => file.size > INLINE_MAX);
-  if (small.length > 1) await uploadBatches(small);
+  const small = pairs.filter(([file]) => file.size <= inlineMax);
+  const large = pairs.filter(([file]) => file.size > inlineMax);
+  if (small.length > 1) large.push(...(await uploadBatches(small)));
   else large.unshift(...small);
   for (const [file, rel] of large) await uploadFile(file, rel);
 }

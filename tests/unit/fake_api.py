@@ -190,7 +190,17 @@ class FakeApi:
 
     # The batch API, as the server answers it (each file on its own).
 
+    # The server's inline limit (settings batch_inline_max_bytes).
+    inline_max = 1024 * 1024
+
     async def batch_upload(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(len(base64.b64decode(f.get("data") or "")) > self.inline_max for f in files):
+            error = {
+                "code": "inline_too_large",
+                "message": "too big inline",
+                "max_inline_bytes": self.inline_max,
+            }
+            raise ApiError(413, "inline_too_large", "too big inline", {"error": error})
         results = []
         for i, f in enumerate(files):
             node = self.server.items.get(f["path"])

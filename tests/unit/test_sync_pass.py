@@ -159,7 +159,7 @@ async def test_small_and_larger_files_go_up_in_batches_and_only_missing_chunks_a
     big = os.urandom(5 * 1024 * 1024)  # two chunks of a batch-registered file
     (syncer.root / "big.bin").write_bytes(big)
     (syncer.root / "copy.bin").write_bytes(big)  # same chunks: sent once
-    (syncer.root / "mid.bin").write_bytes(os.urandom(300 * 1024))
+    (syncer.root / "mid.bin").write_bytes(os.urandom(1536 * 1024))  # over the inline limit
     for i in range(5):
         (syncer.root / f"s{i}.txt").write_text(f"small {i}")
     report = await syncer.reconcile()
@@ -170,3 +170,18 @@ async def test_small_and_larger_files_go_up_in_batches_and_only_missing_chunks_a
     assert server.data("/mid.bin") == (syncer.root / "mid.bin").read_bytes()
     assert syncer.api.stats.chunks_sent == 3  # big's two (not again for its copy), mid's
     assert (await fresh(syncer).reconcile()).total() == 0
+
+
+async def test_a_server_with_a_lower_inline_limit_gets_the_larger_files_in_chunks(
+    syncer: Syncer, server: FakeServer
+) -> None:
+    import os
+
+    syncer.api.inline_max = 2000  # type: ignore[attr-defined]
+    files = {f"f{i}.bin": os.urandom(500 if i % 2 else 5000) for i in range(6)}
+    for name, data in files.items():
+        (syncer.root / name).write_bytes(data)
+    report = await syncer.reconcile()
+    assert sorted(report.uploaded) == sorted(files)
+    assert all(server.data("/" + name) == data for name, data in files.items())
+    assert syncer.bulk.inline_max == 2000  # remembered for the next passes
