@@ -20,8 +20,9 @@ from client.feed import FeedFollower
 from client.sync import Syncer
 from client.watcher import Watcher
 
-# Local changes: (changed files, renames in order, new folders); None: a full pass.
-Changes = tuple[set[str], list[tuple[str, str]], set[str]] | None
+# Local changes: (changed files, renames in order, new folders, deleted folders); None: a
+# full pass.
+Changes = tuple[set[str], list[tuple[str, str]], set[str], set[str]] | None
 
 
 class LiveSync:
@@ -39,6 +40,7 @@ class LiveSync:
         self.dirty: set[str] = set()  # files the watcher saw change since the last pass
         self.moves: list[tuple[str, str]] = []  # files it saw renamed, in order
         self.new_folders: set[str] = set()  # folders it saw appear
+        self.gone_folders: set[str] = set()  # folders it saw deleted
         self.full_needed = False
         self.feed = FeedFollower(syncer.api, syncer.state, self.handle, syncer.log)
 
@@ -59,9 +61,20 @@ class LiveSync:
         self.new_folders.add(rel)
         self.wake.set()
 
+    def local_folder_gone(self, rel: str) -> None:
+        """A deleted folder: a targeted pass over what the server has there."""
+        self.gone_folders.add(rel)
+        self.wake.set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        watcher = Watcher(self.syncer.root, self.local_change, self.local_move, self.local_folder)
+        watcher = Watcher(
+            self.syncer.root,
+            self.local_change,
+            self.local_move,
+            self.local_folder,
+            self.local_folder_gone,
+        )
         watcher.start()
         try:
             # The first full pass starts once the watcher is up, so no change slips
@@ -73,6 +86,7 @@ class LiveSync:
         self.dirty.clear()  # the pass saw these
         self.moves.clear()
         self.new_folders.clear()
+        self.gone_folders.clear()
         self.full_needed = False
         self.wake.clear()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -99,13 +113,14 @@ class LiveSync:
                 dirty, self.dirty = self.dirty, set()
                 moves, self.moves = self.moves, []
                 folders, self.new_folders = self.new_folders, set()
+                gone, self.gone_folders = self.gone_folders, set()
                 full = self.full_needed
                 self.full_needed = False
-                if not (full or dirty or moves or folders):
+                if not (full or dirty or moves or folders or gone):
                     self.passed.set()
                     continue  # woken for what a pass already covered
                 skipped = len(self.syncer.report.skipped)
-                await self.pass_with_retry(None if full else (dirty, moves, folders))
+                await self.pass_with_retry(None if full else (dirty, moves, folders, gone))
                 self.passed.set()
                 if len(self.syncer.report.skipped) > skipped:
                     # Files skipped for a full disk or permissions: try again in a while.
@@ -138,13 +153,17 @@ class LiveSync:
                 delay = min(delay * 2, 30)
 
     async def _targeted(
-        self, dirty: set[str], moves: list[tuple[str, str]], folders: set[str]
+        self, dirty: set[str], moves: list[tuple[str, str]], folders: set[str], gone: set[str]
     ) -> bool:
-        """New folders first (each a pass over its subtree), then the files the watcher
-        named outside them. False: only a full pass can settle it."""
+        """New and deleted folders first (each a pass over its subtree: a deleted synced
+        folder goes to the server's trash whole), then the files the watcher named outside
+        them. False: only a full pass can settle it."""
+        if gone and not await self.syncer.sync_folders(gone, deleted=True):
+            return False
         if folders and not await self.syncer.sync_folders(folders):
             return False
-        outside = {rel for rel in dirty if not any(rel.startswith(f + "/") for f in folders)}
+        covered = folders | gone
+        outside = {rel for rel in dirty if not any(rel.startswith(f + "/") for f in covered)}
         return await self.syncer.sync_paths(outside, moves)
 
     async def handle(self, events: list[Event], cursor: str) -> None:

@@ -559,10 +559,11 @@ class Syncer:
 
     # ---------------------------------------------------------------- new local folders
 
-    async def sync_folders(self, rels: set[str]) -> bool:
-        """New local folders, with everything in them: a pass over each of those subtrees
-        only (their part of the local tree, their part of the server's), never the whole
-        tree. False when the full pass must decide (a folder whose parent is not synced)."""
+    async def sync_folders(self, rels: set[str], *, deleted: bool = False) -> bool:
+        """New (or, `deleted`, removed) local folders, with everything in them: a pass over
+        each of those subtrees only (their part of the local tree, their part of the
+        server's), never the whole tree. False when the full pass must decide (a folder
+        whose parent is not synced)."""
         async with self.lock:
             done: set[str] = set()
             for rel in sorted(rels):  # parents first
@@ -571,7 +572,9 @@ class Syncer:
                 if self.ignore(rel):
                     continue
                 known = self.state.get(rel)
-                if known is not None and known.kind == Kind.FOLDER:
+                if deleted and lexists(self.local(rel)):
+                    continue  # back already (or never gone): its files have their events
+                if not deleted and known is not None and known.kind == Kind.FOLDER:
                     # Synced already: we made it (a download's folder). Files put in it
                     # have their own watcher events; a folder moved in whole is not known.
                     continue

@@ -1,9 +1,9 @@
 """Watching the synced folder for local changes (watchdog), reported to the event loop.
 
 The observer runs in its own thread; each event is handed to the loop as a changed file
-(its relative path), a renamed file (both paths), a new folder (its relative path: a
-targeted pass over that folder), or "something only a full pass handles" (None): folders
-moved or deleted, and anything moved out of sight. The client's own `.coffer/` (its state,
+(its relative path), a renamed file (both paths), a new or a deleted folder (its relative
+path: a targeted pass over that folder), or "something only a full pass handles" (None):
+folders moved, and anything moved out of sight. The client's own `.coffer/` (its state,
 and downloads renamed into place from `.coffer/tmp/`) is not reported.
 """
 
@@ -29,6 +29,7 @@ class _Handler(FileSystemEventHandler):
         changed: Callable[[str | None], None],
         moved: Callable[[str, str], None],
         folder: Callable[[str], None],
+        folder_gone: Callable[[str], None],
     ) -> None:
         self.root = root
         self.state_dir = str(root / ".coffer")
@@ -36,6 +37,7 @@ class _Handler(FileSystemEventHandler):
         self.changed = changed
         self.moved = moved
         self.folder = folder
+        self.folder_gone = folder_gone
 
     def rel_of(self, path: str) -> str:
         return os.path.relpath(path, self.root).replace(os.sep, "/")
@@ -51,6 +53,8 @@ class _Handler(FileSystemEventHandler):
         call = self.loop.call_soon_threadsafe
         if event.is_directory and event.event_type == "created":
             call(self.folder, self.rel_of(src))
+        elif event.is_directory and event.event_type == "deleted":
+            call(self.folder_gone, self.rel_of(src))
         elif event.is_directory or (
             event.event_type == "moved" and str(event.dest_path).startswith(self.state_dir)
         ):
@@ -62,8 +66,9 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
-    """Reports changes under `root` to `changed(rel | None)`, `moved(src, dest)` and
-    `folder(rel)` (a new folder), all called on the event loop that started it."""
+    """Reports changes under `root` to `changed(rel | None)`, `moved(src, dest)`,
+    `folder(rel)` (a new folder) and `folder_gone(rel)` (a deleted one), all called on the
+    event loop that started it."""
 
     def __init__(
         self,
@@ -71,16 +76,23 @@ class Watcher:
         changed: Callable[[str | None], None],
         moved: Callable[[str, str], None],
         folder: Callable[[str], None],
+        folder_gone: Callable[[str], None],
     ) -> None:
         self.root = root
         self.changed = changed
         self.moved = moved
         self.folder = folder
+        self.folder_gone = folder_gone
         self.observer = Observer()
 
     def start(self) -> None:
         handler = _Handler(
-            self.root, asyncio.get_running_loop(), self.changed, self.moved, self.folder
+            self.root,
+            asyncio.get_running_loop(),
+            self.changed,
+            self.moved,
+            self.folder,
+            self.folder_gone,
         )
         self.observer.schedule(handler, str(self.root), recursive=True)
         self.observer.start()

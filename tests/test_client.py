@@ -312,7 +312,7 @@ def test_live_file_changes_are_sent_without_rescanning_the_tree(
     """Editing, adding, deleting, renaming and safe-saving files in a synced tree of 200
     files: each change reaches the other device, and the sending client never walks the
     tree or lists the server again (its log shows no full pass after the first); a new
-    folder does take one."""
+    or deleted folder is a pass over that folder alone."""
     a, b, user = devices
     for i in range(200):
         (a.folder / f"d{i % 20}").mkdir(exist_ok=True)
@@ -354,6 +354,12 @@ def test_live_file_changes_are_sent_without_rescanning_the_tree(
         wait_for(lambda: (b.folder / "fresh" / "deeper" / "x.txt").exists(), logs=logs)
         # A new folder is a pass over that folder alone, not over the whole tree.
         assert log.read_text().count("pass begins") == full_passes, log.read_text()[-2000:]
+        # So is a deleted one: it goes to the server's trash whole, and from the other device.
+        shutil.rmtree(a.folder / "d9")
+        wait_for(lambda: not (b.folder / "d9").exists(), logs=logs)
+        assert log.read_text().count("pass begins") == full_passes, log.read_text()[-2000:]
+        trash = user.http.get("/api/trash").json()["items"]
+        assert [i["path"] for i in trash if i["name"] == "d9"] == ["/d9"]
     finally:
         stop_live(live_a, live_b)
     assert tree(a.folder) == tree(b.folder)
