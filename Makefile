@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) bench/transfer.py
 	$(PY) bench/events.py
 	$(PY) bench/sync.py
+	$(PY) bench/sync.py --workload tree
+	$(PY) bench/batch.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py

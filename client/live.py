@@ -31,6 +31,7 @@ class LiveSync:
     RESCAN_SECONDS = 600
     RETRY_SKIPPED_SECONDS = 30
     SETTLE_SECONDS = 0.02  # let a burst of events settle before a pass
+    SETTLE_DELETES_SECONDS = 0.1
 
     def __init__(self, syncer: Syncer) -> None:
         self.syncer = syncer
@@ -108,6 +109,9 @@ class LiveSync:
                 if not done:
                     self.full_needed = True  # the periodic rescan
                 await asyncio.sleep(self.SETTLE_SECONDS)
+                if self.gone_folders:
+                    # A tree being deleted: let it finish, to trash it whole at once.
+                    await asyncio.sleep(self.SETTLE_DELETES_SECONDS)
                 self.wake.clear()
                 self.passed.clear()
                 dirty, self.dirty = self.dirty, set()

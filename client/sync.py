@@ -565,6 +565,10 @@ class Syncer:
         server's), never the whole tree. False when the full pass must decide (a folder
         whose parent is not synced)."""
         async with self.lock:
+            if deleted:
+                # A tree deleted bottom-up reports its folders one by one: take the
+                # highest one gone, so it goes to the server's trash whole, in one request.
+                rels = {self._highest_gone(rel) for rel in rels}
             done: set[str] = set()
             for rel in sorted(rels):  # parents first
                 if any(rel.startswith(d + "/") for d in done):
@@ -585,6 +589,12 @@ class Syncer:
                 await self._sync_tree(here, there, under=rel)
                 done.add(rel)
             return True
+
+    def _highest_gone(self, rel: str) -> str:
+        parent = rel.rpartition("/")[0]
+        while parent and not lexists(self.local(parent)):
+            rel, parent = parent, parent.rpartition("/")[0]
+        return rel
 
     # ---------------------------------------------------------------- the targeted pass
 
