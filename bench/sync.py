@@ -146,45 +146,11 @@ def main() -> None:
         try:
             user = "bench"
             httpx.post(f"{url}/api/auth/register", json={"username": user, "password": "benchmark"})
-            folders, envs = [], []
-            for name in ("a", "b"):
-                # COFFER_SYNC_TRACE=1 python bench/sync.py: the clients' timestamped logs.
-                env = {**os.environ, "COFFER_CONFIG_DIR": str(work / f"config-{name}")}
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "client.cli",
-                        "login",
-                        url,
-                        "--username",
-                        user,
-                        "--password-stdin",
-                        "--device-name",
-                        name,
-                    ],
-                    input=b"benchmark\n",
-                    env=env,
-                    cwd=ROOT,
-                    check=True,
-                    capture_output=True,
-                )
-                folder = work / f"folder-{name}"
+            # COFFER_SYNC_TRACE=1 python bench/sync.py: the clients' timestamped logs.
+            a, b = work / "folder-a", work / "folder-b"
+            for name, folder in (("a", a), ("b", b)):
                 folder.mkdir()
-                folders.append(folder)
-                envs.append(env)
-            for folder, env in zip(folders, envs, strict=True):
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "client.cli", "sync", str(folder)],
-                        env=env,
-                        cwd=ROOT,
-                        stdout=subprocess.DEVNULL,
-                        stderr=open(work / f"{folder.name}.log", "wb"),  # noqa: SIM115
-                        start_new_session=True,
-                    )
-                )
-            a, b = folders
+                procs.append(start_sync(work, folder, login(url, work, name, user)))
             time.sleep(2)
 
             # Baselines.

@@ -18,6 +18,7 @@ from pymongo import MongoClient
 from tests.conftest import User, content_hash, manifest
 from tests.stack import Stack
 from tests.test_faults import run_in_worker
+from tests.test_sharing import events as feed
 
 
 def inline(path: str, data: bytes, **extra: object) -> dict:
@@ -30,16 +31,6 @@ def upload_batch(user: User, files: list[dict]) -> list[dict]:
     results = r.json()["results"]
     assert [x["index"] for x in results] == list(range(len(files)))
     return results
-
-
-def feed(user: User, cursor: int) -> list[dict]:
-    out = []
-    while True:
-        body = user.http.get("/api/file/events", params={"cursor": cursor, "limit": 1000}).json()
-        out += body["events"]
-        cursor = body["cursor"]
-        if not body["has_more"]:
-            return out
 
 
 def read_files_stream(content: bytes) -> list[tuple[dict, bytes]]:

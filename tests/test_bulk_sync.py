@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.conftest import User
-from tests.test_client import ROOT, Device, stop_live, tree, wait_for
+from tests.test_client import Device, stop_live, tree, wait_for
 
 
 def make_tree(root: Path, count: int, folders: int, size: int = 2000) -> dict[str, bytes]:
@@ -44,17 +42,6 @@ def server_files(user: User, path: str) -> dict[str, int]:
 
 def count_files(folder: Path) -> int:
     return sum(len(files) for d, _, files in os.walk(folder) if ".coffer" not in d)
-
-
-def start_once(device: Device) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "--quiet", "sync", "--once", str(device.folder)],
-        env=device.env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
 
 
 def test_the_push_channels_stay_up_while_10000_files_sync(tmp_path: Path, base_url: str) -> None:
@@ -98,7 +85,7 @@ def test_a_client_killed_mid_batch_converges_in_both_directions(
     user = User(base_url)
     a, b = Device(tmp_path, "laptop", base_url, user), Device(tmp_path, "desk", base_url, user)
     made = make_tree(a.folder, 3000, 10, size=8000)
-    proc = start_once(a)
+    proc = a.start_once()
     wait_for(
         lambda: bool(user.http.get("/api/tree", params={"path": "/", "limit": 20}).json()["items"]),
         timeout=60,
@@ -112,7 +99,7 @@ def test_a_client_killed_mid_batch_converges_in_both_directions(
     a.sync_once()
     assert server_files(user, "/") == {rel: len(data) for rel, data in made.items()}
 
-    proc = start_once(b)
+    proc = b.start_once()
     wait_for(lambda: count_files(b.folder) > 0, timeout=60)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

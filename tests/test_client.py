@@ -62,6 +62,17 @@ class Device:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
+    def start_once(self) -> subprocess.Popen[str]:
+        """`coffer sync --once DIR` in the background (to be killed mid-way)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "client.cli", "--quiet", "sync", "--once", str(self.folder)],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
     def start_live(self, trace: Path | None = None) -> subprocess.Popen[str]:
         """`coffer sync DIR` until stopped; with `trace`, its timestamped log goes there."""
         env = {**self.env, "COFFER_SYNC_TRACE": "1"} if trace else self.env
@@ -235,27 +246,13 @@ def test_kill9_mid_upload_and_mid_download_then_restart_converges(
     a, b, user = devices
     data = os.urandom(48 * MIB)
     (a.folder / "large.bin").write_bytes(data)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "--quiet", "sync", "--once", str(a.folder)],
-        env=a.env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = a.start_once()
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     a.sync_once()
     # B is killed while downloading: the real name never holds a partial file.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "--quiet", "sync", "--once", str(b.folder)],
-        env=b.env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = b.start_once()
     wait_for(lambda: any((b.folder / ".coffer" / "tmp").glob("*.part")))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import msgspec
 
-from app.files.schemas import ChunkIn, FileOut, MissingChunk
+from app.files.schemas import FileOut, MissingChunk, UploadRequest
 
 
-class BatchFileIn(msgspec.Struct):
+class BatchFileIn(UploadRequest):
     """One file of a batch upload: where (as for `POST /api/file`), its chunk list, and
     for a small file its bytes (`data`, base64), which commits it in the same request."""
 
-    size: int
-    chunks: list[ChunkIn]
-    path: str | None = None
-    parent_id: str | None = None
-    name: str | None = None
-    file_id: str | None = None
-    base_version: int | None = None
     data: str | None = None
 
 
