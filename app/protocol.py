@@ -24,13 +24,57 @@ MAX_CHUNK_SIZE: Final = 16 * MIB
 MAX_CHUNKS: Final = 16384
 
 
-def content_hash(chunk_sha256s: Iterable[str]) -> str:
-    """A file's content hash (Dropbox's scheme): SHA-256 over the concatenated binary
-    SHA-256 digests of its chunks, in order."""
+# The content hash is over fixed blocks, whatever chunks a transfer used.
+BLOCK_SIZE: Final = 4 * MIB
+
+
+def content_hash(block_sha256s: Iterable[str]) -> str:
+    """A file's content hash (Dropbox's definition): SHA-256 over the concatenated binary
+    SHA-256 digests of its BLOCK_SIZE blocks, in order (the last may be shorter; an empty
+    file has no block). Identical bytes always have the same content hash: from the
+    browser, the sync client or any other client, however each cut the file to send it.
+
+    Given the digests of a file's *chunks*, this is its content hash only when the chunks
+    are the blocks (`blocks_aligned`); otherwise hash the bytes (`ContentHasher`)."""
     h = hashlib.sha256()
-    for sha in chunk_sha256s:
+    for sha in block_sha256s:
         h.update(bytes.fromhex(sha))
     return h.hexdigest()
+
+
+def blocks_aligned(chunk_sizes: Iterable[int]) -> bool:
+    """Whether chunks of these sizes are exactly the file's blocks (each BLOCK_SIZE but
+    the last, which is not empty): then `content_hash` of their digests is the file's."""
+    sizes = list(chunk_sizes)
+    return all(s == BLOCK_SIZE for s in sizes[:-1]) and (not sizes or 0 < sizes[-1] <= BLOCK_SIZE)
+
+
+class ContentHasher:
+    """The content hash of bytes fed in order, in any pieces (memory: one block digest
+    per 4 MiB, nothing of the bytes)."""
+
+    def __init__(self) -> None:
+        self._outer = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._in_block = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), BLOCK_SIZE - self._in_block)
+            self._block.update(view[:take])
+            self._in_block += take
+            view = view[take:]
+            if self._in_block == BLOCK_SIZE:
+                self._outer.update(self._block.digest())
+                self._block = hashlib.sha256()
+                self._in_block = 0
+
+    def hexdigest(self) -> str:
+        outer = self._outer.copy()
+        if self._in_block:
+            outer.update(self._block.digest())
+        return outer.hexdigest()
 
 
 # Event types of the change feed.

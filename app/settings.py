@@ -93,6 +93,9 @@ class Settings(BaseSettings):
 
     # The batch API: files per request, the largest file that may carry its bytes inline
     # (committed in the same request), and the inline bytes one request may carry.
+    # Files whose chunks are not the 4 MiB blocks and that are at most this big have their
+    # content hash computed from the stored bytes at commit; bigger ones in the worker.
+    verify_hash_at_commit_max: int = 64 * MIB
     batch_max_files: int = 1000
     batch_inline_max_bytes: int = 1 * MIB
     batch_inline_total_bytes: int = 16 * MIB

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 
-from app.protocol import CHUNK_SIZE
 from client.errors import ApiError, DownloadIncomplete
 
 if TYPE_CHECKING:
-    from client.hashing import Chunks
+    pass
 
 # Body pieces are read in slices of this size while streaming.
 STREAM_PIECE = 1024 * 1024
@@ -317,9 +316,7 @@ class CofferClient:
         local: Path,
         remote: str | dict[str, str],
         *,
-        chunk_size: int = CHUNK_SIZE,
         base_version: int | None = None,
-        chunks: Chunks | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Upload a local file (see `client.transfer.upload_file`, which does the work;
@@ -330,9 +327,7 @@ class CofferClient:
             self,
             local,
             remote,
-            chunk_size=chunk_size,
             base_version=base_version,
-            chunks=chunks,
             progress=progress,
         )
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.protocol import MIB
+from app.protocol import MIB, ContentHasher
 from client.api import CofferClient
 from client.errors import ApiError, DownloadCorrupt
-from client.hashing import Chunks, content_hash_of
+from client.hashing import Chunks, derived_content_hash
 from client.scanner import LocalFile
 from client.state import Entry
 
@@ -78,6 +78,7 @@ class Upload:
     base_version: int | None
     chunks: Chunks
     local: LocalFile  # the file as hashed: it must still be so when sent and recorded
+    content_hash: str  # of those bytes (app.protocol), sent as the uploader's claim
 
 
 @dataclass
@@ -140,6 +141,15 @@ def _read_chunk(path: Path, offset: int, size: int) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+def _content_hash(chunks: Chunks, data: bytes) -> str:
+    derived = derived_content_hash(chunks)
+    if derived is not None:
+        return derived
+    hasher = ContentHasher()
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
 def _write_all(
     root: Path, tmp_dir: Path, files: list[tuple[Download, dict[str, Any], bytes]]
 ) -> list[tuple[Download, dict[str, Any], Chunks, os.stat_result] | None]:
@@ -155,7 +165,7 @@ def _write_all(
                 good = False
                 break
             offset += size
-        if not good or content_hash_of(chunks) != head["content_hash"]:
+        if not good or _content_hash(chunks, data) != head["content_hash"]:
             staged.append(None)
             continue
         tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
@@ -224,6 +234,7 @@ class Bulk:
                     **u.target,
                     "size": u.local.size,
                     "chunks": [{"sha256": sha, "size": size} for sha, size in u.chunks],
+                    "content_hash": u.content_hash,
                     **({"base_version": u.base_version} if u.base_version is not None else {}),
                 }
                 for u in group
@@ -323,6 +334,7 @@ class Bulk:
                     **u.target,
                     "size": len(data),
                     "chunks": [{"sha256": sha, "size": size} for sha, size in u.chunks],
+                    "content_hash": u.content_hash,
                     **({"base_version": u.base_version} if u.base_version is not None else {}),
                     "data": base64.b64encode(data).decode(),
                 }

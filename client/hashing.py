@@ -1,30 +1,48 @@
-"""Hashing local bytes the way the protocol names them: SHA-256 per chunk, and the content
-hash over the chunk list (`app.protocol.content_hash`).
+"""Hashing local bytes the way the protocol names them: the chunks a file is sent in, each
+with its SHA-256, and the file's content hash (`app.protocol`: over its 4 MiB blocks,
+whatever the chunks).
 
-Files are read in chunk-sized slices, never whole, so memory stays at about one chunk per
-core whatever the file size.
+Chunks are content-defined (FastCDC): a cut point depends on the bytes around it, not on
+its offset, so an edit changes only the chunks it touches and bytes inserted near the
+start of a file shift the later cut points along with the bytes: the rest of the file is
+the same chunks, already on the server. Sizes (measured; README "Chunking"): at least
+256 KiB, about 1 MiB on average, at most 4 MiB. Smaller chunks would send less around an
+edit but cost a request, a stored file and a record each on the server; a new 256 MiB file
+is about 220 chunks. Files up to 4 MiB are one chunk: their one block.
+
+Files are read in slices, never whole: memory stays at a few chunks whatever the size.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from app.protocol import CHUNK_SIZE, content_hash
+from pyfastcdc import FastCDC
+
+from app.protocol import BLOCK_SIZE, KIB, MIB, ContentHasher, blocks_aligned, content_hash
 
 # A file's chunk list: (sha256 hex, size) of each chunk, in order.
 Chunks = list[tuple[str, int]]
+
+CDC_MIN_SIZE = 256 * KIB
+CDC_AVG_SIZE = 1 * MIB
+CDC_MAX_SIZE = 4 * MIB
 
 
 def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def content_hash_of(chunks: Sequence[tuple[str, int]]) -> str:
-    """The content hash of a chunk list (see `app.protocol.content_hash`)."""
+def derived_content_hash(chunks: Sequence[tuple[str, int]]) -> str | None:
+    """The content hash, when the chunks are the file's blocks (None otherwise: hash the
+    bytes)."""
+    if not blocks_aligned(size for _, size in chunks):
+        return None
     return content_hash(sha for sha, _ in chunks)
 
 
@@ -34,24 +52,42 @@ def read_hashed(fd: int, size: int, offset: int) -> tuple[bytes, str]:
     return data, sha256_hex(data)
 
 
-def _hash_piece(fd: int, offset: int, size: int) -> tuple[str, int]:
-    data = os.pread(fd, size, offset)
-    return sha256_hex(data), len(data)
+def content_hash_of_fd(fd: int, size: int) -> str:
+    """The content hash of an open file's first `size` bytes, block by block."""
+    hasher = ContentHasher()
+    for offset in range(0, size, BLOCK_SIZE):
+        hasher.update(os.pread(fd, min(BLOCK_SIZE, size - offset), offset))
+    return hasher.hexdigest()
 
 
-def chunk_hashes(path: Path, chunk_size: int = CHUNK_SIZE) -> Chunks:
-    """(sha256, size) of each chunk of the file. hashlib releases the GIL, so chunks are
-    hashed on every core; memory stays at one chunk per core whatever the file size."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        if size <= chunk_size:  # most files: one read, no thread pool to start
-            return [_hash_piece(fd, 0, size)] if size else []
-        offsets = range(0, size, chunk_size)
-        workers = min(os.cpu_count() or 1, 8)
-        with ThreadPoolExecutor(workers) as pool:
-            return list(
-                pool.map(lambda off: _hash_piece(fd, off, min(chunk_size, size - off)), offsets)
-            )
-    finally:
-        os.close(fd)
+def file_hashes(path: Path) -> tuple[str, Chunks]:
+    """The file's content hash and its chunk list, in one pass over the bytes (the content
+    hash's blocks are hashed in a second thread while the chunks are cut and hashed; both
+    release the GIL). A file being written meanwhile is read again (three tries), so the
+    two always describe the same bytes (EBUSY if it keeps changing). Blocking: run it in
+    a thread."""
+    for _ in range(3):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            before = os.fstat(fd)
+            found = _hashes(path, fd, before.st_size)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        same = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+        if same and sum(size for _, size in found[1]) == before.st_size:
+            return found
+    # Reported and skipped like any local trouble with one file; the next pass retries.
+    raise OSError(errno.EBUSY, "it kept changing while it was read", str(path))
+
+
+def _hashes(path: Path, fd: int, size: int) -> tuple[str, Chunks]:
+    if size <= BLOCK_SIZE:  # one chunk, one block: most files, one read
+        data = os.pread(fd, size, 0)
+        chunks = [(sha256_hex(data), len(data))] if data else []
+        return content_hash(sha for sha, _ in chunks), chunks
+    with ThreadPoolExecutor(1) as pool:
+        blocks = pool.submit(content_hash_of_fd, fd, size)
+        cdc = FastCDC(CDC_AVG_SIZE, min_size=CDC_MIN_SIZE, max_size=CDC_MAX_SIZE)
+        chunks = [(sha256_hex(c.data), c.length) for c in cdc.cut_file(str(path))]
+        return blocks.result(), chunks

@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.hashing import Chunks, chunk_hashes, content_hash_of
+from client.hashing import Chunks, file_hashes
 from client.ignore import Ignore
 from client.state import Entry
 
@@ -102,5 +102,4 @@ class Scanner:
         mtime changed since the last agreement."""
         if entry is not None and entry.content_hash and unchanged(lf, entry):
             return entry.content_hash, entry.chunks
-        chunks = await asyncio.to_thread(chunk_hashes, self.path(rel))
-        return content_hash_of(chunks), chunks
+        return await asyncio.to_thread(file_hashes, self.path(rel))

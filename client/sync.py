@@ -41,7 +41,7 @@ from app.protocol import Event as FeedEvent
 from client.api import CofferClient
 from client.bulk import Bulk, Download, Plan, Upload, fits_download, fits_upload
 from client.errors import ApiError, ClientError, LocalFileChanged, ParentNotSynced
-from client.hashing import Chunks, chunk_hashes, content_hash_of
+from client.hashing import Chunks, file_hashes
 from client.ignore import Ignore
 from client.planner import Action, Kind, Origin, Side, decide
 from client.remote import Remote, RemoteItem, RemoteTree
@@ -438,9 +438,11 @@ class Syncer:
                     self._record_file(rel, item, lf, item["content_hash"], chunks)
             case Action.UPLOAD if plan is not None and lf and fits_upload(chunks, lf.size):
                 base = item["version"] if item else None
-                plan.uploads.append(Upload(rel, self.remote.target(rel), base, chunks or [], lf))
+                plan.uploads.append(
+                    Upload(rel, self.remote.target(rel), base, chunks or [], lf, local_hash or "")
+                )
             case Action.UPLOAD:
-                await self._upload(rel, item["version"] if item else None, chunks)
+                await self._upload(rel, item["version"] if item else None, local_hash, chunks)
             case Action.DOWNLOAD if item is not None and plan is not None and fits_download(item):
                 plan.downloads.append(Download(rel, item))
             case Action.DOWNLOAD if item is not None:
@@ -514,10 +516,10 @@ class Syncer:
             if not any(e.size == lf.size for e in vanished.values()):
                 continue
             try:
-                chunks = await asyncio.to_thread(chunk_hashes, self.local(rel))
+                found_hash, chunks = await asyncio.to_thread(file_hashes, self.local(rel))
             except OSError:
                 continue  # not readable now: the file pass skips and reports it
-            old = vanished.get(content_hash_of(chunks))
+            old = vanished.get(found_hash)
             if old is None or old.file_id is None:
                 continue
             origin = Origin(
@@ -525,7 +527,7 @@ class Syncer:
                 Side.file(old.content_hash),
                 Side.file(there.files[old.path]["content_hash"]),
             )
-            renamed = Side.file(content_hash_of(chunks), moved_from=origin)
+            renamed = Side.file(found_hash, moved_from=origin)
             if decide(renamed, None, None) is not Action.MOVE_REMOTE:
                 continue
             try:
@@ -650,7 +652,7 @@ class Syncer:
         if action is not Action.UPLOAD:
             return False
         try:
-            await self._upload(rel, entry.version if entry else None, chunks)
+            await self._upload(rel, entry.version if entry else None, local_hash, chunks)
         except OSError as exc:
             if not self._skip(rel, exc):
                 raise
@@ -947,7 +949,7 @@ class Syncer:
             self.log(f"uploaded {len(committed)} file(s) in bulk")
         for u in refused:
             try:
-                await self._upload(u.rel, u.base_version, u.chunks)
+                await self._upload(u.rel, u.base_version, u.content_hash, u.chunks)
             except OSError as exc:
                 if not self._skip(u.rel, exc):
                     raise
@@ -1008,15 +1010,26 @@ class Syncer:
         """Both sides hold these bytes at `rel` now."""
         self.state.put(_entry_for(rel, item, lf, content_hash, chunks))
 
-    async def _upload(self, rel: str, base_version: int | None, chunks: Chunks | None) -> None:
+    async def _upload(
+        self,
+        rel: str,
+        base_version: int | None,
+        local_hash: str | None,
+        chunks: Chunks | None,
+    ) -> None:
+        """Send the local file (hashed as `local_hash` and `chunks`, or hashed now)."""
         path = self.local(rel)
         st = path.stat()
-        if chunks is None:
-            chunks = await asyncio.to_thread(chunk_hashes, path)
+        if local_hash is None or chunks is None:
+            local_hash, chunks = await asyncio.to_thread(file_hashes, path)
         try:
-            f = await self.transfers.upload(rel, self.remote.target(rel), base_version, chunks)
+            f = await self.transfers.upload(
+                rel, self.remote.target(rel), base_version, local_hash, chunks
+            )
         except ApiError as exc:
-            if exc.code in ("conflict", "exists") and await self._upload_refused(rel, st, chunks):
+            if exc.code in ("conflict", "exists") and await self._upload_refused(
+                rel, st, local_hash, chunks
+            ):
                 return
             raise
         except LocalFileChanged:
@@ -1028,13 +1041,15 @@ class Syncer:
         self.report.uploaded.append(rel)
         self.log(f"uploaded {rel}")
 
-    async def _upload_refused(self, rel: str, st: os.stat_result, chunks: Chunks) -> bool:
+    async def _upload_refused(
+        self, rel: str, st: os.stat_result, local_hash: str, chunks: Chunks
+    ) -> bool:
         """The server has something at `rel` we did not know of (another device was first):
         compare with it as if both had created the file. False: not a file we can compare
         with (the refusal stands)."""
         match = (await self.remote.scan()).files.get(rel)
         remote = Side.file(match["content_hash"]) if match is not None else None
-        action = decide(Side.file(content_hash_of(chunks)), remote, None)
+        action = decide(Side.file(local_hash), remote, None)
         if action is Action.RECORD and match is not None:
             # The server already has these bytes there.
             self._record_file(rel, match, LocalFile.of(st), match["content_hash"], chunks)
@@ -1050,7 +1065,7 @@ class Syncer:
         os.replace(self.local(rel), self.local(copy))
         self.report.conflicts.append(copy)
         self.log(f"conflict: kept your version as {copy}")
-        await self._upload(copy, None, None)
+        await self._upload(copy, None, None, None)
         await self._download(rel, item)
 
     async def _download(self, rel: str, item: RemoteItem) -> None:
@@ -1111,6 +1126,8 @@ class Syncer:
             why = "permission denied"
         elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
             why = "disk full"
+        elif exc.errno == errno.EBUSY:
+            why = "it is being written"
         else:
             return False
         self.report.skipped.append(f"{rel}: {exc.strerror or exc}")

@@ -24,7 +24,6 @@ from typing import Any
 
 from rich.progress import Progress
 
-from app.protocol import CHUNK_SIZE
 from client.api import CofferClient
 from client.errors import (
     ApiError,
@@ -34,7 +33,14 @@ from client.errors import (
     RemoteChanged,
     UploadIncomplete,
 )
-from client.hashing import Chunks, chunk_hashes, content_hash_of, read_hashed, sha256_hex
+from client.hashing import (
+    Chunks,
+    content_hash_of_fd,
+    derived_content_hash,
+    file_hashes,
+    read_hashed,
+    sha256_hex,
+)
 from client.state import SyncState
 
 # Transfers of files at least this big show a progress bar during sync.
@@ -77,22 +83,21 @@ async def upload_file(
     local: Path,
     remote: str | dict[str, str],
     *,
-    chunk_size: int = CHUNK_SIZE,
     base_version: int | None = None,
-    chunks: Chunks | None = None,
+    hashed: tuple[str, Chunks] | None = None,
     progress: Advance | None = None,
 ) -> dict[str, Any]:
     """Upload `local` to `remote` (a path in our tree, or {"parent_id","name"}); returns
-    the committed file object. With `base_version`, the server refuses (409 conflict) if
-    its head is no longer that version. LocalFileChanged: the file's bytes changed while
-    it was being read."""
-    if chunks is None:
-        chunks = await asyncio.to_thread(chunk_hashes, local, chunk_size)
+    the committed file object. `hashed`: its content hash and chunks, if already known.
+    With `base_version`, the server refuses (409 conflict) if its head is no longer that
+    version. LocalFileChanged: the file's bytes changed while it was being read."""
+    local_hash, chunks = hashed or await asyncio.to_thread(file_hashes, local)
     size = sum(s for _, s in chunks)
     body: dict[str, Any] = {
         **({"path": remote} if isinstance(remote, str) else remote),
         "size": size,
         "chunks": [{"sha256": sha, "size": s} for sha, s in chunks],
+        "content_hash": local_hash,
     }
     if base_version is not None:
         body["base_version"] = base_version
@@ -217,7 +222,7 @@ async def fetch(
     expected = body["content_hash"]
     chunks = [(c["sha256"], c["size"]) for c in described]
     log(f"fetching {target.name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
             offsets = []
@@ -233,15 +238,26 @@ async def fetch(
                 await _assemble(api, file_id, expected, described, offsets, fd, reuse, advance)
             log(f"fetched {target.name}, syncing it to disk")
             await asyncio.to_thread(os.fsync, fd)
+            if not await _matches(fd, chunks, body):
+                raise DownloadCorrupt("downloaded file does not match its hash")
         finally:
             os.close(fd)
-        if content_hash_of(chunks) != expected:
-            raise DownloadCorrupt("downloaded file does not match its hash")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)  # noqa: ASYNC240 - one local unlink, on the way out
         raise
     return chunks, body
+
+
+async def _matches(fd: int, chunks: Chunks, body: dict[str, Any]) -> bool:
+    """Whether the assembled file (every chunk already verified) has the content hash the
+    server named: derived from the chunks when they are the blocks, else hashed here (the
+    file was just written: it is read back from the page cache)."""
+    derived = derived_content_hash(chunks)
+    if derived is not None:
+        return derived == body["content_hash"]
+    size = sum(n for _, n in chunks)
+    return await asyncio.to_thread(content_hash_of_fd, fd, size) == body["content_hash"]
 
 
 async def _assemble(
@@ -392,7 +408,12 @@ class Transfers:
             progress.remove_task(task)
 
     async def upload(
-        self, rel: str, target: dict[str, str], base_version: int | None, chunks: Chunks
+        self,
+        rel: str,
+        target: dict[str, str],
+        base_version: int | None,
+        local_hash: str,
+        chunks: Chunks,
     ) -> dict[str, Any]:
         with self.bar(f"↑ {rel}", sum(size for _, size in chunks)) as advance:
             return await upload_file(
@@ -400,7 +421,7 @@ class Transfers:
                 self.root / rel,
                 target,
                 base_version=base_version,
-                chunks=chunks,
+                hashed=(local_hash, chunks),
                 progress=advance,
             )
 

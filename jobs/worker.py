@@ -17,11 +17,14 @@ from app.core import failpoints
 from app.core.ratelimit import forget_expired
 from app.db import connect
 from app.files.accounting import settle_claims
+from app.files.context import FilesContext
 from app.files.maintenance import expiry
 from app.files.maintenance.gc import GarbageCollector, pause_file_for
 from app.files.maintenance.retention import empty_trash, thin_versions
 from app.files.maintenance.scrub import scrub
 from app.files.recovery import finish_interrupted_writes
+from app.files.tree import TreeService
+from app.files.verify import verify_pending_hashes
 from app.settings import Settings
 from app.storage.factory import open_store
 from app.wiring import feed_for, hub_for
@@ -36,6 +39,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["store"] = await open_store(settings)
     ctx["hub"] = hub_for(settings)
     ctx["feed"] = feed_for(settings, ctx["hub"])
+    ctx["tree"] = TreeService(FilesContext(settings, ctx["store"], ctx["feed"]))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -64,6 +68,12 @@ async def finish_interrupted_ops(ctx: dict[str, Any]) -> int:
     settle the quota claims of commits it never decided."""
     settled = await settle_claims(ctx["settings"].claim_settle_seconds)
     return await finish_interrupted_writes() + settled
+
+
+async def verify_hashes(ctx: dict[str, Any]) -> int:
+    """Hash the stored bytes of large files whose content hash is still their uploader's
+    claim; correct and announce any claim that was wrong (app/files/verify.py)."""
+    return await verify_pending_hashes(ctx["store"], ctx["tree"])
 
 
 async def expire_uploads(ctx: dict[str, Any]) -> int:
@@ -120,6 +130,7 @@ def worker_settings(settings: Settings) -> type:
             fan_out_change,
             sweep_outboxes,
             finish_interrupted_ops,
+            verify_hashes,
             expire_uploads,
             apply_retention,
             scrub_chunks,
@@ -128,6 +139,7 @@ def worker_settings(settings: Settings) -> type:
         cron_jobs = [
             cron(sweep_outboxes, second=set(range(0, 60, 2)), run_at_startup=True),
             cron(finish_interrupted_ops, second={0, 30}, run_at_startup=True),
+            cron(verify_hashes, second=set(range(5, 60, 10)), run_at_startup=True),
             cron(expire_uploads, minute={7, 37}, second=0),
             cron(apply_retention, minute={17}, second=0),
             cron(scrub_chunks, minute=set(range(3, 60, 10)), second=0),

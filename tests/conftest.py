@@ -96,10 +96,12 @@ def manifest(data: bytes, chunk_size: int = 64 * 1024) -> dict:
     return {"size": len(data), "chunks": chunks}
 
 
-def content_hash(data: bytes, chunk_size: int = 64 * 1024) -> str:
+def content_hash(data: bytes) -> str:
+    """The file's content hash, computed here independently of app/protocol.py: SHA-256
+    over the SHA-256 digests of its 4 MiB blocks, whatever chunks it was sent in."""
     h = hashlib.sha256()
-    for i in range(0, len(data), chunk_size):
-        h.update(hashlib.sha256(data[i : i + chunk_size]).digest())
+    for i in range(0, len(data), 4 * 1024 * 1024):
+        h.update(hashlib.sha256(data[i : i + 4 * 1024 * 1024]).digest())
     return h.hexdigest()
 
 

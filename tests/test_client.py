@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from client.hashing import file_hashes
 from tests.conftest import User
 from tests.stack import Stack
 from tests.test_faults import kill9_and_restart
@@ -206,18 +207,43 @@ def test_two_devices_converge_on_creates_edits_renames_moves_and_deletes(
 def test_a_change_uploads_only_changed_chunks_and_downloads_only_missing_ones(
     devices: tuple[Device, Device, User],
 ) -> None:
+    """Chunks are content-defined: an overwrite sends the chunks around it, and bytes
+    inserted near the start shift the cut points with them, so the rest of the file is
+    still the same chunks (with fixed 4 MiB chunks every later chunk would change)."""
     a, b, _ = devices
     data = bytearray(os.urandom(16 * MIB))
     (a.folder / "video.raw").write_bytes(data)
     assert a.sync_once()["bytes_sent"] == 16 * MIB
     assert b.sync_once()["bytes_received"] == 16 * MIB
-    data[6 * MIB : 7 * MIB] = os.urandom(MIB)  # inside chunk 1 (4-8 MiB)
-    (a.folder / "video.raw").write_bytes(data)
+
+    def new_bytes(before: bytes, after: bytes) -> int:
+        """What the chunks of `after` that `before` lacks add up to."""
+        (a.folder.parent / "probe").write_bytes(before)
+        _, old = file_hashes(a.folder.parent / "probe")
+        (a.folder.parent / "probe").write_bytes(after)
+        _, new = file_hashes(a.folder.parent / "probe")
+        (a.folder.parent / "probe").unlink()
+        known = {sha for sha, _ in old}
+        return sum(size for sha, size in new if sha not in known)
+
+    edited = bytearray(data)
+    edited[6 * MIB : 7 * MIB] = os.urandom(MIB)  # 1 MiB overwritten in the middle
+    changed = new_bytes(bytes(data), bytes(edited))
+    assert MIB <= changed <= 4 * MIB
+    (a.folder / "video.raw").write_bytes(edited)
     sent = a.sync_once()
-    assert sent["uploaded"] == ["video.raw"] and sent["bytes_sent"] == 4 * MIB
+    assert sent["uploaded"] == ["video.raw"] and sent["bytes_sent"] == changed
     got = b.sync_once()
-    assert got["downloaded"] == ["video.raw"] and got["bytes_received"] == 4 * MIB
-    assert (b.folder / "video.raw").read_bytes() == bytes(data)
+    assert got["downloaded"] == ["video.raw"] and got["bytes_received"] == changed
+    assert (b.folder / "video.raw").read_bytes() == bytes(edited)
+
+    shifted = bytes(edited[:1000]) + os.urandom(100) + bytes(edited[1000:])  # inserted
+    changed = new_bytes(bytes(edited), shifted)
+    assert changed <= 4 * MIB  # not the whole file
+    (a.folder / "video.raw").write_bytes(shifted)
+    assert a.sync_once()["bytes_sent"] == changed
+    assert b.sync_once()["bytes_received"] == changed
+    assert (b.folder / "video.raw").read_bytes() == shifted
 
 
 def test_edits_on_both_sides_keep_both_as_a_conflicted_copy(

@@ -78,6 +78,9 @@ class FileNode(Document):
     pending_op: dict[str, Any] | None = None  # a PendingOp ("from" is a keyword in Python)
     # The head version uses a chunk the store lost or holds damaged (see integrity.py).
     damaged: bool = False
+    # False while the head's content hash is the uploader's claim, not yet checked against
+    # the stored bytes (large files whose chunks are not the 4 MiB blocks; see verify.py).
+    hash_verified: bool = True
     # What follows a commit's compare-and-set (mark the version committed, count the bytes),
     # recorded in that same write so a crash cannot leave the head's version "pending" (where
     # upload expiry would drop it). Cleared by `finish_commit`; see service.py.
@@ -119,12 +122,19 @@ class FileVersion(Document):
     damaged: bool = False  # uses a chunk marked corrupt or missing
     created_at: datetime
     committed_at: datetime | None = None
+    # The content hash is derived from the chunk list when the chunks are the 4 MiB blocks;
+    # otherwise it is the uploader's claim (`claimed_hash`) until the server has hashed the
+    # stored bytes: at commit for files up to `verify_hash_at_commit_max`, else in the
+    # worker. A claim that does not match is never kept (app/files/verify.py).
+    hash_verified: bool = True
+    claimed_hash: str | None = None
 
     class Settings:
         name = "file_versions"
         indexes = [
             IndexModel([("file_id", ASCENDING), ("version", DESCENDING)]),
             IndexModel([("owner_id", ASCENDING)]),
+            IndexModel([("hash_verified", ASCENDING)]),
         ]
 
 

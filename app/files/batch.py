@@ -85,6 +85,7 @@ from app.files.scope import (
 )
 from app.files.tree import FILES, TreeService, node_document
 from app.files.uploads import UploadService
+from app.files.verify import check_claim
 from app.protocol import FILE_CREATED, content_hash
 from app.storage.base import BlobStore
 
@@ -213,6 +214,9 @@ class BatchService:
             )
         if hashes and hashlib.sha256(data).hexdigest() != hashes[0]:
             raise BadRequest("data does not match its SHA-256", code="hash_mismatch")
+        claim = check_claim(f.content_hash)
+        if claim is not None and claim != content_hash(hashes):
+            raise BadRequest("content_hash does not match the data", code="hash_mismatch")
         return _Inline(index, scope, path, data, hashes[0] if hashes else None, f)
 
     def _check_quota(self, groups: dict[str, _Group]) -> None:

@@ -99,6 +99,8 @@ class HistoryService:
             owner_id=node.owner_id,
             size=old.size,
             content_hash=old.content_hash,
+            hash_verified=old.hash_verified,
+            claimed_hash=old.claimed_hash,
             chunk_count=old.chunk_count,
             author_device=caller.device,
             restored_from=number,

@@ -20,6 +20,10 @@ class UploadRequest(msgspec.Struct):
     name: str | None = None
     file_id: str | None = None
     base_version: int | None = None
+    # The file's content hash as the uploader computed it (app/protocol.py). Optional when
+    # the chunks are the 4 MiB blocks (the server derives it) or the file is at most
+    # `verify_hash_at_commit_max` bytes (the server hashes it at commit).
+    content_hash: str | None = None
 
 
 class MissingChunk(msgspec.Struct):
@@ -70,6 +74,8 @@ class FileOut(msgspec.Struct):
     owner: str | None = None
     # Uses a chunk the server lost or found corrupt: downloads fail until it is healed.
     damaged: bool = False
+    # False while `content_hash` is the uploader's claim, not yet checked by the server.
+    hash_verified: bool = True
 
 
 class ListOut(msgspec.Struct):

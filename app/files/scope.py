@@ -101,6 +101,7 @@ def file_out(node: FileNode, access: Access = OWNER, owner: str | None = None) -
         role=access.role,
         owner=owner,
         damaged=node.damaged,
+        hash_verified=node.hash_verified,
     )
 
 

@@ -44,7 +44,8 @@ from app.files.recovery import finish_commit, finish_commit_tail
 from app.files.schemas import ChunkIn, FileOut, MissingChunk, UploadOut, UploadRequest
 from app.files.scope import Caller, Scope, node_by_path, open_node, reload, target_path
 from app.files.tree import FILES, TreeService, audience_of, change_of, new_node
-from app.protocol import FILE_CREATED, FILE_UPDATED, content_hash
+from app.files.verify import check_claim, settle_hash_at_commit, version_chunks
+from app.protocol import FILE_CREATED, FILE_UPDATED, blocks_aligned, content_hash
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # A chunk the upload still has to send: (index of its first occurrence, sha256, size).
@@ -108,7 +109,18 @@ class UploadService:
         if path == "/":
             raise BadRequest("cannot upload to the root folder itself", code="invalid_path")
         hashes = self.check_chunks(req.size, req.chunks)
+        # The upload's identity (its chunk list), and the file's content hash: derived
+        # when the chunks are the blocks, else claimed (or, small, found at commit).
         file_hash = content_hash(hashes)
+        aligned = blocks_aligned(c.size for c in req.chunks)
+        claim = check_claim(req.content_hash)
+        if aligned and claim is not None and claim != file_hash:
+            raise BadRequest("content_hash does not match the chunks", code="hash_mismatch")
+        if not aligned and claim is None and req.size > self.settings.verify_hash_at_commit_max:
+            raise BadRequest(
+                "give the file's content_hash: its chunks are not the 4 MiB blocks",
+                code="content_hash_required",
+            )
 
         node = await node_by_path(scope.owner_id, path)
         if node is not None and node.kind == "folder":
@@ -136,10 +148,19 @@ class UploadService:
         session = next((s for s in sessions if as_utc(s.expires_at) > t), None)
         resumed = session is not None
         if session is None:
-            session = await self._new_session(scope, node, path, req, hashes, file_hash)
-        elif session.base_version != req.base_version:
-            session.base_version = req.base_version
-            await session.save()
+            session = await self._new_session(
+                scope, node, path, req, hashes, file_hash, aligned=aligned, claim=claim
+            )
+        else:
+            if session.base_version != req.base_version:
+                session.base_version = req.base_version
+                await session.save()
+            if not aligned and claim is not None:
+                # Registered again with another claim (the last was refused at commit).
+                await FileVersion.get_pymongo_collection().update_one(
+                    {"_id": PydanticObjectId(session.version_id), "hash_verified": False},
+                    {"$set": {"claimed_hash": claim, "content_hash": claim}},
+                )
         missing = await self._missing_chunks(
             scope, hashes, req.chunks, session, probe_store=resumed
         )
@@ -176,12 +197,19 @@ class UploadService:
         req: UploadRequest,
         hashes: list[str],
         file_hash: str,
+        *,
+        aligned: bool,
+        claim: str | None,
     ) -> UploadSession:
         version = FileVersion(
             file_id=str(node.id),
             owner_id=scope.owner_id,
             size=req.size,
-            content_hash=file_hash,
+            # Derived from the chunks when they are the blocks; else the claim (or, for a
+            # small file sent without one, a placeholder replaced at commit).
+            content_hash=file_hash if aligned else (claim or file_hash),
+            hash_verified=aligned,
+            claimed_hash=None if aligned else claim,
             chunk_count=len(hashes),
             author_device=scope.caller.device,
             created_at=now(),
@@ -340,14 +368,10 @@ class UploadService:
 
         chunk_sizes: dict[str, int] = {}
         first_index: dict[str, int] = {}
-        index = 0
-        async for page in ChunkMapPage.find(match(version_id=str(version.id))).sort(
-            "+start_offset"
-        ):
-            for sha, size in page.chunks:
-                chunk_sizes.setdefault(sha, size)
-                first_index.setdefault(sha, index)
-                index += 1
+        ordered = await version_chunks(version)
+        for index, (sha, size) in enumerate(ordered):
+            chunk_sizes.setdefault(sha, size)
+            first_index.setdefault(sha, index)
         have = await self._stored_set(scope, set(chunk_sizes), self.dedup_since(scope, session))
         absent = set(chunk_sizes) - have
         if absent and not self.store.verifies_on_write:
@@ -364,6 +388,9 @@ class UploadService:
                 ],
             )
 
+        await settle_hash_at_commit(
+            self.store, version, ordered, self.settings.verify_hash_at_commit_max
+        )
         head = await self.advance_head(scope, node, version, session.base_version)
         if head is None:
             # Same bytes as the head: nothing changed, so no new version and no event.
@@ -422,6 +449,7 @@ class UploadService:
                             "version": new_version,
                             "head_version_id": str(version.id),
                             "damaged": version.damaged,
+                            "hash_verified": version.hash_verified,
                             "size": version.size,
                             "content_hash": version.content_hash,
                             "modified_at": t,

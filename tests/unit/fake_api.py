@@ -13,9 +13,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from app.protocol import content_hash
+from app.protocol import ContentHasher
 from client.api import BatchReader, TransferStats
 from client.errors import ApiError
+
+
+def _content_hash(data: bytes) -> str:
+    hasher = ContentHasher()
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
 def _parent(path: str) -> str:
@@ -57,7 +63,7 @@ class FakeServer:
             "kind": "file",
             "version": old["version"] + 1 if old else 1,
             "size": len(data),
-            "content_hash": content_hash([sha]),
+            "content_hash": _content_hash(data),
             "chunks": [(sha, len(data))] if data else [],
         }
         self.items[path] = item

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.protocol import content_hash
+from app.protocol import ContentHasher
 from client.api import TransferStats
 from client.errors import DownloadCorrupt, DownloadIncomplete
 from client.state import Entry, SyncState
@@ -35,7 +35,9 @@ class FakeApi:
             {"sha256": sha, "size": len(p), "url": f"chunk/{i}"}
             for i, (sha, p) in enumerate(zip(shas, self.pieces, strict=True))
         ]
-        self.hash = manifest_hash or content_hash(shas)
+        hasher = ContentHasher()
+        hasher.update(data)
+        self.hash = manifest_hash or hasher.hexdigest()
         self.stats = TransferStats()
         self.fetched: list[str] = []
 
