@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Request, Response, get
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import NotFound
 from app.core.http import PUBLIC
@@ -39,4 +42,31 @@ async def metrics(settings: Settings) -> dict[str, object]:
     COFFER_METRICS is set: activity counts are nobody's business by default."""
     if not settings.metrics:
         raise NotFound("metrics are off (COFFER_METRICS)")
-    return {"mongo_commands": dict(COMMANDS.counts)}
+    return {"mongo_commands": dict(COMMANDS.counts), "request_body_bytes": WIRE.received}
+
+
+class WireCounter:
+    """Request body bytes this process received, as they came over the wire (compressed
+    bodies count compressed): what clients really sent, for benchmarks."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+
+            async def counting() -> Message:
+                message: Any = await receive()
+                if message["type"] == "http.request":
+                    self.received += len(message.get("body", b""))
+                return message
+
+            await app(scope, counting, send)
+
+        return counted
+
+
+WIRE = WireCounter()

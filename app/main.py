@@ -37,7 +37,7 @@ from app.files.blob_routes import blob_router
 from app.files.recovery import finish_interrupted_writes
 from app.files.routes import FileController, TrashController, create_folder
 from app.files.scope import Caller
-from app.health import healthz, metrics, readyz
+from app.health import WIRE, healthz, metrics, readyz
 from app.settings import Settings, get_settings
 from app.sharing.routes import ShareController, revoke_link, shared_with_me
 from app.storage.factory import open_store
@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies=dependencies,
         template_config=TemplateConfig(directory=TEMPLATE_DIR, engine=JinjaTemplateEngine),
         middleware=[
+            *([WIRE.middleware] if settings.metrics else []),
             SecurityHeadersMiddleware(page_policy(_bucket_origin(settings))),
             IdentityMiddleware(settings),
         ],

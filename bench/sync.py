@@ -3,9 +3,11 @@
 `--workload basic` (the default) measures, from the moment a change is complete in folder
 A until folder B is identical (polled every 5 ms):
 - 20 new 4 KiB files, one at a time: p50 and max seconds (target p50 <= 0.3 s);
-- one new 256 MiB random file: seconds and MB/s (target >= 100 MB/s);
-- 1 MiB overwritten in the middle of it: seconds and bytes uploaded (target <= 1.0 s and
-  <= 2 chunks);
+- one new 256 MiB random file: seconds and MB/s;
+- 1 MiB overwritten in its middle, across a 4 MiB boundary: seconds and the bytes the
+  clients sent the server meanwhile (request bodies counted by the server, /metrics);
+- 100 bytes inserted near its start (every later byte shifts), saved as a new file
+  renamed over the old: seconds and bytes sent;
 - 5 deletes, one at a time: p50 seconds (target <= 0.3 s).
 Baselines from the same run: `cp` of the 256 MiB file (+ fsync) on the same disk, and the
 p50 of a bare HTTP round trip to the server.
@@ -46,7 +48,6 @@ from pathlib import Path
 from statistics import median
 
 import httpx
-from pymongo import MongoClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -140,7 +141,7 @@ def main() -> None:
         stack.start_mongo()
         stack.start_redis()
         stack.start_worker()
-        stack.start_web()
+        stack.start_web(COFFER_METRICS="true")
         url = stack.url()
         procs: list[subprocess.Popen[bytes]] = []
         try:
@@ -188,18 +189,27 @@ def main() -> None:
             big_on_b = Watch(b / "big.bin")
             big_seconds = wait_until(lambda: big_on_b.holds(big_hash))
 
-            with MongoClient(stack.env["MONGODB_URL"]) as mongo:
-                t0_ms = int(time.time() * 1000)
-                with open(a / "big.bin", "r+b") as fh:
-                    fh.seek(args.size_mib // 2 * MIB)
-                    fh.write(os.urandom(MIB))
-                changed = digest(a / "big.bin")
-                edit_seconds = wait_until(lambda: big_on_b.holds(changed))
-                # Chunks PUT since the edit: what the sync client uploaded for it.
-                new_chunks = list(
-                    mongo.coffer.chunks.find({"put_ms": {"$gte": t0_ms}}, {"size": 1})
-                )
-            uploaded_bytes = sum(c["size"] for c in new_chunks)
+            # 1 MiB overwritten across a 4 MiB boundary in the middle, in place.
+            sent_before = wire_bytes(url)
+            with open(a / "big.bin", "r+b") as fh:
+                fh.seek(args.size_mib // 2 * MIB - MIB // 2)
+                fh.write(os.urandom(MIB))
+            changed = digest(a / "big.bin")
+            edit_seconds = wait_until(lambda: big_on_b.holds(changed))
+            edit_sent = wire_bytes(url) - sent_before
+
+            # 100 bytes inserted near the start (every later byte shifts), saved the safe
+            # way: a new file renamed over the old.
+            sent_before = wire_bytes(url)
+            staged = scratch / "big.new"
+            with open(a / "big.bin", "rb") as src, open(staged, "wb") as out:
+                out.write(src.read(4096))
+                out.write(os.urandom(100))
+                shutil.copyfileobj(src, out, 16 * MIB)
+            inserted = digest(staged)
+            os.replace(staged, a / "big.bin")
+            insert_seconds = wait_until(lambda: big_on_b.holds(inserted))
+            insert_sent = wire_bytes(url) - sent_before
 
             deletes = []
             for i in range(5):
@@ -216,8 +226,11 @@ def main() -> None:
                         "big_file_s": round(big_seconds, 2),
                         "big_file_mb_s": round(args.size_mib * MIB / 1e6 / big_seconds, 1),
                         "edit_1mib_s": round(edit_seconds, 3),
-                        "edit_uploaded_bytes": uploaded_bytes,
-                        "edit_uploaded_chunks": len(new_chunks),
+                        "edit_bytes_sent": edit_sent,
+                        "edit_sent_per_changed_byte": round(edit_sent / MIB, 2),
+                        "insert_100b_s": round(insert_seconds, 3),
+                        "insert_bytes_sent": insert_sent,
+                        "insert_sent_share_of_file": round(insert_sent / (args.size_mib * MIB), 4),
                         "delete_p50_s": round(median(deletes), 3),
                         "baseline_cp_mb_s": round(args.size_mib * MIB / 1e6 / cp_seconds, 1),
                         "baseline_http_rtt_p50_ms": round(median(rtts) * 1000, 2),
@@ -236,6 +249,11 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             stack.stop_all()
+
+
+def wire_bytes(url: str) -> int:
+    """Request body bytes the web server has received (what clients sent, as sent)."""
+    return int(httpx.get(f"{url}/metrics").json()["request_body_bytes"])
 
 
 def login(url: str, work: Path, name: str, user: str) -> dict[str, str]:
