@@ -27,12 +27,13 @@ from app.auth.middleware import IdentityMiddleware, refuse_forged_requests, requ
 from app.auth.routes import AuthController, DeviceController, me
 from app.core import failpoints
 from app.core.crypto import PasswordHashing
+from app.core.encoding import decompressing_bodies
 from app.core.errors import exception_handlers
 from app.core.headers import SecurityHeadersMiddleware, page_policy
 from app.db import connect
 from app.events.queue import JobQueue
 from app.events.routes import CredentialCheck, events_socket, read_events
-from app.files.batch_routes import BatchController, list_tree
+from app.files.batch_routes import BATCH_BODY_MAX, BatchController, list_tree
 from app.files.blob_routes import blob_router
 from app.files.recovery import finish_interrupted_writes
 from app.files.routes import FileController, TrashController, create_folder
@@ -46,6 +47,9 @@ from ui.pages import STATIC_DIR, TEMPLATE_DIR, account_router, ui_router
 from ui.public import public_router
 
 log = logging.getLogger("coffer")
+
+# A zstd JSON body may expand to this much (the largest JSON body the API takes).
+MAX_JSON_BODY = BATCH_BODY_MAX
 
 
 def _bucket_origin(settings: Settings) -> list[str]:
@@ -153,6 +157,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=TemplateConfig(directory=TEMPLATE_DIR, engine=JinjaTemplateEngine),
         middleware=[
             *([WIRE.middleware] if settings.metrics else []),
+            decompressing_bodies(MAX_JSON_BODY),
             SecurityHeadersMiddleware(page_policy(_bucket_origin(settings))),
             IdentityMiddleware(settings),
         ],

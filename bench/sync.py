@@ -355,7 +355,7 @@ def tree_workload(args: argparse.Namespace) -> None:
         work = Path(tmp)
         scratch = work / "scratch"
         scratch.mkdir()
-        stack = Stack(work / "stack", env={"COFFER_FSYNC": "true"})
+        stack = Stack(work / "stack", env={"COFFER_FSYNC": "true", "COFFER_METRICS": "true"})
         stack.start_all()
         url = stack.url()
         procs: list[subprocess.Popen[bytes]] = []
@@ -394,9 +394,15 @@ def tree_workload(args: argparse.Namespace) -> None:
             if "stdlib" in parts:
                 figures["stdlib_files"] = copy_stdlib(scratch / "stdlib")
                 figures["stdlib_mb"] = round(sum(sizes_under(scratch / "stdlib").values()) / 1e6, 1)
+                sent_before = wire_bytes(url)
                 os.rename(scratch / "stdlib", a / "stdlib")
                 figures["stdlib_s"] = round(
                     wait_for_tree(a / "stdlib", b / "stdlib", start=time.monotonic()), 2
+                )
+                sent = wire_bytes(url) - sent_before
+                figures["stdlib_bytes_sent"] = sent
+                figures["stdlib_sent_share"] = round(
+                    sent / sum(sizes_under(a / "stdlib").values()), 3
                 )
             stop(procs)
             procs = []

@@ -303,7 +303,9 @@ class Bulk:
                         _read_chunk, self.root / u.rel, offset, m["size"]
                     )
                     if sha == wanted:  # else the file changed since it was hashed
-                        await self.api.put_chunk(m["url"], data, m.get("headers") or {})
+                        await self.api.put_chunk(
+                            m["url"], data, m.get("headers") or {}, m.get("encodings") or ()
+                        )
                         advance(len(data))
                         ok = True
                 except (OSError, ApiError):

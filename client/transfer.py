@@ -138,7 +138,9 @@ async def _put_chunks(
                 data, sha = await asyncio.to_thread(read_hashed, fd, m["size"], offsets[m["index"]])
                 if sha != m["sha256"]:
                     raise LocalFileChanged(local)
-                await api.put_chunk(m["url"], data, m.get("headers") or {})
+                await api.put_chunk(
+                    m["url"], data, m.get("headers") or {}, m.get("encodings") or ()
+                )
                 if progress:
                     progress(len(data))
         finally:

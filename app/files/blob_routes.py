@@ -13,7 +13,8 @@ import re
 from beanie import PydanticObjectId
 from litestar import Request, Response, Router, get, put
 
-from app.core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from app.core.encoding import ZSTD, decompressed
+from app.core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
 from app.db.accounts import User
 from app.files.integrity import read_verified_chunk, record_stored_chunk
 from app.settings import Settings
@@ -56,11 +57,20 @@ async def put_chunk(
     _check(settings, "put", owner, sha, size, exp, sig)
     if not isinstance(store, LocalBlobStore):
         raise NotFound("this server stores chunks in S3; use the presigned URL")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) != size:
-        error = PayloadTooLarge if int(declared) > size else BadRequest
-        raise error(f"chunk has {declared} bytes, {size} were registered", code="size_mismatch")
-    await store.write(owner, sha, size, request.stream())
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding == ZSTD:
+        body = decompressed(request.stream(), size)  # capped at the registered size
+    elif coding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"{coding} bodies: send zstd or none", code="unsupported_encoding"
+        )
+    else:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) != size:
+            error = PayloadTooLarge if int(declared) > size else BadRequest
+            raise error(f"chunk has {declared} bytes, {size} were registered", code="size_mismatch")
+        body = request.stream()
+    await store.write(owner, sha, size, body)
     await record_stored_chunk(owner, sha, size, verified=True)
     return {"sha256": sha, "size": size}
 

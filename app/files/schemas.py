@@ -33,6 +33,9 @@ class MissingChunk(msgspec.Struct):
     url: str
     # Send these headers with the PUT (S3 signs the chunk's checksum into the URL).
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # Content codings the URL accepts for the body ("zstd" for Coffer's own store; none
+    # for a presigned S3 URL, which stores the body as sent).
+    encodings: list[str] = msgspec.field(default_factory=list)
 
 
 class UploadOut(msgspec.Struct):

@@ -24,6 +24,7 @@ from pymongo.errors import DuplicateKeyError
 
 from app.core import paths
 from app.core.clock import as_utc, epoch_ms, now
+from app.core.encoding import ZSTD
 from app.core.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from app.core.failpoints import failpoint
 from app.core.query import match
@@ -308,7 +309,14 @@ class UploadService:
             )
         )
         return [
-            MissingChunk(index=i, sha256=sha, size=size, url=t.url, headers=t.headers)
+            MissingChunk(
+                index=i,
+                sha256=sha,
+                size=size,
+                url=t.url,
+                headers=t.headers,
+                encodings=[ZSTD] if self.store.verifies_on_write else [],
+            )
             for (i, sha, size), t in zip(missing, targets, strict=True)
         ]
 

@@ -169,7 +169,9 @@ class FakeApi:
         ]
         return {"file_id": upload_id, "upload_id": upload_id, "missing": missing}
 
-    async def put_chunk(self, url: str, data: bytes, headers: dict[str, str]) -> None:
+    async def put_chunk(
+        self, url: str, data: bytes, headers: dict[str, str], encodings: Any = ()
+    ) -> None:
         self.server.blobs[url.rpartition("/")[2]] = data
         self.stats.chunks_sent += 1
         self.stats.bytes_sent += len(data)

@@ -1,0 +1,136 @@
+"""zstd on the wire: compressed request bodies in, compressed responses out.
+
+Clients may send a body with `Content-Encoding: zstd` (the sync client does for batch
+uploads and for chunks that compress). JSON bodies are decompressed here, before routing,
+with a hard cap on what they expand to: a tiny body that would expand past the cap (a
+"zstd bomb") is refused with 413 after at most the cap was produced, never held whole.
+Chunk PUTs (`/api/blob/`) stream: their handler decompresses with the chunk's registered
+size as the cap (`decompressed`). Any other content coding is refused (415): the server
+would otherwise store the compressed bytes as if they were the content.
+
+Chunk hashes and content hashes are always over the uncompressed bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+
+import zstandard
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import BadRequest, PayloadTooLarge, error_body
+
+ZSTD = "zstd"
+# Bodies that stream to their handler, which decodes them itself.
+STREAMED_PREFIXES = ("/api/blob/",)
+# Compressed data is cut into pieces of at most this much output at a time.
+PIECE = 1024 * 1024
+
+
+def content_coding(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-encoding":
+            return value.decode("latin-1").strip().lower()
+    return "identity"
+
+
+def decompress_capped(compressed: bytes, cap: int) -> bytes:
+    """A zstd body's bytes, produced a piece at a time and refused (PayloadTooLarge) as
+    soon as they pass `cap`: a bomb never expands past the cap plus one piece. BadRequest
+    if it does not decode. (A truncated body decodes to fewer bytes, which the caller's
+    own checks catch: a JSON that does not parse, a chunk of the wrong size or hash.)"""
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed))
+    out = bytearray()
+    try:
+        while piece := reader.read(PIECE):
+            out += piece
+            if len(out) > cap:
+                raise PayloadTooLarge(f"the body expands past {cap} bytes", code="too_large")
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"the zstd body does not decode: {exc}", code="bad_encoding") from exc
+    return bytes(out)
+
+
+def decompressing_bodies(max_body: int) -> Callable[[ASGIApp], ASGIApp]:
+    """ASGI middleware factory: JSON bodies sent with `Content-Encoding: zstd` reach the
+    app decompressed (at most `max_body` bytes, compressed and decompressed)."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            coding = content_coding(scope)
+            if coding in ("", "identity") or scope["path"].startswith(STREAMED_PREFIXES):
+                await app(scope, receive, send)
+                return
+            if coding != ZSTD:
+                await _refuse(send, 415, "unsupported_encoding", f"{coding} bodies: use zstd")
+                return
+            compressed = bytearray()
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                compressed += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(compressed) > max_body:
+                    await _refuse(send, 413, "too_large", f"bodies of at most {max_body} bytes")
+                    return
+            try:
+                body = decompress_capped(bytes(compressed), max_body)
+            except (BadRequest, PayloadTooLarge) as exc:
+                await _refuse(send, exc.status_code, exc.code, exc.message)
+                return
+            headers = [
+                (k, v)
+                for k, v in scope["headers"]
+                if k not in (b"content-encoding", b"content-length")
+            ]
+            headers.append((b"content-length", str(len(body)).encode()))
+            sent = False
+
+            async def replay() -> Message:
+                nonlocal sent
+                if sent:
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await app({**scope, "headers": headers}, replay, send)
+
+        return handle
+
+    return middleware
+
+
+async def decompressed(pieces: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """A streamed zstd body (a chunk PUT): its compressed bytes are gathered (refused past
+    `limit`: compressing never grows a chunk by much), then decompressed, capped at
+    `limit`, and handed on in pieces."""
+    compressed = bytearray()
+    async for data in pieces:
+        compressed += data
+        if len(compressed) > limit + 1024:
+            raise PayloadTooLarge(f"the body is over {limit} bytes", code="size_mismatch")
+    body = decompress_capped(bytes(compressed), limit)
+    for start in range(0, len(body), PIECE):
+        yield body[start : start + PIECE]
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    payload = json.dumps(error_body(code, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
