@@ -36,7 +36,7 @@ from app.events.routes import CredentialCheck, events_socket, read_events
 from app.files.batch_routes import BATCH_BODY_MAX, BatchController, list_tree
 from app.files.blob_routes import blob_router
 from app.files.recovery import finish_interrupted_writes
-from app.files.routes import FileController, TrashController, create_folder
+from app.files.routes import FileController, TrashController, create_folder, upload_progress
 from app.files.scope import Caller
 from app.health import WIRE, healthz, metrics, readyz
 from app.settings import Settings, get_settings
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             list_tree,
             TrashController,
             create_folder,
+            upload_progress,
             ShareController,
             shared_with_me,
             revoke_link,

@@ -85,6 +85,9 @@ FILE_DELETED: Final = "file.deleted"
 FILE_RESTORED: Final = "file.restored"
 SHARE_ADDED: Final = "share.added"
 SHARE_REMOVED: Final = "share.removed"
+# A large upload began: devices may fetch its chunks as they arrive (`upload_id`), and
+# finish when its file.created / file.updated arrives. A hint, never a change of state.
+UPLOAD_STARTED: Final = "upload.started"
 EVENT_TYPES: Final = (
     FILE_CREATED,
     FILE_UPDATED,
@@ -93,6 +96,7 @@ EVENT_TYPES: Final = (
     FILE_RESTORED,
     SHARE_ADDED,
     SHARE_REMOVED,
+    UPLOAD_STARTED,
 )
 HEARTBEAT: Final = "heartbeat"  # a WebSocket message that is not an event
 
@@ -118,6 +122,7 @@ class Event(msgspec.Struct, omit_defaults=True):
     owner: str | None = None
     role: str | None = None
     username: str | None = None
+    upload_id: str | None = None  # upload.started: the upload to stream from
 
 
 class Feed(msgspec.Struct):

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # Files whose chunks are not the 4 MiB blocks and that are at most this big have their
     # content hash computed from the stored bytes at commit; bigger ones in the worker.
     verify_hash_at_commit_max: int = 64 * MIB
+    # Uploads at least this big are announced when they begin (upload.started), so other
+    # devices can fetch their chunks while they arrive.
+    stream_min_bytes: int = 8 * MIB
     batch_max_files: int = 1000
     batch_inline_max_bytes: int = 1 * MIB
     batch_inline_total_bytes: int = 16 * MIB

@@ -131,6 +131,7 @@ class LiveSync:
                     loop.call_later(self.RETRY_SKIPPED_SECONDS, self.local_change, None)
         finally:
             feed.cancel()
+            await self.syncer.prefetch.close()
             await watcher.close()
 
     async def pass_with_retry(self, changes: Changes) -> None:

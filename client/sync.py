@@ -36,7 +36,14 @@ from typing import Any
 
 from rich.progress import Progress
 
-from app.protocol import FILE_CREATED, FILE_DELETED, FILE_MOVED, FILE_RESTORED, FILE_UPDATED
+from app.protocol import (
+    FILE_CREATED,
+    FILE_DELETED,
+    FILE_MOVED,
+    FILE_RESTORED,
+    FILE_UPDATED,
+    UPLOAD_STARTED,
+)
 from app.protocol import Event as FeedEvent
 from client.api import CofferClient
 from client.bulk import Bulk, Download, Plan, Upload, fits_download, fits_upload
@@ -47,6 +54,7 @@ from client.planner import Action, Kind, Origin, Side, decide
 from client.remote import Remote, RemoteItem, RemoteTree
 from client.scanner import LocalFile, LocalTree, Scanner, lexists, unchanged
 from client.state import Entry, SyncState
+from client.streaming import Prefetcher
 from client.transfer import Transfers, run_all
 
 # Files a pass syncs at once: small files are bound by round trips (register, PUT,
@@ -138,6 +146,7 @@ class Syncer:
         self.remote = Remote(api, remote_root, self.state, self.ignore)
         self.transfers = Transfers(api, self.root, self.state, log=log, progress=progress)
         self.bulk = Bulk(api, self.root, self.state.dir / "tmp", log)
+        self.prefetch = Prefetcher(api, self.state.dir / "tmp", log)
         self.ignore.excluded = self.excludes
         self.log = log
         self.report = Report()
@@ -757,6 +766,9 @@ class Syncer:
             # moved there (the full pass decides what happens to our copy).
             old_rel = self.rel_of(old) if old else None
             return old_rel is None or self.ignore(old_rel)
+        if event.type == UPLOAD_STARTED:
+            self._start_prefetch(rel, event)
+            return True  # a hint: nothing changed yet
         entry = self.state.get(rel)
         if event.kind == Kind.FOLDER:
             if event.type == FILE_DELETED:
@@ -808,6 +820,18 @@ class Syncer:
             # pass sorts it out (and skips and reports what it cannot write).
             return False
         return True
+
+    def _start_prefetch(self, rel: str, event: FeedEvent) -> None:
+        """Another device began uploading a large file: fetch it as it arrives (not when
+        we are the uploader, or hold a file of that size there: most likely the same)."""
+        if not (event.file_id and event.upload_id) or not self._in_synced_folder(rel):
+            return
+        try:
+            if os.stat(self.local(rel), follow_symlinks=False).st_size == event.size:
+                return
+        except FileNotFoundError:
+            pass
+        self.prefetch.start(event.file_id, event.upload_id, event.content_hash, rel)
 
     def _apply_remote_rename(self, rel: str, event: FeedEvent, entry: Entry | None) -> bool:
         """A file renamed on the server: already here (our own move coming back) or renamed
@@ -1069,6 +1093,15 @@ class Syncer:
         await self._download(rel, item)
 
     async def _download(self, rel: str, item: RemoteItem) -> None:
+        streamed = await self.prefetch.take(item["id"], item.get("content_hash") or "")
+        if streamed is not None and await self.transfers.finish_prefetched(
+            rel, streamed.tmp, streamed.chunks, item["content_hash"]
+        ):
+            st = self.local(rel).stat()
+            self._record_file(rel, item, LocalFile.of(st), item["content_hash"], streamed.chunks)
+            self.report.downloaded.append(rel)
+            self.log(f"downloaded {rel} (fetched while it was uploaded)")
+            return
         chunks, head = await self.transfers.download(rel, item["id"], item["size"])
         st = self.local(rel).stat()
         # Record what was fetched (the head now), which may be newer than `item`.

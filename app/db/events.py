@@ -34,6 +34,7 @@ class Event(Document):
     owner: str | None = None  # the owner's username, on events of shared files
     role: str | None = None  # share events: the role granted
     username: str | None = None  # share events: who the file was shared with
+    upload_id: str | None = None  # upload.started: which upload
     at: datetime
     # nx-27017 compares datetimes only to the whole second; `since` lookups use this.
     at_ms: int = 0

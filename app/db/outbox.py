@@ -43,6 +43,7 @@ class Change(TypedDict, total=False):
     owner: str | None  # the owner's username
     role: str | None  # share events: the role granted (None: revoked)
     username: str | None  # share events: the recipient
+    upload_id: str | None  # upload.started: which upload
 
 
 # The fields of a change that become an event's fields.
@@ -61,4 +62,5 @@ EVENT_FIELDS = (
     "owner",
     "role",
     "username",
+    "upload_id",
 )

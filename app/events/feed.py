@@ -60,6 +60,7 @@ def event_out(event: Event) -> protocol.Event:
         owner=event.owner,
         role=event.role,
         username=event.username,
+        upload_id=event.upload_id,
     )
 
 
@@ -258,6 +259,13 @@ class ChangeFeed:
         except Exception as exc:  # the sweeper retries whatever is still marked
             log.warning("fan-out of %s failed, left to the sweeper: %s", change["id"], exc)
             return False
+
+    async def announce(self, change: Change) -> None:
+        """Deliver a hint (not a change of any document: no outbox behind it) to everyone
+        it names, now. Best effort: a crash before it is out loses the hint, never state."""
+        for recipient in recipients_for(change):
+            if await append_events(recipient, self.registry.deliveries(change, recipient)):
+                await self.hub.notify(recipient)
 
     async def _deliver(self, recipient: str, change: Change, *, fresh: bool = False) -> bool:
         added = False

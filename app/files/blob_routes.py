@@ -15,6 +15,7 @@ from litestar import Request, Response, Router, get, put
 
 from app.core.encoding import ZSTD, decompressed
 from app.core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
+from app.core.failpoints import failpoint
 from app.db.accounts import User
 from app.files.integrity import read_verified_chunk, record_stored_chunk
 from app.settings import Settings
@@ -55,6 +56,7 @@ async def put_chunk(
     store: BlobStore,
 ) -> dict[str, object]:
     _check(settings, "put", owner, sha, size, exp, sig)
+    await failpoint("chunk.put")
     if not isinstance(store, LocalBlobStore):
         raise NotFound("this server stores chunks in S3; use the presigned URL")
     coding = request.headers.get("content-encoding", "identity").strip().lower()

@@ -1,4 +1,5 @@
-"""Reading files: the manifest (chunk list with signed read URLs) and the bytes, streamed.
+"""Reading files: the manifest (chunk list with signed read URLs), the bytes, streamed,
+and an upload's progress for devices that fetch it while it is still going.
 
 Every chunk is re-verified against its hash as it is read (app/files/integrity.py): a bad
 chunk is never served. Memory stays at about two chunks however large the file.
@@ -12,16 +13,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from beanie import PydanticObjectId
+from bson.errors import InvalidId
 from litestar import Request, Response
 from litestar.response import Stream
 
+from app.core.clock import as_utc, now
 from app.core.errors import BadRequest, CorruptData, NotFound
 from app.core.http import ByteRange, content_disposition, parse_range
 from app.core.query import match
-from app.db.files import PAGE_SIZE, ChunkMapPage, FileNode, FileVersion
+from app.db.files import (
+    PAGE_SIZE,
+    ChunkMapPage,
+    FileNode,
+    FileVersion,
+    StoredChunk,
+    UploadSession,
+)
 from app.files.context import FilesContext
 from app.files.integrity import read_verified_chunk
-from app.files.schemas import ChunkOut, ManifestOut
+from app.files.schemas import ChunkOut, ManifestOut, StreamChunkOut, UploadProgressOut
 from app.files.scope import Caller, Scope, open_node
 from app.storage.base import BlobStore
 
@@ -57,16 +67,7 @@ class ReadService:
         offset = max(0, offset)
         limit = max(1, min(limit, 4096))
         end = min(offset + limit, version.chunk_count)
-        chunks = []
-        if offset < end:
-            page_ids = [
-                f"{version.id}:{n}" for n in range(offset // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)
-            ]
-            async for page in ChunkMapPage.find({"_id": {"$in": page_ids}}).sort("+page"):
-                base = page.page * PAGE_SIZE
-                for i, (sha, size) in enumerate(page.chunks):
-                    if offset <= base + i < end:
-                        chunks.append((base + i, sha, size))
+        chunks = await version_chunks_page(version, offset, limit)
         epoch = scope.owner.url_epoch
         urls = await asyncio.gather(
             *(
@@ -83,6 +84,79 @@ class ReadService:
             ],
             next_chunk_offset=end if end < version.chunk_count else None,
         )
+
+    async def upload_progress(
+        self, caller: Caller, upload_id: str, offset: int, limit: int
+    ) -> UploadProgressOut:
+        """A page of an upload's chunk list, with read URLs for the chunks the server has:
+        what streaming sync fetches while the upload is still going. Anyone who may read
+        the file may follow its upload; chunks count as there only when this upload sent
+        them or the owner made it (a share editor's upload must not reveal, through its
+        chunk list, which chunks the owner already holds)."""
+        try:
+            session = await UploadSession.get(PydanticObjectId(upload_id))
+        except (InvalidId, TypeError, ValueError):
+            session = None
+        if session is None:
+            raise NotFound("no such upload", code="upload_not_found")
+        scope, _ = await open_node(caller, session.file_id, include_pending=True)
+        if scope.owner_id != session.owner_id:
+            raise NotFound("no such upload", code="upload_not_found")
+        version = await FileVersion.get(PydanticObjectId(session.version_id))
+        gone = version is None or (not session.committed and as_utc(session.expires_at) <= now())
+        state = "gone" if gone else "committed" if session.committed else "uploading"
+        out = UploadProgressOut(
+            upload_id=upload_id,
+            file_id=session.file_id,
+            state=state,
+            size=session.size,
+            content_hash=version.content_hash if version else session.content_hash,
+            chunk_count=session.chunk_count,
+            chunks=[],
+        )
+        if version is None or state != "uploading":
+            return out
+        offset, limit = max(0, offset), max(1, min(limit, 1000))
+        chunks = await version_chunks_page(version, offset, limit)
+        by_owner = session.uploader_id in (None, session.owner_id)
+        query: dict[str, object] = {"state": "stored"}
+        if not by_owner:
+            query["put_ms"] = {"$gte": session.created_ms}
+        ids = [f"{session.owner_id}:{sha}" for _, sha, _ in chunks]
+        there = {
+            doc["sha256"]
+            async for doc in StoredChunk.get_pymongo_collection().find(
+                {"_id": {"$in": ids}, **match(query)}, {"sha256": 1}
+            )
+        }
+        epoch = scope.owner.url_epoch
+        for i, sha, size in chunks:
+            url = None
+            if sha in there:
+                url = await self.store.download_url(
+                    caller.base_url, session.owner_id, sha, size, epoch
+                )
+            out.chunks.append(StreamChunkOut(index=i, sha256=sha, size=size, url=url))
+        end = offset + len(chunks)
+        out.next_chunk_offset = end if end < session.chunk_count else None
+        return out
+
+
+async def version_chunks_page(
+    version: FileVersion, offset: int, limit: int
+) -> list[tuple[int, str, int]]:
+    """(index, sha256, size) of the version's chunks [offset, offset + limit)."""
+    end = min(offset + limit, version.chunk_count)
+    if offset >= end:
+        return []
+    page_ids = [f"{version.id}:{n}" for n in range(offset // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)]
+    chunks = []
+    async for page in ChunkMapPage.find({"_id": {"$in": page_ids}}).sort("+page"):
+        base = page.page * PAGE_SIZE
+        for i, (sha, size) in enumerate(page.chunks):
+            if offset <= base + i < end:
+                chunks.append((base + i, sha, size))
+    return chunks
 
 
 async def chunk_spans(

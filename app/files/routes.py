@@ -20,6 +20,7 @@ from app.files.schemas import (
     RestoreRequest,
     TrashListOut,
     UploadOut,
+    UploadProgressOut,
     UploadRequest,
     VersionOut,
 )
@@ -116,6 +117,19 @@ class FileController(Controller):
 @post("/api/folder", status_code=201, tags=["files"])
 async def create_folder(data: NewFolderRequest, caller: Caller, tree: TreeService) -> FileOut:
     return await tree.create_folder(caller, data)
+
+
+@get("/api/upload/{upload_id:str}", tags=["files"])
+async def upload_progress(
+    upload_id: str,
+    caller: Caller,
+    reads: ReadService,
+    offset: int = Parameter(default=0, query="chunk_offset", ge=0),
+    limit: int = Parameter(default=1000, query="chunk_limit", ge=1, le=1000),
+) -> UploadProgressOut:
+    """An upload still going: its chunks, with URLs for those the server already has
+    (streaming sync), and whether it committed or was abandoned."""
+    return await reads.upload_progress(caller, upload_id, offset, limit)
 
 
 class TrashController(Controller):

@@ -101,6 +101,27 @@ class ManifestOut(FileOut):
     next_chunk_offset: int | None = None
 
 
+class StreamChunkOut(msgspec.Struct, omit_defaults=True):
+    index: int
+    sha256: str
+    size: int
+    url: str | None = None  # once the server has it: fetch it from here
+
+
+class UploadProgressOut(msgspec.Struct):
+    """An upload in progress, for devices that fetch its chunks as they arrive (streaming
+    sync): `state` "uploading", "committed" or "gone" (abandoned or expired)."""
+
+    upload_id: str
+    file_id: str
+    state: str
+    size: int
+    content_hash: str
+    chunk_count: int
+    chunks: list[StreamChunkOut]
+    next_chunk_offset: int | None = None
+
+
 class VersionOut(msgspec.Struct):
     version: int | None
     size: int

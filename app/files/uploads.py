@@ -14,6 +14,7 @@ Nothing of an upload is visible before its commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from datetime import timedelta
 
@@ -46,11 +47,20 @@ from app.files.schemas import ChunkIn, FileOut, MissingChunk, UploadOut, UploadR
 from app.files.scope import Caller, Scope, node_by_path, open_node, reload, target_path
 from app.files.tree import FILES, TreeService, audience_of, change_of, new_node
 from app.files.verify import check_claim, settle_hash_at_commit, version_chunks
-from app.protocol import FILE_CREATED, FILE_UPDATED, blocks_aligned, content_hash
+from app.protocol import (
+    FILE_CREATED,
+    FILE_UPDATED,
+    UPLOAD_STARTED,
+    blocks_aligned,
+    content_hash,
+)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # A chunk the upload still has to send: (index of its first occurrence, sha256, size).
 Wanted = tuple[int, str, int]
+
+
+log = logging.getLogger("coffer.uploads")
 
 
 class UploadService:
@@ -152,6 +162,8 @@ class UploadService:
             session = await self._new_session(
                 scope, node, path, req, hashes, file_hash, aligned=aligned, claim=claim
             )
+            if req.size >= self.settings.stream_min_bytes:
+                await self._announce(scope, node, path, session, file_hash if aligned else claim)
         else:
             if session.base_version != req.base_version:
                 session.base_version = req.base_version
@@ -170,6 +182,31 @@ class UploadService:
             upload_id=str(session.id),
             missing=await self.upload_targets(scope, missing, str(session.id)),
         )
+
+    async def _announce(
+        self,
+        scope: Scope,
+        node: FileNode,
+        path: str,
+        session: UploadSession,
+        file_hash: str | None,
+    ) -> None:
+        """Tell those who may read the file that a large upload began, so their devices
+        can fetch its chunks as they arrive (streaming sync). A hint: if it is lost, they
+        fetch the file after the commit as usual."""
+        try:
+            change = change_of(
+                scope,
+                UPLOAD_STARTED,
+                node.model_copy(update={"path": path}),
+                await audience_of(scope, str(node.id), path),
+                upload_id=str(session.id),
+                size=session.size,
+                content_hash=file_hash,
+            )
+            await self.feed.announce(change)
+        except Exception as exc:  # never fail an upload for a hint
+            log.warning("could not announce upload %s: %s", session.id, exc)
 
     @staticmethod
     def dedup_since(scope: Scope, session: UploadSession) -> int:
@@ -396,6 +433,7 @@ class UploadService:
                 ],
             )
 
+        await failpoint("commit.before")
         await settle_hash_at_commit(
             self.store, version, ordered, self.settings.verify_hash_at_commit_max
         )

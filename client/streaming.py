@@ -1,0 +1,215 @@
+"""Streaming sync: fetch a large file while another device is still uploading it.
+
+When a device begins a large upload, the server tells the others (`upload.started`, with
+the upload's id). Each of them then follows the upload (`GET /api/upload/{id}`: its chunk
+list, with a read URL for every chunk the server already holds) and writes the chunks it
+can get, verified, into a temporary file in `.coffer/tmp/`. Nothing appears under the real
+name: when the commit's `file.created` / `file.updated` arrives, the download takes the
+temporary file if it holds that version (same content hash), checks the whole file's hash,
+makes it durable and renames it into place; whatever is still missing then is fetched as
+usual. An upload that is abandoned (the server answers "gone", or it stops progressing)
+is dropped with its temporary file; so is a prefetch that another event supersedes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.api import CofferClient
+from client.errors import ApiError
+from client.hashing import Chunks, sha256_hex
+
+Log = Callable[[str], None]
+
+POLL_SECONDS = 0.15  # how often an upload still going is looked at again
+STALL_SECONDS = 300.0  # an upload that makes no progress this long is given up
+TAKE_WAIT_SECONDS = 30.0  # how long a download waits for a prefetch to finish
+
+
+@dataclass
+class Prefetch:
+    """One upload being followed into `tmp`."""
+
+    file_id: str
+    upload_id: str
+    content_hash: str | None
+    tmp: Path
+    chunks: Chunks = field(default_factory=list)  # the upload's whole chunk list, once known
+    have: set[int] = field(default_factory=set)  # chunk indexes written to tmp
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.chunks) and len(self.have) == len(self.chunks)
+
+
+class Prefetcher:
+    """The prefetches of one synced folder, by file id."""
+
+    def __init__(self, api: CofferClient, tmp_dir: Path, log: Log) -> None:
+        self.api = api
+        self.tmp_dir = tmp_dir
+        self.log = log
+        self.running: dict[str, Prefetch] = {}
+
+    def start(self, file_id: str, upload_id: str, content_hash: str | None, rel: str) -> None:
+        """Follow this upload (replacing any older prefetch of the same file)."""
+        old = self.running.get(file_id)
+        if old is not None and old.upload_id == upload_id:
+            return
+        self.drop(file_id)
+        job = Prefetch(file_id, upload_id, content_hash, self.tmp_dir / f"stream-{upload_id}.part")
+        job.task = asyncio.create_task(self._follow(job, rel))
+        self.running[file_id] = job
+
+    def drop(self, file_id: str) -> None:
+        job = self.running.pop(file_id, None)
+        if job is None:
+            return
+        if job.task is not None:
+            job.task.cancel()
+        job.tmp.unlink(missing_ok=True)
+
+    async def take(self, file_id: str, content_hash: str) -> Prefetch | None:
+        """The finished prefetch of this file's version (its chunks all in `tmp`, each
+        verified), now the caller's to check, move into place or delete; None when there
+        is none for these bytes (any other prefetch of the file is dropped)."""
+        job = self.running.get(file_id)
+        if job is None:
+            return None
+        if job.content_hash != content_hash:
+            self.drop(file_id)
+            return None
+        if job.task is not None:
+            # Finished (complete, or given up) soon after the commit it waits for.
+            await asyncio.wait({job.task}, timeout=TAKE_WAIT_SECONDS)
+        self.running.pop(file_id, None)
+        if job.task is not None:
+            job.task.cancel()
+        if not job.complete:
+            job.tmp.unlink(missing_ok=True)
+            return None
+        return job
+
+    async def close(self) -> None:
+        for file_id in list(self.running):
+            self.drop(file_id)
+
+    async def _follow(self, job: Prefetch, rel: str) -> None:
+        try:
+            await self._fetch_while_uploading(job)
+            if job.complete:
+                self.log(f"prefetched {rel} while it was being uploaded")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a hint that did not work out: the download does it
+            self.log(f"streaming {rel} stopped ({exc}); it is fetched once committed")
+        if not job.complete and self.running.get(job.file_id) is job:
+            self.drop(job.file_id)
+
+    async def _fetch_while_uploading(self, job: Prefetch) -> None:
+        loop = asyncio.get_running_loop()
+        progress_at = loop.time()
+        offsets: list[int] = []
+        fd = await asyncio.to_thread(os.open, job.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while not job.complete:
+                ready, state = await self._poll(job)
+                await _lay_out(job, fd, offsets)
+                todo = [(i, url) for i, url in ready if i not in job.have]
+                if todo:
+                    await self._fetch(job, fd, todo, offsets)
+                    progress_at = loop.time()
+                if state == "committed" and not job.complete:
+                    await self._fetch_rest(job, fd, offsets)
+                if job.complete or state != "uploading":
+                    break
+                if loop.time() - progress_at > STALL_SECONDS:
+                    raise TimeoutError("the upload made no progress")
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            os.close(fd)
+
+    async def _poll(self, job: Prefetch) -> tuple[list[tuple[int, str]], str]:
+        """(index, URL) of every chunk the server holds now, and the upload's state; the
+        first poll also learns the whole chunk list."""
+        ready: list[tuple[int, str]] = []
+        chunks: Chunks = []
+        # Known list: start at the page of the first chunk still missing.
+        missing = (i for i in range(len(job.chunks)) if i not in job.have)
+        offset: int | None = next(missing, 0) // 1000 * 1000 if job.chunks else 0
+        state = "uploading"
+        while offset is not None:
+            try:
+                page: dict[str, Any] = await self.api.request(
+                    "GET",
+                    f"/api/upload/{job.upload_id}",
+                    params={"chunk_offset": offset, "chunk_limit": 1000},
+                )
+            except ApiError as exc:
+                if exc.status == 404:
+                    raise RuntimeError("the upload is gone") from exc
+                raise
+            state = page["state"]
+            if state == "gone":
+                raise RuntimeError("the upload was abandoned")
+            for c in page["chunks"]:
+                chunks.append((c["sha256"], c["size"]))
+                if c.get("url"):
+                    ready.append((c["index"], c["url"]))
+            offset = page.get("next_chunk_offset")
+            if state != "uploading":
+                break
+        if chunks and not job.chunks:
+            job.chunks = chunks
+        return ready, state
+
+    async def _fetch_rest(self, job: Prefetch, fd: int, offsets: list[int]) -> None:
+        """Committed before we had it all: the rest from the file's manifest, if the file
+        is still that upload's bytes."""
+        todo: list[tuple[int, str]] = []
+        chunks: Chunks = []
+        offset: int | None = 0
+        while offset is not None:
+            page = await self.api.describe(job.file_id, chunk_offset=offset, chunk_limit=1000)
+            if page.get("content_hash") != job.content_hash:
+                return  # replaced meanwhile: nothing of ours to finish
+            chunks += [(c["sha256"], c["size"]) for c in page["chunks"]]
+            todo += [(c["index"], c["url"]) for c in page["chunks"] if c["index"] not in job.have]
+            offset = page.get("next_chunk_offset")
+        if not job.chunks:
+            job.chunks = chunks
+            await _lay_out(job, fd, offsets)
+        await self._fetch(job, fd, todo, offsets)
+
+    async def _fetch(
+        self, job: Prefetch, fd: int, todo: list[tuple[int, str]], offsets: list[int]
+    ) -> None:
+        queue = iter(todo)
+
+        async def worker() -> None:
+            for index, url in queue:
+                data = await self.api.get_chunk(url)
+                sha, size = job.chunks[index]
+                if len(data) != size or await asyncio.to_thread(sha256_hex, data) != sha:
+                    raise ValueError(f"chunk {index} does not match its hash")
+                await asyncio.to_thread(os.pwrite, fd, data, offsets[index])
+                job.have.add(index)
+
+        await asyncio.gather(*(worker() for _ in range(max(1, self.api.parallel))))
+
+
+async def _lay_out(job: Prefetch, fd: int, offsets: list[int]) -> None:
+    """Once the chunk list is known: each chunk's offset, and the file at its full size."""
+    if offsets or not job.chunks:
+        return
+    pos = 0
+    for _, size in job.chunks:
+        offsets.append(pos)
+        pos += size
+    await asyncio.to_thread(os.ftruncate, fd, pos)
