@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import User
-from tests.stack import Stack
+from tests.stack import Stack, wait_http
 from tests.test_client import Device, stop_live, wait_for
 
 MIB = 1024 * 1024
@@ -112,3 +112,34 @@ def test_an_abandoned_upload_leaves_nothing_on_the_receiver(
         assert "streaming big.raw stopped" in log_b.read_text()
     finally:
         stop_live(live_b)
+
+
+def test_a_web_server_killed_mid_stream_leaves_every_device_with_the_committed_bytes(
+    slow_chunks: Stack, tmp_path: Path
+) -> None:
+    user = User(slow_chunks.url())
+    a = Device(tmp_path, "laptop", slow_chunks.url(), user)
+    b = Device(tmp_path, "desk", slow_chunks.url(), user)
+    log_a, log_b = tmp_path / "laptop.log", tmp_path / "desk.log"
+    logs = (log_a, log_b)
+    live_a, live_b = a.start_live(trace=log_a), b.start_live(trace=log_b)
+    try:
+        for trace in logs:
+            wait_for(lambda trace=trace: "pass done" in trace.read_text(), logs=logs)
+        data = os.urandom(24 * MIB)
+        staged = tmp_path / "movie.raw"
+        staged.write_bytes(data)
+        os.replace(staged, a.folder / "movie.raw")
+        wait_for(lambda: bool(streams(b)), timeout=30, logs=logs)
+        web = slow_chunks.procs["web"]
+        web.kill9()  # both devices lose the server mid-stream
+        assert not (b.folder / "movie.raw").exists()
+        web.start()
+        wait_http(f"{slow_chunks.url()}/healthz")
+        wait_for(lambda: (b.folder / "movie.raw").exists(), timeout=120, logs=logs)
+        assert (b.folder / "movie.raw").read_bytes() == data
+        listed = user.http.get("/api/file", params={"path": "/"}).json()["items"]
+        assert [(i["name"], i["size"]) for i in listed] == [("movie.raw", len(data))]
+        wait_for(lambda: streams(b) == [], timeout=10, logs=logs)
+    finally:
+        stop_live(live_a, live_b)
