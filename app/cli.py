@@ -149,6 +149,9 @@ def run_stack() -> None:
 def run_web() -> None:
     import uvicorn
 
+    from app.core.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()
     settings = get_settings()
     uvicorn.run(
         "app.main:create_app",
@@ -166,8 +169,10 @@ def run_web() -> None:
 def run_worker() -> None:
     from arq import run_worker as arq_run_worker
 
+    from app.core.memory import limit_malloc_arenas
     from jobs.worker import worker_settings
 
+    limit_malloc_arenas()
     arq_run_worker(worker_settings(get_settings()))  # type: ignore[arg-type]
 
 

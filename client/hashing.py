@@ -46,12 +46,6 @@ def derived_content_hash(chunks: Sequence[tuple[str, int]]) -> str | None:
     return content_hash(sha for sha, _ in chunks)
 
 
-def read_hashed(fd: int, size: int, offset: int) -> tuple[bytes, str]:
-    """`size` bytes at `offset` of an open file, with their SHA-256."""
-    data = os.pread(fd, size, offset)
-    return data, sha256_hex(data)
-
-
 def content_hash_of_fd(fd: int, size: int) -> str:
     """The content hash of an open file's first `size` bytes, block by block."""
     hasher = ContentHasher()

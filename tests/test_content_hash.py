@@ -7,6 +7,7 @@ import asyncio
 import os
 
 import httpx
+import pytest
 
 from tests.conftest import User, content_hash, manifest
 from tests.stack import Stack
@@ -127,3 +128,29 @@ def test_a_large_file_is_verified_by_the_worker_and_a_wrong_claim_corrected(
     assert [(e["path"], e["content_hash"]) for e in updates] == [("/lie.bin", content_hash(data2))]
     history = alice.http.get(f"/api/file/{lie.json()['id']}/versions").json()
     assert history[0]["content_hash"] == content_hash(data2)
+
+
+def test_a_file_rewritten_while_it_is_sent_is_not_committed(alice: User, tmp_path) -> None:
+    """The sync client hashes a file, then sends it; if the bytes change in between, the
+    store refuses the chunk and the client reports the file as changed (it is picked up
+    again on the next pass); the server keeps no version of the mixed bytes."""
+    from client.api import CofferClient
+    from client.errors import LocalFileChanged
+    from client.hashing import file_hashes
+    from client.transfer import upload_file
+
+    path = tmp_path / "draft.bin"
+    path.write_bytes(os.urandom(12 * MIB))
+    hashed = file_hashes(path)
+    with open(path, "r+b") as fh:  # rewritten after it was hashed
+        fh.seek(6 * MIB)
+        fh.write(os.urandom(MIB))
+
+    async def send_it() -> None:
+        async with CofferClient(alice.base_url, alice.token) as api:
+            await upload_file(api, path, "/draft.bin", hashed=hashed)
+
+    with pytest.raises(LocalFileChanged):
+        asyncio.run(send_it())
+    listed = alice.http.get("/api/file", params={"path": "/"}).json()["items"]
+    assert "draft.bin" not in [i["name"] for i in listed]
