@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Final
 
 import msgspec
+import zstandard
 
 KIB: Final = 1024
 MIB: Final = 1024 * KIB
@@ -22,6 +23,28 @@ CHUNK_SIZE: Final = 4 * MIB
 MIN_CHUNK_SIZE: Final = 64 * KIB
 MAX_CHUNK_SIZE: Final = 16 * MIB
 MAX_CHUNKS: Final = 16384
+
+
+# Compression on the wire: a body (chunk, batch) goes zstd-compressed, level 1, when a
+# sample of its first COMPRESS_SAMPLE bytes shrinks below 90 %; hashes are always over the
+# uncompressed bytes.
+ZSTD: Final = "zstd"
+COMPRESS_SAMPLE: Final = 64 * KIB
+
+
+def worth_compressing(sample: bytes | memoryview) -> bool:
+    """Whether data that begins like this shrinks enough under zstd to pay for it (not for
+    random or already compressed bytes)."""
+    sample = sample[:COMPRESS_SAMPLE]
+    return len(zstandard.ZstdCompressor(level=1).compress(sample)) < 0.9 * len(sample)
+
+
+def compress_if_worth_it(data: bytes) -> bytes | None:
+    """The bytes zstd-compressed (level 1), or None when they would not shrink enough."""
+    if not data or not worth_compressing(data):
+        return None
+    packed = zstandard.ZstdCompressor(level=1).compress(data)
+    return packed if len(packed) < 0.9 * len(data) else None
 
 
 # The content hash is over fixed blocks, whatever chunks a transfer used.

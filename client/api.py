@@ -24,6 +24,7 @@ import httpx
 import msgspec
 import zstandard
 
+from app.protocol import ZSTD, compress_if_worth_it
 from client.errors import ApiError, DownloadIncomplete
 
 if TYPE_CHECKING:
@@ -31,20 +32,6 @@ if TYPE_CHECKING:
 
 # Body pieces are read in slices of this size while streaming.
 STREAM_PIECE = 1024 * 1024
-ZSTD = "zstd"
-# A chunk is compressed (zstd level 1) if a sample of this much shrinks below 90 %.
-COMPRESS_SAMPLE = 64 * 1024
-
-
-def compress_if_worth_it(data: bytes) -> bytes | None:
-    """The bytes zstd-compressed (level 1), or None when they would not shrink enough to
-    pay for it (random, already compressed: a sample is tried first)."""
-    level1 = zstandard.ZstdCompressor(level=1)
-    sample = data[:COMPRESS_SAMPLE]
-    if len(level1.compress(sample)) > 0.9 * len(sample):
-        return None
-    packed = level1.compress(data)
-    return packed if len(packed) < 0.9 * len(data) else None
 
 
 # COFFER_SYNC_TRACE=1: each API call's method, path, status and duration on stderr.
@@ -73,19 +60,24 @@ class TransferStats:
 
 
 class _Counted:
-    """The pieces of a streamed body, counted into `stats` as they arrive."""
+    """The pieces of a streamed body, decoded (zstd where the server compressed it), with
+    the bytes that crossed the wire counted into `stats` as they arrive."""
 
-    def __init__(self, pieces: AsyncIterator[bytes], stats: TransferStats) -> None:
-        self.pieces = pieces
+    def __init__(self, resp: httpx.Response, stats: TransferStats) -> None:
+        self.resp = resp
+        self.pieces = resp.aiter_bytes(STREAM_PIECE)
         self.stats = stats
+        self.counted = 0
 
     def __aiter__(self) -> _Counted:
         return self
 
     async def __anext__(self) -> bytes:
-        raw = await self.pieces.__anext__()
-        self.stats.bytes_received += len(raw)
-        return raw
+        piece = await self.pieces.__anext__()
+        wire = self.resp.num_bytes_downloaded
+        self.stats.bytes_received += wire - self.counted
+        self.counted = wire
+        return piece
 
 
 class BatchReader:
@@ -407,15 +399,14 @@ class CofferClient:
             if resp.status_code >= 400:
                 await resp.aread()
                 raise_for_error(resp)
-            yield BatchReader(_Counted(resp.aiter_raw(STREAM_PIECE), self.stats))
+            yield BatchReader(_Counted(resp, self.stats))
 
     async def get_chunk(self, url: str) -> bytes:
         """One chunk's bytes from its read URL (unverified: the caller checks its hash)."""
         resp = await self.blob_http.get(url)
         raise_for_error(resp)
-        data = resp.content
-        self.stats.bytes_received += len(data)
-        return data
+        self.stats.bytes_received += resp.num_bytes_downloaded  # compressed, if it was
+        return resp.content
 
     @asynccontextmanager
     async def content(
@@ -428,7 +419,7 @@ class CofferClient:
             if resp.status_code >= 400:
                 await resp.aread()
                 raise_for_error(resp)
-            yield _Counted(resp.aiter_raw(STREAM_PIECE), self.stats)
+            yield _Counted(resp, self.stats)
 
     async def download(
         self, file_id: str, dest: Path, *, progress: Callable[[int], None] | None = None

@@ -8,7 +8,9 @@ start of a file shift the later cut points along with the bytes: the rest of the
 the same chunks, already on the server. Sizes (measured; README "Chunking"): at least
 256 KiB, about 1 MiB on average, at most 4 MiB. Smaller chunks would send less around an
 edit but cost a request, a stored file and a record each on the server; a new 256 MiB file
-is about 220 chunks. Files up to 4 MiB are one chunk: their one block.
+is about 220 chunks. Files over 8 GiB get proportionally larger chunks (`cdc_sizes`), so
+that even a 50 GiB file stays well under the server's 16,384 chunks. Files up to 4 MiB are
+one chunk: their one block.
 
 Files are read in slices, never whole: memory stays at a few chunks whatever the size.
 """
@@ -24,14 +26,35 @@ from pathlib import Path
 
 from pyfastcdc import FastCDC
 
-from app.protocol import BLOCK_SIZE, KIB, MIB, ContentHasher, blocks_aligned, content_hash
+from app.protocol import (
+    BLOCK_SIZE,
+    KIB,
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MIB,
+    ContentHasher,
+    blocks_aligned,
+    content_hash,
+)
 
 # A file's chunk list: (sha256 hex, size) of each chunk, in order.
 Chunks = list[tuple[str, int]]
 
 CDC_MIN_SIZE = 256 * KIB
 CDC_AVG_SIZE = 1 * MIB
-CDC_MAX_SIZE = 4 * MIB
+# Chunks per file the average size aims at most (half the server's limit: room for bad luck).
+CDC_TARGET_CHUNKS = MAX_CHUNKS // 2
+
+
+def cdc_sizes(size: int) -> tuple[int, int, int]:
+    """(minimum, average, maximum) chunk size for a file of `size` bytes: 256 KiB / 1 MiB /
+    4 MiB up to 8 GiB; above, the average doubles until the file is at most
+    CDC_TARGET_CHUNKS average chunks (min a quarter of it, max four times, within the
+    server's MAX_CHUNK_SIZE)."""
+    avg = CDC_AVG_SIZE
+    while size > avg * CDC_TARGET_CHUNKS and avg < MAX_CHUNK_SIZE // 2:
+        avg *= 2
+    return max(CDC_MIN_SIZE, avg // 4), avg, min(MAX_CHUNK_SIZE, avg * 4)
 
 
 def sha256_hex(data: bytes | memoryview) -> str:
@@ -82,6 +105,7 @@ def _hashes(path: Path, fd: int, size: int) -> tuple[str, Chunks]:
         return content_hash(sha for sha, _ in chunks), chunks
     with ThreadPoolExecutor(1) as pool:
         blocks = pool.submit(content_hash_of_fd, fd, size)
-        cdc = FastCDC(CDC_AVG_SIZE, min_size=CDC_MIN_SIZE, max_size=CDC_MAX_SIZE)
+        low, avg, high = cdc_sizes(size)
+        cdc = FastCDC(avg, min_size=low, max_size=high)
         chunks = [(sha256_hex(c.data), c.length) for c in cdc.cut_file(str(path))]
         return blocks.result(), chunks

@@ -229,7 +229,7 @@ def test_a_change_uploads_only_changed_chunks_and_downloads_only_missing_ones(
     edited = bytearray(data)
     edited[6 * MIB : 7 * MIB] = os.urandom(MIB)  # 1 MiB overwritten in the middle
     changed = new_bytes(bytes(data), bytes(edited))
-    assert MIB <= changed <= 4 * MIB
+    assert MIB <= changed <= MIB + 2 * 4 * MIB  # at worst a 4 MiB chunk more at each end
     (a.folder / "video.raw").write_bytes(edited)
     sent = a.sync_once()
     assert sent["uploaded"] == ["video.raw"] and sent["bytes_sent"] == changed
@@ -239,7 +239,7 @@ def test_a_change_uploads_only_changed_chunks_and_downloads_only_missing_ones(
 
     shifted = bytes(edited[:1000]) + os.urandom(100) + bytes(edited[1000:])  # inserted
     changed = new_bytes(bytes(edited), shifted)
-    assert changed <= 4 * MIB  # not the whole file
+    assert changed <= 2 * 4 * MIB + 100  # the chunk it falls in, at worst the next: not the file
     (a.folder / "video.raw").write_bytes(shifted)
     assert a.sync_once()["bytes_sent"] == changed
     assert b.sync_once()["bytes_received"] == changed

@@ -91,3 +91,25 @@ def test_a_compressed_batch_commits_and_a_bomb_or_garbage_is_refused(alice: User
     assert r.status_code == 415
     listed = alice.http.get("/api/file", params={"path": "/src"}).json()["items"]
     assert len(listed) == 50
+
+
+def test_downloads_come_compressed_to_clients_that_take_zstd(alice: User) -> None:
+    code = alice.upload("/code.py", TEXT[: 2 * MIB], chunk_size=MIB)
+    noise = alice.upload("/noise.bin", os.urandom(MIB), chunk_size=MIB)
+    chunk = alice.http.get(f"/api/file/{code['id']}").json()["chunks"][0]
+    raw = httpx.get(chunk["url"], headers={"Accept-Encoding": "zstd"})
+    assert raw.headers.get("content-encoding") == "zstd"
+    assert int(raw.headers["content-length"]) < MIB // 4  # what crossed the wire
+    assert raw.content == TEXT[:MIB]  # decoded: the chunk's own bytes
+    plain = httpx.get(chunk["url"], headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == TEXT[:MIB]
+    random_chunk = alice.http.get(f"/api/file/{noise['id']}").json()["chunks"][0]
+    r = httpx.get(random_chunk["url"], headers={"Accept-Encoding": "zstd"})
+    assert "content-encoding" not in r.headers  # would not shrink: sent as it is
+
+    ids = {"ids": [code["id"], noise["id"]]}
+    packed = alice.http.post("/api/batch/download", json=ids, headers={"Accept-Encoding": "zstd"})
+    plain = alice.http.post("/api/batch/download", json=ids, headers={"Accept-Encoding": "gzip"})
+    assert packed.headers.get("content-encoding") == "zstd"
+    assert "content-encoding" not in plain.headers
+    assert packed.content == plain.content  # the same files, however they travelled

@@ -8,11 +8,16 @@ Chunk PUTs (`/api/blob/`) stream: their handler decompresses with the chunk's re
 size as the cap (`decompressed`). Any other content coding is refused (415): the server
 would otherwise store the compressed bytes as if they were the content.
 
+Responses go compressed where the client accepts zstd and a sample of the bytes shrinks:
+chunk GETs (`compressed_if_worth_it` of the whole chunk) and the batch download stream
+(`zstd_stream`, flushed piece by piece so the reader never waits for the rest).
+
 Chunk hashes and content hashes are always over the uncompressed bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator, Callable
@@ -134,3 +139,58 @@ async def _refuse(send: Send, status: int, code: str, message: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+def accepts_zstd(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header value takes zstd (q above zero)."""
+    for item in (accept_encoding or "").split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() != ZSTD:
+            continue
+        q = params.strip().lower()
+        if not q.startswith("q="):
+            return True
+        try:
+            return float(q[2:]) > 0
+        except ValueError:
+            return False
+    return False
+
+
+async def zstd_stream(
+    pieces: AsyncIterator[bytes], worth: Callable[[bytes], bool], sample_size: int
+) -> tuple[AsyncIterator[bytes], bool]:
+    """The stream zstd-compressed (level 1) if its first `sample_size` bytes are `worth`
+    it, else as it was; and whether it was. Each piece is flushed as it comes, so the
+    reader can act on it at once; only the sample is held to decide."""
+    head: list[bytes] = []
+    held = 0
+    async for piece in pieces:
+        head.append(piece)
+        held += len(piece)
+        if held >= sample_size:
+            break
+    sample = b"".join(head)
+
+    async def replayed() -> AsyncIterator[bytes]:
+        for piece in head:
+            yield piece
+        async for piece in pieces:
+            yield piece
+
+    if not sample or not worth(sample):
+        return replayed(), False
+
+    async def compressed() -> AsyncIterator[bytes]:
+        packer = zstandard.ZstdCompressor(level=1).compressobj()
+        async for piece in replayed():
+            if len(piece) > 64 * 1024:
+                out = await asyncio.to_thread(packer.compress, piece)
+            else:
+                out = packer.compress(piece)
+            out += packer.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+            if out:
+                yield out
+        yield packer.flush()
+
+    return compressed(), True

@@ -10,10 +10,11 @@ streams: memory stays at about one chunk whatever the batch holds.
 
 from __future__ import annotations
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from app.core.encoding import ZSTD, accepts_zstd, zstd_stream
 from app.files.batch import BatchService
 from app.files.batch_schemas import (
     BatchCommitRequest,
@@ -27,6 +28,7 @@ from app.files.batch_schemas import (
 from app.files.schemas import ListOut
 from app.files.scope import Caller
 from app.files.tree import TreeService
+from app.protocol import COMPRESS_SAMPLE, worth_compressing
 
 # The largest request body a batch may have: 16 MiB of inline data as base64 plus the
 # manifests of a thousand files (the service checks the configured limits exactly).
@@ -71,12 +73,16 @@ class BatchController(Controller):
         return await batch.move(caller, data)
 
     @post("/download", status_code=200)
-    async def download(self, data: BatchIdsRequest, caller: Caller, batch: BatchService) -> Stream:
-        return Stream(
-            batch.download(caller, data.ids),
-            media_type=FILES_MEDIA_TYPE,
-            headers={"Cache-Control": "private, no-store"},
-        )
+    async def download(
+        self, request: Request, data: BatchIdsRequest, caller: Caller, batch: BatchService
+    ) -> Stream:
+        body = batch.download(caller, data.ids)
+        headers = {"Cache-Control": "private, no-store", "Vary": "Accept-Encoding"}
+        if accepts_zstd(request.headers.get("accept-encoding")):
+            body, packed = await zstd_stream(body, worth_compressing, COMPRESS_SAMPLE)
+            if packed:
+                headers["Content-Encoding"] = ZSTD
+        return Stream(body, media_type=FILES_MEDIA_TYPE, headers=headers)
 
 
 @get("/api/tree", tags=["files"])

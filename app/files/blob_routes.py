@@ -8,16 +8,18 @@ this router lifts the request body limit, to the largest chunk the settings allo
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from beanie import PydanticObjectId
 from litestar import Request, Response, Router, get, put
 
-from app.core.encoding import ZSTD, decompressed
+from app.core.encoding import ZSTD, accepts_zstd, decompressed
 from app.core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
 from app.core.failpoints import failpoint
 from app.db.accounts import User
 from app.files.integrity import read_verified_chunk, record_stored_chunk
+from app.protocol import compress_if_worth_it
 from app.settings import Settings
 from app.storage.base import BlobStore
 from app.storage.local import LocalBlobStore
@@ -78,6 +80,7 @@ async def put_chunk(
 
 
 async def get_chunk(
+    request: Request,
     owner: str,
     sha: str,
     size: int,
@@ -98,11 +101,12 @@ async def get_chunk(
             "this chunk URL was withdrawn; ask for the file again", code="bad_signature"
         )
     data = await read_verified_chunk(store, owner, sha, size)
-    return Response(
-        data,
-        media_type="application/octet-stream",
-        headers={"Cache-Control": "private, max-age=31536000, immutable"},
-    )
+    headers = {"Cache-Control": "private, max-age=31536000, immutable", "Vary": "Accept-Encoding"}
+    if accepts_zstd(request.headers.get("accept-encoding")):
+        packed = await asyncio.to_thread(compress_if_worth_it, data)
+        if packed is not None:
+            data, headers["Content-Encoding"] = packed, ZSTD
+    return Response(data, media_type="application/octet-stream", headers=headers)
 
 
 def blob_router(settings: Settings) -> Router:

@@ -1,0 +1,104 @@
+"""How the sync client cuts files (client/hashing.py) and how bodies are compressed on
+the wire (app/core/encoding.py): pure functions, checked by table."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from app.core.encoding import accepts_zstd, zstd_stream
+from app.protocol import MAX_CHUNK_SIZE, MAX_CHUNKS, MIB, content_hash, worth_compressing
+from client.hashing import cdc_sizes, file_hashes
+
+GIB = 1024 * MIB
+KIB = 1024
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (5 * MIB, (256 * KIB, MIB, 4 * MIB)),
+        (256 * MIB, (256 * KIB, MIB, 4 * MIB)),
+        (8 * GIB, (256 * KIB, MIB, 4 * MIB)),
+        (8 * GIB + 1, (512 * KIB, 2 * MIB, 8 * MIB)),
+        (20 * GIB, (1 * MIB, 4 * MIB, 16 * MIB)),
+        (50 * GIB, (2 * MIB, 8 * MIB, 16 * MIB)),
+        (200 * GIB, (2 * MIB, 8 * MIB, 16 * MIB)),  # as large as the server takes
+    ],
+)
+def test_chunk_sizes_grow_with_the_file(size: int, expected: tuple[int, int, int]) -> None:
+    low, avg, high = cdc_sizes(size)
+    assert (low, avg, high) == expected
+    assert low <= avg <= high <= MAX_CHUNK_SIZE
+    if size <= 50 * GIB:  # Coffer's largest file: well under the chunk limit on average
+        assert size / avg <= MAX_CHUNKS / 2
+
+
+def test_an_insert_changes_only_the_chunks_around_it(tmp_path: Path) -> None:
+    data = os.urandom(24 * MIB)
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.write_bytes(data)
+    after.write_bytes(data[:MIB] + b"x" * 100 + data[MIB:])
+    hash_before, old = file_hashes(before)
+    hash_after, new = file_hashes(after)
+    assert hash_before == content_hash_of(data) and hash_after != hash_before
+    fresh = [size for sha, size in new if sha not in {s for s, _ in old}]
+    assert sum(fresh) <= 4 * MIB + 100  # one or two chunks, not the 23 MiB after it
+    assert sum(size for _, size in new) == len(data) + 100
+
+
+def content_hash_of(data: bytes) -> str:
+    blocks = [data[i : i + 4 * MIB] for i in range(0, len(data), 4 * MIB)]
+    return content_hash(hashlib.sha256(b).hexdigest() for b in blocks)
+
+
+@pytest.mark.parametrize(
+    ("header", "takes"),
+    [
+        (None, False),
+        ("", False),
+        ("gzip, deflate", False),
+        ("gzip, deflate, zstd", True),
+        ("ZSTD", True),
+        ("zstd;q=0.5, gzip", True),
+        ("zstd;q=0", False),
+        ("zstd; q=0.0", False),
+        ("zstd;q=oops", False),
+        ("zstdx", False),
+    ],
+)
+def test_who_takes_zstd(header: str | None, takes: bool) -> None:
+    assert accepts_zstd(header) is takes
+
+
+async def pieces_of(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+@pytest.mark.parametrize(
+    ("parts", "packed"),
+    [
+        ([b"def f():\n    return 1\n" * 4000] * 5, True),  # source text
+        ([os.urandom(40_000) for _ in range(5)], False),  # random, already compressed
+        ([], False),
+    ],
+)
+def test_streams_are_compressed_when_they_shrink(parts: list[bytes], packed: bool) -> None:
+    async def run() -> tuple[list[bytes], bool]:
+        stream, was = await zstd_stream(pieces_of(parts), worth_compressing, 64 * KIB)
+        return [piece async for piece in stream], was
+
+    out, was = asyncio.run(run())
+    assert was is packed
+    body = b"".join(out)
+    if packed:
+        assert len(body) < len(b"".join(parts)) / 4
+        body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    assert body == b"".join(parts)
