@@ -5,10 +5,13 @@ the upload's id). Each of them then follows the upload (`GET /api/upload/{id}`: 
 list, with a read URL for every chunk the server already holds) and writes the chunks it
 can get, verified, into a temporary file in `.coffer/tmp/`. Nothing appears under the real
 name: when the commit's `file.created` / `file.updated` arrives, the download takes the
-temporary file if it holds that version (same content hash), checks the whole file's hash,
-makes it durable and renames it into place; whatever is still missing then is fetched as
-usual. An upload that is abandoned (the server answers "gone", or it stops progressing)
-is dropped with its temporary file; so is a prefetch that another event supersedes.
+temporary file if it holds that version (same content hash) and renames it into place;
+whatever is still missing then is fetched first. The file's content hash is computed while
+the chunks arrive (each 4 MiB block as soon as the chunks covering it are written, read
+back from the page cache), and a finished prefetch is fsynced in the background: by the
+time the commit is announced, usually only the rename is left. An upload that is
+abandoned (the server answers "gone", or it stops progressing) is dropped with its
+temporary file; so is a prefetch that another event supersedes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.protocol import BLOCK_SIZE, content_hash
 from client.api import CofferClient
 from client.errors import ApiError
 from client.hashing import Chunks, sha256_hex
@@ -42,10 +46,27 @@ class Prefetch:
     chunks: Chunks = field(default_factory=list)  # the upload's whole chunk list, once known
     have: set[int] = field(default_factory=set)  # chunk indexes written to tmp
     task: asyncio.Task[None] | None = None
+    covered: dict[int, int] = field(default_factory=dict)  # block -> bytes of it written
+    blocks: dict[int, str] = field(default_factory=dict)  # block -> SHA-256 of its bytes
+    # The content hash of `tmp` once it holds every chunk and is durable (fsynced).
+    durable_hash: str | None = None
+    size: int = 0  # the file's, once the chunk list is known
 
     @property
     def complete(self) -> bool:
         return bool(self.chunks) and len(self.have) == len(self.chunks)
+
+    def written(self, offset: int, size: int) -> list[int]:
+        """Note `size` bytes written at `offset`; the blocks now whole, to hash."""
+        whole = []
+        end = offset + size
+        total = self.size
+        for block in range(offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1 if size else 0):
+            start, stop = block * BLOCK_SIZE, min((block + 1) * BLOCK_SIZE, total)
+            self.covered[block] = self.covered.get(block, 0) + min(end, stop) - max(offset, start)
+            if self.covered[block] == stop - start:
+                whole.append(block)
+        return whole
 
 
 class Prefetcher:
@@ -104,6 +125,7 @@ class Prefetcher:
         try:
             await self._fetch_while_uploading(job)
             if job.complete:
+                await self._make_durable(job)
                 self.log(f"prefetched {rel} while it was being uploaded")
         except asyncio.CancelledError:
             raise
@@ -134,6 +156,19 @@ class Prefetcher:
                 await asyncio.sleep(POLL_SECONDS)
         finally:
             os.close(fd)
+
+    async def _make_durable(self, job: Prefetch) -> None:
+        """fsync the finished file and note its content hash (from the blocks hashed as
+        they were completed), so that taking it is only a rename."""
+        blocks = (job.size + BLOCK_SIZE - 1) // BLOCK_SIZE
+        if len(job.blocks) != blocks:
+            return  # (cannot happen: every byte was written once) leave it to take()
+        fd = await asyncio.to_thread(os.open, job.tmp, os.O_RDONLY)
+        try:
+            await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
+        job.durable_hash = content_hash(job.blocks[b] for b in range(blocks))
 
     async def _poll(self, job: Prefetch) -> tuple[list[tuple[int, str]], str]:
         """(index, URL) of every chunk the server holds now, and the upload's state; the
@@ -200,6 +235,8 @@ class Prefetcher:
                     raise ValueError(f"chunk {index} does not match its hash")
                 await asyncio.to_thread(os.pwrite, fd, data, offsets[index])
                 job.have.add(index)
+                for block in job.written(offsets[index], size):
+                    job.blocks[block] = await asyncio.to_thread(_hash_block, fd, block, job.size)
 
         await asyncio.gather(*(worker() for _ in range(max(1, self.api.parallel))))
 
@@ -212,4 +249,11 @@ async def _lay_out(job: Prefetch, fd: int, offsets: list[int]) -> None:
     for _, size in job.chunks:
         offsets.append(pos)
         pos += size
+    job.size = pos
     await asyncio.to_thread(os.ftruncate, fd, pos)
+
+
+def _hash_block(fd: int, block: int, total: int) -> str:
+    """SHA-256 of one content-hash block of the file (just written: in the page cache)."""
+    start = block * BLOCK_SIZE
+    return sha256_hex(os.pread(fd, min(BLOCK_SIZE, total - start), start))

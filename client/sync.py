@@ -1095,7 +1095,7 @@ class Syncer:
     async def _download(self, rel: str, item: RemoteItem) -> None:
         streamed = await self.prefetch.take(item["id"], item.get("content_hash") or "")
         if streamed is not None and await self.transfers.finish_prefetched(
-            rel, streamed.tmp, streamed.chunks, item["content_hash"]
+            rel, streamed.tmp, streamed.chunks, item["content_hash"], streamed.durable_hash
         ):
             st = self.local(rel).stat()
             self._record_file(rel, item, LocalFile.of(st), item["content_hash"], streamed.chunks)

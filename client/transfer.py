@@ -418,20 +418,22 @@ class Transfers:
             progress.remove_task(task)
 
     async def finish_prefetched(
-        self, rel: str, tmp: Path, chunks: Chunks, content_hash: str
+        self, rel: str, tmp: Path, chunks: Chunks, content_hash: str, durable_hash: str | None
     ) -> bool:
         """Move a file streamed into `tmp` (each chunk verified as it came) to `rel`, once
         the whole file has the content hash the server committed and is durable; False
-        (and `tmp` removed) if it does not."""
+        (and `tmp` removed) if it does not. `durable_hash`: the prefetch already hashed
+        and fsynced it."""
         target = self.root / rel
         try:
-            fd = await asyncio.to_thread(os.open, tmp, os.O_RDWR)
-            try:
-                if not await _matches(fd, chunks, {"content_hash": content_hash}):
-                    return False
-                await asyncio.to_thread(os.fsync, fd)
-            finally:
-                os.close(fd)
+            if durable_hash != content_hash:
+                fd = await asyncio.to_thread(os.open, tmp, os.O_RDWR)
+                try:
+                    if not await _matches(fd, chunks, {"content_hash": content_hash}):
+                        return False
+                    await asyncio.to_thread(os.fsync, fd)
+                finally:
+                    os.close(fd)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
             return True

@@ -102,3 +102,35 @@ def test_streams_are_compressed_when_they_shrink(parts: list[bytes], packed: boo
         assert len(body) < len(b"".join(parts)) / 4
         body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
     assert body == b"".join(parts)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [MIB] * 10,  # 10 MiB: blocks 0, 1 and a 2 MiB last one
+        [3 * MIB, 3 * MIB, 3 * MIB, MIB + 5],  # chunks straddling block boundaries
+        [9 * MIB],  # one chunk over three blocks
+        [256 * KIB] * 17,  # exactly a block and a bit
+    ],
+)
+def test_a_streamed_file_hashes_each_block_once_it_is_whole(sizes: list[int]) -> None:
+    """Whatever order chunks arrive in, each 4 MiB block is reported whole exactly once,
+    after its last byte is written (client/streaming.py hashes it then)."""
+    from client.streaming import Prefetch
+
+    job = Prefetch("f", "u", None, Path("/nowhere"), chunks=[("x", n) for n in sizes])
+    job.size = sum(sizes)
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    order = list(range(len(sizes)))
+    order = order[1::2] + order[::2]  # out of order, as parallel fetches land
+    reported: list[int] = []
+    for i in order:
+        whole = job.written(offsets[i], sizes[i])
+        for block in whole:  # whole only once every chunk covering it is in
+            start, stop = block * 4 * MIB, min((block + 1) * 4 * MIB, job.size)
+            covering = [
+                k for k in range(len(sizes)) if offsets[k] < stop and offsets[k] + sizes[k] > start
+            ]
+            assert all(k in order[: order.index(i) + 1] for k in covering)
+        reported += whole
+    assert sorted(reported) == list(range((job.size + 4 * MIB - 1) // (4 * MIB)))
