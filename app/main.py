@@ -30,6 +30,7 @@ from app.core.crypto import PasswordHashing
 from app.core.encoding import decompressing_bodies
 from app.core.errors import exception_handlers
 from app.core.headers import SecurityHeadersMiddleware, page_policy
+from app.dav.mount import DavMount, dav_route
 from app.db import connect
 from app.events.queue import JobQueue
 from app.events.routes import CredentialCheck, events_socket, read_events
@@ -64,6 +65,7 @@ def _bucket_origin(settings: Settings) -> list[str]:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    dav = DavMount(settings)
 
     async def on_startup(app: Litestar) -> None:
         failpoints.configure(settings.failpoints)
@@ -79,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.services = services_for(
             settings, app.state.store, app.state.feed, app.state.passwords
         )
+        dav.bind(app.state.services, app.state.store, app.state.passwords)
         finished = await finish_interrupted_writes()
         if finished:
             log.warning("completed %d write(s) interrupted by a crash", finished)
@@ -146,6 +149,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             api,
             blob_router(settings),
+            dav_route(dav),
             public_router(),
             account_router(),
             ui_router(),

@@ -20,6 +20,7 @@ from pymongo.monitoring import (
 
 from app.core.ratelimit import RateCounter
 from app.db.accounts import ApiToken, BrowserSession, User
+from app.db.dav import DavLock, DavProperties
 from app.db.events import Event, EventCounter
 from app.db.files import (
     ChunkMapPage,
@@ -48,6 +49,8 @@ DOCUMENT_MODELS = [
     SharedWithMe,
     ShareLink,
     RateCounter,
+    DavLock,
+    DavProperties,
 ]
 
 

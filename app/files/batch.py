@@ -52,7 +52,6 @@ from app.db.files import (
     ChunkMapPage,
     FileNode,
     FileVersion,
-    StoredChunk,
     chunk_map_page_ids,
 )
 from app.db.outbox import Change
@@ -73,7 +72,7 @@ from app.files.batch_schemas import (
     BatchUploadRequest,
 )
 from app.files.context import FilesContext
-from app.files.integrity import read_verified_chunk, record_stored_chunks, touch_chunks
+from app.files.integrity import read_verified_chunk
 from app.files.schemas import MoveRequest, UploadRequest
 from app.files.scope import (
     Caller,
@@ -239,7 +238,7 @@ class BatchService:
             if f.data is not None:
                 inline = self._inline(index, scope, path, f)
                 if inline.sha is not None:
-                    await self._store_chunks(scope, {inline.sha: inline.data})
+                    await self.uploads.store_chunks(scope, {inline.sha: inline.data})
             registered = await self.uploads.register_in(scope, path, req)
             if f.data is None or registered.missing:
                 return BatchFileResult(
@@ -255,23 +254,6 @@ class BatchService:
             return BatchFileResult(index=index, status="committed", file=committed)
         except CofferError as exc:
             return BatchFileResult(index=index, status="error", error=_error(exc))
-
-    async def _store_chunks(self, scope: Scope, chunks: dict[str, bytes]) -> set[str]:
-        """Write the chunks the owner does not hold yet; returns those GC is deleting."""
-        owner = scope.owner_id
-        await touch_chunks(owner, chunks)
-        have = {
-            doc["sha256"]
-            async for doc in StoredChunk.get_pymongo_collection().find(
-                {"_id": {"$in": [f"{owner}:{sha}" for sha in chunks]}, **match(state="stored")},
-                {"sha256": 1},
-            )
-        }
-        missing = {sha: data for sha, data in chunks.items() if sha not in have}
-        if not missing:
-            return set()
-        await self.store.put_many(owner, missing)
-        return await record_stored_chunks(owner, {sha: len(d) for sha, d in missing.items()})
 
     async def _commit_inline(
         self,
@@ -301,7 +283,7 @@ class BatchService:
         # The bytes go to disk (and are made durable) while the documents are prepared
         # and the invisible ones written; only then does any file's commit point come.
         storing = asyncio.create_task(
-            self._store_chunks(scope, {f.sha: f.data for f in new if f.sha})
+            self.uploads.store_chunks(scope, {f.sha: f.data for f in new if f.sha})
         )
         try:
             shares = await owner_shares(scope.owner_id)

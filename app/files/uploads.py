@@ -14,6 +14,7 @@ Nothing of an upload is visible before its commit.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from datetime import timedelta
@@ -26,7 +27,7 @@ from pymongo.errors import DuplicateKeyError
 from app.core import paths
 from app.core.clock import as_utc, epoch_ms, now
 from app.core.encoding import ZSTD
-from app.core.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from app.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
 from app.core.failpoints import failpoint
 from app.core.query import match
 from app.db.files import (
@@ -41,13 +42,14 @@ from app.db.files import (
 )
 from app.files.accounting import charge, check_quota, release
 from app.files.context import FilesContext
-from app.files.integrity import record_stored_chunk, touch_chunks
+from app.files.integrity import record_stored_chunk, record_stored_chunks, touch_chunks
 from app.files.recovery import finish_commit, finish_commit_tail
 from app.files.schemas import ChunkIn, FileOut, MissingChunk, UploadOut, UploadRequest
 from app.files.scope import Caller, Scope, node_by_path, open_node, reload, target_path
 from app.files.tree import FILES, TreeService, audience_of, change_of, new_node
 from app.files.verify import check_claim, settle_hash_at_commit, version_chunks
 from app.protocol import (
+    BLOCK_SIZE,
     FILE_CREATED,
     FILE_UPDATED,
     UPLOAD_STARTED,
@@ -114,9 +116,12 @@ class UploadService:
         scope, path = await target_path(caller, req.path, req.parent_id, req.name)
         return await self.register_in(scope, path, req)
 
-    async def register_in(self, scope: Scope, path: str, req: UploadRequest) -> UploadOut:
+    async def register_in(
+        self, scope: Scope, path: str, req: UploadRequest, *, started_ms: int | None = None
+    ) -> UploadOut:
         """Register an upload to `path` in a tree the caller was already found to be
-        allowed to write to (`scope`)."""
+        allowed to write to (`scope`). `started_ms`: when the server itself began storing
+        this upload's chunks (a streamed write), if before now."""
         if path == "/":
             raise BadRequest("cannot upload to the root folder itself", code="invalid_path")
         hashes = self.check_chunks(req.size, req.chunks)
@@ -160,7 +165,15 @@ class UploadService:
         resumed = session is not None
         if session is None:
             session = await self._new_session(
-                scope, node, path, req, hashes, file_hash, aligned=aligned, claim=claim
+                scope,
+                node,
+                path,
+                req,
+                hashes,
+                file_hash,
+                aligned=aligned,
+                claim=claim,
+                started_ms=started_ms,
             )
             if req.size >= self.settings.stream_min_bytes:
                 await self._announce(scope, node, path, session, file_hash if aligned else claim)
@@ -208,6 +221,24 @@ class UploadService:
         except Exception as exc:  # never fail an upload for a hint
             log.warning("could not announce upload %s: %s", session.id, exc)
 
+    async def store_chunks(self, scope: Scope, chunks: dict[str, bytes]) -> set[str]:
+        """Write chunks the server has in hand (a batch's inline files, a streamed write)
+        that the owner does not hold yet; returns those GC is deleting right now."""
+        owner = scope.owner_id
+        await touch_chunks(owner, chunks)
+        have = {
+            doc["sha256"]
+            async for doc in StoredChunk.get_pymongo_collection().find(
+                {"_id": {"$in": [f"{owner}:{sha}" for sha in chunks]}, **match(state="stored")},
+                {"sha256": 1},
+            )
+        }
+        missing = {sha: data for sha, data in chunks.items() if sha not in have}
+        if not missing:
+            return set()
+        await self.store.put_many(owner, missing)
+        return await record_stored_chunks(owner, {sha: len(d) for sha, d in missing.items()})
+
     @staticmethod
     def dedup_since(scope: Scope, session: UploadSession) -> int:
         """Which stored chunks an upload may skip: any of the owner's, for the owner; for
@@ -238,6 +269,7 @@ class UploadService:
         *,
         aligned: bool,
         claim: str | None,
+        started_ms: int | None = None,
     ) -> UploadSession:
         version = FileVersion(
             file_id=str(node.id),
@@ -285,7 +317,7 @@ class UploadService:
             device=scope.caller.device,
             uploader_id=scope.caller.user_id,
             created_at=t,
-            created_ms=epoch_ms(t),
+            created_ms=min(epoch_ms(t), started_ms or epoch_ms(t)),
             expires_at=t + timedelta(seconds=self.settings.upload_session_ttl_seconds),
         )
         await session.insert()
@@ -532,3 +564,55 @@ async def close_session(session: UploadSession) -> None:
         {"_id": session.id},
         {"$set": {"committed": True, "expires_at": now() + timedelta(hours=1)}},
     )
+
+
+class StreamedWrite:
+    """A file written as one stream of bytes (a WebDAV PUT): cut into 4 MiB chunks, each
+    hashed and stored as soon as it fills (memory: one chunk, whatever the file's size),
+    then committed as the file's next version when the stream ends, through the same
+    register and commit as every upload (dedup, quota, history, events). The chunks are
+    the content hash's blocks, so the hash is derived, never claimed. Abandoned before
+    `finish`, it leaves only unreferenced chunks, which garbage collection removes."""
+
+    def __init__(
+        self, uploads: UploadService, scope: Scope, path: str, base_version: int | None = None
+    ) -> None:
+        self.uploads = uploads
+        self.scope = scope
+        self.path = path
+        self.base_version = base_version
+        self.started_ms = epoch_ms(now())
+        self.buffer = bytearray()
+        self.chunks: list[ChunkIn] = []
+        self.size = 0
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= BLOCK_SIZE:
+            await self._store(bytes(self.buffer[:BLOCK_SIZE]))
+            del self.buffer[:BLOCK_SIZE]
+
+    async def _store(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > self.uploads.settings.max_file_size:
+            raise PayloadTooLarge("the file is larger than the server takes", code="too_large")
+        # Refused as early as it is known, not after 50 GB were stored.
+        check_quota(self.scope, 0, self.size + len(chunk))
+        sha = await asyncio.to_thread(lambda: hashlib.sha256(chunk).hexdigest())
+        if await self.uploads.store_chunks(self.scope, {sha: chunk}):
+            raise ServiceUnavailable("storage is busy; try again", code="retry")
+        self.chunks.append(ChunkIn(sha256=sha, size=len(chunk)))
+        self.size += len(chunk)
+
+    async def finish(self) -> FileOut:
+        """Store the rest and commit; the committed file (the head it already was, when
+        the bytes are the same)."""
+        if self.buffer:
+            await self._store(bytes(self.buffer))
+            self.buffer.clear()
+        req = UploadRequest(size=self.size, chunks=self.chunks, base_version=self.base_version)
+        registered = await self.uploads.register_in(
+            self.scope, self.path, req, started_ms=self.started_ms
+        )
+        if registered.missing:  # collected meanwhile (GC raced a chunk we skipped)
+            raise ServiceUnavailable("storage is busy; try again", code="retry")
+        return await self.uploads.commit_in(self.scope, registered.file_id, registered.upload_id)

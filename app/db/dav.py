@@ -1,0 +1,33 @@
+"""WebDAV's own state: locks (shared by every web instance, so a lock taken through one
+is honoured by all) and dead properties (stored per file, so they follow it on a move)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from beanie import Document
+from pymongo import ASCENDING, IndexModel
+
+
+class DavLock(Document):
+    """One WebDAV lock. `root` is the locked resource's reference URL (owner id + path
+    key: the same resource whoever reaches it); `expire` epoch seconds."""
+
+    id: str  # type: ignore[assignment]  # the lock token
+    root: str
+    expire: float
+    lock: dict[str, Any]
+
+    class Settings:
+        name = "dav_locks"
+        indexes = [IndexModel([("root", ASCENDING)])]
+
+
+class DavProperties(Document):
+    """A file's or folder's dead properties: {"{namespace}name": "<xml/>"}."""
+
+    id: str  # type: ignore[assignment]  # the file node's id
+    props: dict[str, str] = {}
+
+    class Settings:
+        name = "dav_properties"
