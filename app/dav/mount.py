@@ -39,7 +39,7 @@ from app.core.crypto import PasswordHashing
 from app.core.errors import TooManyRequests, Unauthorized, error_body
 from app.dav.bridge import LoopBridge
 from app.dav.locks import MongoLockStorage
-from app.dav.provider import BLOCK_SIZE, CofferProvider, DavRequest, dav_request
+from app.dav.provider import BLOCK_SIZE, CURRENT, CofferProvider, DavRequest, dav_request
 from app.db.accounts import User
 from app.files.scope import Caller
 from app.settings import Settings
@@ -57,6 +57,7 @@ class CofferIdentity(BaseMiddleware):
     """Tells wsgidav who was authenticated (lock owners are users)."""
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        CURRENT.environ = environ
         environ["wsgidav.auth.user_name"] = dav_request(environ).caller.user.username
         environ["wsgidav.auth.realm"] = REALM
         return self.next_app(environ, start_response)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import mimetypes
 import shutil
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -31,6 +33,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 
+from app.acl.access import resolve_access
 from app.core import paths
 from app.core.errors import CofferError
 from app.core.http import ByteRange
@@ -40,7 +43,15 @@ from app.db.dav import DavProperties
 from app.db.files import FileNode, FileVersion
 from app.files.reads import stream_content
 from app.files.schemas import ChunkIn, UploadRequest
-from app.files.scope import Caller, Scope, node_by_path, own_scope, reload
+from app.files.scope import (
+    Caller,
+    Scope,
+    node_by_path,
+    open_node,
+    own_scope,
+    parse_id,
+    reload,
+)
 from app.files.uploads import StreamedWrite
 from app.files.verify import version_chunks
 from app.settings import Settings
@@ -93,47 +104,121 @@ class CofferProvider(DAVProvider):
             raise dav_error(exc) from exc
 
     def ref_url_to_path(self, ref_url: str) -> str:
-        """The path of a lock's root (a reference URL, see `get_ref_url`), as the owner's
-        tree has it (in its own case)."""
+        """The caller's path of a lock's root (a reference URL, see `get_ref_url`)."""
         owner_id, _, key = unquote(ref_url).lstrip("/").partition("/")
         key = "/" + key.rstrip("/")
-        if key == "/":
-            return "/"
-        node = self.bridge.run(node_by_path(owner_id, key))
-        return node.path if node is not None else key
+        environ = getattr(CURRENT, "environ", None)
+        if environ is None:
+            return key
+        return self.run(dav_path_of(dav_request(environ), owner_id, key))
 
     def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
         self._count_get_resource_inst += 1
         return self.run(self.resource_at(path, environ))
 
     async def resource_at(self, path: str, environ: dict[str, Any]) -> Any:
-        request = dav_request(environ)
-        scope = own_scope(request.caller)
         try:
-            tree_path = paths.normalize_path(path or "/")
+            place = await place_of(dav_request(environ), path)
         except CofferError:
-            return None  # a name Coffer never stores: nothing is there
-        if tree_path == "/":
-            return Folder(path or "/", environ, self, scope, None)
-        node = await node_by_path(scope.owner_id, tree_path)
-        if node is None or not node.committed or node.deleted_at is not None:
+            return None  # a name Coffer never stores, or nothing the caller may see
+        if place is None:
             return None
-        return resource_of(path, environ, self, scope, node)
+        if place.shared_root:
+            return SharedRoot(path, environ, self, place)
+        if place.node is None and place.tree_path != "/":
+            return None
+        if place.node is not None and place.node.kind == "file":
+            return File(path, environ, self, place)
+        return Folder(path, environ, self, place)
+
+    def place(self, path: str, environ: dict[str, Any]) -> Place:
+        """Where a path a client names (e.g. a Destination) lands, existing or not."""
+        try:
+            place = self.run(place_of(dav_request(environ), path))
+        except DAVError:
+            raise
+        if place is None or place.shared_root:
+            raise DAVError(HTTP_FORBIDDEN, context_info="nothing can be created there")
+        return place
 
 
-def resource_of(
-    path: str, environ: dict[str, Any], provider: CofferProvider, scope: Scope, node: FileNode
-) -> Folder | File:
-    if node.kind == "folder":
-        return Folder(path, environ, provider, scope, node)
-    return File(path, environ, provider, scope, node)
+# The request a wsgidav thread is serving (each request runs in one thread), for the few
+# wsgidav hooks that are not given it.
+CURRENT = threading.local()
+
+SHARED = "Shared with me"
 
 
-def tree_path_of(dav_path: str) -> str:
-    try:
-        return paths.normalize_path(dav_path)
-    except CofferError as exc:
-        raise dav_error(exc) from exc
+@dataclass(frozen=True)
+class Place:
+    """Where a DAV path lands: a tree (its scope, with the caller's role), the path in
+    the owner's tree, and the node there if any. `shared_root`: the virtual folder that
+    lists what others shared with the caller."""
+
+    scope: Scope
+    tree_path: str
+    node: FileNode | None
+    shared_root: bool = False
+
+    def child(self, name: str) -> str:
+        """The owner-tree path of a new item called `name` here."""
+        try:
+            return paths.join(self.tree_path, paths.validate_name(name))
+        except CofferError as exc:
+            raise dav_error(exc) from exc
+
+
+async def shared_roots(request: DavRequest) -> dict[str, tuple[str, str]]:
+    """What was shared with the caller, by the name it has under "Shared with me"
+    (casefolded) -> (shown name, file id); two shares of the same name are told apart by
+    their owner."""
+    items = await request.services.sharing.shared_with_me(request.caller)
+    counts = Counter(i.name.casefold() for i in items)
+    roots: dict[str, tuple[str, str]] = {}
+    for item in items:
+        name = item.name if counts[item.name.casefold()] == 1 else f"{item.name} ({item.owner})"
+        roots.setdefault(name.casefold(), (name, item.id))
+    return roots
+
+
+async def place_of(request: DavRequest, dav_path: str) -> Place | None:
+    own = own_scope(request.caller)
+    segments = [s for s in (dav_path or "/").split("/") if s]
+    if not segments:
+        return Place(own, "/", None)
+    if segments[0].casefold() != SHARED.casefold():
+        tree_path = paths.normalize_path("/" + "/".join(segments))
+        node = await node_by_path(own.owner_id, tree_path)
+        if node is not None and (not node.committed or node.deleted_at is not None):
+            node = None
+        return Place(own, tree_path, node)
+    if len(segments) == 1:
+        return Place(own, "/", None, shared_root=True)
+    root = (await shared_roots(request)).get(segments[1].casefold())
+    if root is None:
+        return None
+    scope, node = await open_node(request.caller, root[1])
+    tree_path = paths.normalize_path("/".join([node.path, *segments[2:]]))
+    if len(segments) == 2:
+        return Place(scope, tree_path, node)
+    inner = await node_by_path(scope.owner_id, tree_path)
+    if inner is None or not inner.committed or inner.deleted_at is not None:
+        return Place(scope, tree_path, None)
+    access = await resolve_access(request.caller.user_id, inner)
+    return Place(scope.with_access(access or scope.access), tree_path, inner)
+
+
+async def dav_path_of(request: DavRequest, owner_id: str, key: str) -> str:
+    """The caller's DAV path of an item of `owner_id`'s tree at path key `key`."""
+    node = await node_by_path(owner_id, key) if key != "/" else None
+    path = node.path if node is not None else key
+    if owner_id == request.caller.user_id:
+        return path
+    for name, file_id in (await shared_roots(request)).values():
+        root = await FileNode.get(parse_id(file_id))
+        if root is not None and root.owner_id == owner_id and paths.within(key, root.path_key):
+            return f"/{SHARED}/{name}" + path[len(root.path) :]
+    return path
 
 
 class CofferResource:
@@ -142,11 +227,19 @@ class CofferResource:
     provider: CofferProvider
     environ: dict[str, Any]
     path: str
-    scope: Scope
-    node: FileNode | None
+    place: Place
+    is_collection: bool
 
     def run(self, coro: Any) -> Any:
         return self.provider.run(coro)
+
+    @property
+    def scope(self) -> Scope:
+        return self.place.scope
+
+    @property
+    def node(self) -> FileNode | None:
+        return self.place.node
 
     @property
     def request(self) -> DavRequest:
@@ -158,9 +251,8 @@ class CofferResource:
 
     def get_ref_url(self) -> str:
         """The resource's key for locks: the owner and the case-folded path, the same
-        resource whatever case or route a client uses to reach it."""
-        key = self.node.path_key if self.node is not None else "/"
-        ref = quote(f"/{self.scope.owner_id}{key}".rstrip("/"))
+        resource whatever case or route (own tree, "Shared with me") reaches it."""
+        ref = quote(f"/{self.scope.owner_id}{paths.path_key(self.place.tree_path)}".rstrip("/"))
         return ref + "/" if self.is_collection else ref
 
     def get_creation_date(self) -> float | None:
@@ -175,6 +267,30 @@ class CofferResource:
     def check_writable(self) -> None:
         if not self.scope.access.can_write:
             raise DAVError(HTTP_FORBIDDEN, context_info="shared with you to view only")
+
+    def check_detachable(self, what: str) -> None:
+        """Rename, move or delete: needs write access on the parent too, and never the
+        root of a share (app/acl/access.py `can_detach`)."""
+        if self.node is None:
+            raise DAVError(HTTP_FORBIDDEN, context_info=f"cannot {what} this folder")
+        try:
+            self.scope.check_detach(what)
+        except CofferError as exc:
+            raise dav_error(exc) from exc
+
+    def check_locks(self) -> None:
+        """423 if this item or anything under it is locked by someone else's token."""
+        locks = self.provider.lock_manager
+        if locks is None:
+            return
+        if "wsgidav.conditions.if" not in self.environ:
+            util.parse_if_header_dict(self.environ)
+        locks.check_write_permission(
+            url=self.get_ref_url(),
+            depth="infinity",
+            token_list=self.environ["wsgidav.ifLockTokenList"],
+            principal=self.environ["wsgidav.user_name"],
+        )
 
     # -- dead properties, by file id ------------------------------------------------
 
@@ -232,30 +348,27 @@ class CofferResource:
     # -- moves and deletes --------------------------------------------------------
 
     def support_recursive_move(self, dest_path: str) -> bool:
-        return self.node is not None
+        """A move within one owner's tree is one move; across owners (your files into a
+        share, or out of one) it is a copy and a delete, which wsgidav walks."""
+        if self.node is None:
+            return False
+        return self.provider.place(dest_path, self.environ).scope.owner_id == self.scope.owner_id
 
     def move_recursive(self, dest_path: str) -> None:
         assert self.node is not None
-        self.check_writable()
-        self.run(self.services.tree.move_node(self.scope, self.node, tree_path_of(dest_path)))
+        self.check_detachable("move")
+        dest = self.provider.place(dest_path, self.environ)
+        if not dest.scope.access.can_write:
+            raise DAVError(HTTP_FORBIDDEN, context_info="the destination is view only")
+        self.run(self.services.tree.move_node(self.scope, self.node, dest.tree_path))
 
     def handle_delete(self) -> bool:
         """Trash the item (a folder with everything in it, at once)."""
-        if self.node is None:
-            raise DAVError(HTTP_FORBIDDEN, context_info="the root cannot be deleted")
-        self.check_writable()
+        self.check_detachable("delete")
+        assert self.node is not None
         # wsgidav checked the parent's locks; this one's and (a folder's) everything
-        # inside it are checked here, since the whole subtree goes at once (423 Locked).
-        locks = self.provider.lock_manager
-        if locks is not None:
-            if "wsgidav.conditions.if" not in self.environ:
-                util.parse_if_header_dict(self.environ)
-            locks.check_write_permission(
-                url=self.get_ref_url(),
-                depth="infinity",
-                token_list=self.environ["wsgidav.ifLockTokenList"],
-                principal=self.environ["wsgidav.user_name"],
-            )
+        # inside it are checked here, since the whole subtree goes at once.
+        self.check_locks()
         self.run(self.services.tree.trash_node(self.scope, self.node))
         return True
 
@@ -270,23 +383,14 @@ def _field(name: str) -> str:
 
 class Folder(CofferResource, DAVCollection):
     def __init__(
-        self,
-        path: str,
-        environ: dict[str, Any],
-        provider: CofferProvider,
-        scope: Scope,
-        node: FileNode | None,
+        self, path: str, environ: dict[str, Any], provider: CofferProvider, place: Place
     ) -> None:
         DAVCollection.__init__(self, path, environ)
         self.provider = provider
-        self.scope = scope
-        self.node = node  # None: the root
+        self.place = place  # node None: the root of the caller's own tree
 
     def get_etag(self) -> None:
         return None
-
-    def get_display_name(self) -> str:
-        return self.node.name if self.node is not None else ""
 
     def get_used_bytes(self) -> int:
         return self.scope.owner.usage_bytes
@@ -302,19 +406,32 @@ class Folder(CofferResource, DAVCollection):
         query = match(
             owner_id=self.scope.owner_id, parent_id=parent_id, deleted_at=None, committed=True
         )
-        return await FileNode.find(query).sort("+name_key").to_list()
+        children = await FileNode.find(query).sort("+name_key").to_list()
+        if self.node is None:  # the own root: "Shared with me" is the virtual folder
+            children = [c for c in children if c.name_key != SHARED.casefold()]
+        return children
+
+    def _member(self, node: FileNode) -> Folder | File:
+        path = self.path.rstrip("/") + "/" + node.name
+        # A child has the folder's role (a grant on the child itself is found when it
+        # is opened on its own, as every write does).
+        access = replace(self.scope.access, parent_role=self.scope.access.role, granted_here=False)
+        place = Place(self.scope.with_access(access), node.path, node)
+        if node.kind == "folder":
+            return Folder(path, self.environ, self.provider, place)
+        return File(path, self.environ, self.provider, place)
 
     def get_member_names(self) -> list[str]:
-        return [n.name for n in self.run(self._children())]
+        names = [n.name for n in self.run(self._children())]
+        return [SHARED, *names] if self.node is None else names
 
-    def get_member_list(self) -> list[Folder | File]:
+    def get_member_list(self) -> list[Any]:
         """All children from one query (not one lookup per name)."""
-        return [
-            resource_of(
-                self.path.rstrip("/") + "/" + n.name, self.environ, self.provider, self.scope, n
-            )
-            for n in self.run(self._children())
-        ]
+        members: list[Any] = [self._member(n) for n in self.run(self._children())]
+        if self.node is None:
+            shared = self.path.rstrip("/") + "/" + SHARED
+            members.insert(0, SharedRoot(shared, self.environ, self.provider, self.place))
+        return members
 
     def get_member(self, name: str) -> Any:
         return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
@@ -322,41 +439,86 @@ class Folder(CofferResource, DAVCollection):
     def create_empty_resource(self, name: str) -> File:
         self.check_writable()
         path = self.path.rstrip("/") + "/" + name
-        tree_path = tree_path_of(path)
+        place = Place(self.scope, self.place.child(name), None)
         if self.environ.get("REQUEST_METHOD") == "PUT":
-            return File(path, self.environ, self.provider, self.scope, None, tree_path)
+            return File(path, self.environ, self.provider, place)
         # LOCK on a name that does not exist yet makes it an empty file.
-        streamed = StreamedWrite(self.services.uploads, self.scope, tree_path)
-        self.run(streamed.finish())
+        self.run(StreamedWrite(self.services.uploads, self.scope, place.tree_path).finish())
         return self.provider.get_resource_inst(path, self.environ)
 
     def create_collection(self, name: str) -> None:
         self.check_writable()
-        self.run(self.services.tree.ensure_folder(self.scope, tree_path_of(self.path + "/" + name)))
+        self.run(self.services.tree.ensure_folder(self.scope, self.place.child(name)))
 
     def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
         """The folder itself, without its members (wsgidav walks them)."""
-        self.check_writable()
-        made = self.run(self.services.tree.ensure_folder(self.scope, tree_path_of(dest_path)))
+        dest = self.provider.place(dest_path, self.environ)
+        if not dest.scope.access.can_write:
+            raise DAVError(HTTP_FORBIDDEN, context_info="the destination is view only")
+        made = self.run(self.services.tree.ensure_folder(dest.scope, dest.tree_path))
         if made is not None:
             self.copy_properties_to(made)
 
 
+class SharedRoot(DAVCollection):
+    """ "Shared with me": one folder per item others shared with the caller, with the
+    caller's role there. Nothing can be created, moved or deleted at this level."""
+
+    def __init__(
+        self, path: str, environ: dict[str, Any], provider: CofferProvider, place: Place
+    ) -> None:
+        super().__init__(path, environ)
+        self.provider = provider
+        self.place = place
+
+    def get_ref_url(self) -> str:
+        return quote(f"/{self.place.scope.caller.user_id}/.shared") + "/"
+
+    def get_display_name(self) -> str:
+        return SHARED
+
+    def get_etag(self) -> None:
+        return None
+
+    def get_creation_date(self) -> None:
+        return None
+
+    def get_last_modified(self) -> None:
+        return None
+
+    def prevent_locking(self) -> bool:
+        return True
+
+    def get_member_names(self) -> list[str]:
+        roots = self.provider.run(shared_roots(dav_request(self.environ)))
+        return [name for name, _ in roots.values()]
+
+    def get_member(self, name: str) -> Any:
+        return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
+
+    def create_empty_resource(self, name: str) -> Any:
+        raise DAVError(HTTP_FORBIDDEN, context_info="nothing can be added here")
+
+    def create_collection(self, name: str) -> None:
+        raise DAVError(HTTP_FORBIDDEN, context_info="nothing can be added here")
+
+    def handle_delete(self) -> bool:
+        raise DAVError(HTTP_FORBIDDEN, context_info="this folder cannot be deleted")
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return False
+
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        raise DAVError(HTTP_FORBIDDEN, context_info="this folder cannot be copied or moved")
+
+
 class File(CofferResource, DAVNonCollection):
     def __init__(
-        self,
-        path: str,
-        environ: dict[str, Any],
-        provider: CofferProvider,
-        scope: Scope,
-        node: FileNode | None,
-        new_path: str | None = None,
+        self, path: str, environ: dict[str, Any], provider: CofferProvider, place: Place
     ) -> None:
         DAVNonCollection.__init__(self, path, environ)
         self.provider = provider
-        self.scope = scope
-        self.node = node  # None: a PUT is about to create it at `new_path`
-        self.new_path = new_path
+        self.place = place  # node None: a PUT is about to create it
         self.writer: DavWriter | None = None
 
     def get_content_length(self) -> int:
@@ -383,11 +545,8 @@ class File(CofferResource, DAVNonCollection):
 
     def begin_write(self, *, content_type: str | None = None) -> DavWriter:
         self.check_writable()
-        path = self.node.path if self.node is not None else self.new_path
-        assert path is not None
-        self.writer = DavWriter(
-            self.provider, StreamedWrite(self.services.uploads, self.scope, path)
-        )
+        streamed = StreamedWrite(self.services.uploads, self.scope, self.place.tree_path)
+        self.writer = DavWriter(self.provider, streamed)
         return self.writer
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -396,29 +555,41 @@ class File(CofferResource, DAVNonCollection):
         if writer is None or with_errors:
             return
         out = self.run(writer.streamed.finish())
-        self.node = self.run(reload(self.scope, out.id))
+        node = self.run(reload(self.scope, out.id))
+        self.place = replace(self.place, node=node)
 
     def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
-        """A copy by chunk reference: the same chunks, a new file (no bytes move)."""
+        """Within one owner's tree a copy takes the same chunks (no bytes move); into
+        another owner's tree the bytes are streamed over (chunks are kept per owner)."""
         assert self.node is not None
-        self.check_writable()
-        copied = self.run(self._copy_to(tree_path_of(dest_path)))
+        dest = self.provider.place(dest_path, self.environ)
+        if not dest.scope.access.can_write:
+            raise DAVError(HTTP_FORBIDDEN, context_info="the destination is view only")
+        copied = self.run(self._copy_to(dest))
         self.copy_properties_to(copied)
 
-    async def _copy_to(self, dest: str) -> FileNode:
+    async def _copy_to(self, dest: Place) -> FileNode:
         assert self.node is not None
         version = await FileVersion.get(self.node.head_version_id)
         if version is None:
             raise DAVError(HTTP_NOT_FOUND)
+        uploads = self.services.uploads
+        if dest.scope.owner_id != self.scope.owner_id:
+            streamed = StreamedWrite(uploads, dest.scope, dest.tree_path)
+            async for piece in stream_content(
+                self.request.store, version, ByteRange(0, max(0, version.size - 1))
+            ):
+                await streamed.write(piece)
+            out = await streamed.finish()
+            return await reload(dest.scope, out.id)
         chunks = [ChunkIn(sha256=sha, size=size) for sha, size in await version_chunks(version)]
         req = UploadRequest(size=version.size, chunks=chunks, content_hash=version.content_hash)
-        uploads = self.services.uploads
-        # started_ms=0: these chunks are the owner's, read by a caller who may read them.
-        registered = await uploads.register_in(self.scope, dest, req, started_ms=0)
+        # started_ms=0: the chunks are the owner's, copied for a caller who may read them.
+        registered = await uploads.register_in(dest.scope, dest.tree_path, req, started_ms=0)
         if registered.missing:
             raise DAVError(HTTP_CONFLICT, context_info="the source's data is incomplete")
-        out = await uploads.commit_in(self.scope, registered.file_id, registered.upload_id)
-        return await reload(self.scope, out.id)
+        out = await uploads.commit_in(dest.scope, registered.file_id, registered.upload_id)
+        return await reload(dest.scope, out.id)
 
 
 class DavWriter:

@@ -317,7 +317,7 @@ class UploadService:
             device=scope.caller.device,
             uploader_id=scope.caller.user_id,
             created_at=t,
-            created_ms=min(epoch_ms(t), started_ms or epoch_ms(t)),
+            created_ms=epoch_ms(t) if started_ms is None else min(epoch_ms(t), started_ms),
             expires_at=t + timedelta(seconds=self.settings.upload_session_ttl_seconds),
         )
         await session.insert()
