@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint e2e-deps clean
+.PHONY: run test bench lint e2e-deps dav-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ e2e-deps:
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) e2e-deps
+# The WebDAV compliance suite (tests/test_dav.py runs it against /dav/).
+dav-deps:
+	@command -v litmus >/dev/null 2>&1 || { \
+	  echo "installing Debian litmus for the WebDAV tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq litmus >/dev/null; }
+
+test: $(STAMP) e2e-deps dav-deps
 	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from a2wsgi import WSGIMiddleware
 from litestar import asgi
@@ -51,6 +52,7 @@ log = logging.getLogger("coffer.dav")
 MOUNT = "/dav"
 REALM = "Coffer"
 PASSWORD_MEMORY_SECONDS = 60.0
+XML_BODY_MAX = 1024 * 1024  # PROPFIND, PROPPATCH, LOCK bodies
 
 
 class CofferIdentity(BaseMiddleware):
@@ -113,6 +115,10 @@ class DavMount:
             message = "sign in with your username and a device token or your password"
             await _answer(send, 401, "unauthorized", message, challenge)
             return
+        refused = _refused(scope)
+        if refused is not None:
+            await _answer(send, *refused, {})
+            return
         scope["coffer.dav"] = DavRequest(caller, self.services, self.store, self.settings)  # type: ignore[typeddict-unknown-key]
         await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
 
@@ -158,6 +164,32 @@ class DavMount:
             time.monotonic() + PASSWORD_MEMORY_SECONDS,
         )
         return user
+
+
+def _refused(scope: Scope) -> tuple[int, str, str] | None:
+    """Requests refused before wsgidav sees them: `.`/`..` path segments (after decoding:
+    nothing may climb out of a folder, whatever wsgidav would make of it); requests
+    whose cost has no bound: an XML body wsgidav would read whole (anything
+    but a PUT over XML_BODY_MAX, or of unknown length), and PROPFIND of a whole subtree
+    (`Depth: infinity`, also the default without a Depth header; RFC 4918 lets a server
+    refuse it)."""
+    headers = dict(scope.get("headers") or [])
+    method = scope["method"].upper()
+    destination = urlsplit(headers.get(b"destination", b"").decode("latin-1")).path
+    for path in (scope.get("path", ""), unquote(destination)):
+        if any(segment in (".", "..") for segment in path.split("/")):
+            return 400, "invalid_path", "paths may not hold '.' or '..' segments"
+    if method != "PUT":
+        length = headers.get(b"content-length")
+        if length is None and b"transfer-encoding" in headers:
+            return 411, "length_required", "send a Content-Length with the body"
+        if length is not None and (not length.isdigit() or int(length) > XML_BODY_MAX):
+            return 413, "too_large", f"request bodies of at most {XML_BODY_MAX} bytes"
+    if method == "PROPFIND":
+        depth = headers.get(b"depth", b"infinity").strip().lower()
+        if depth not in (b"0", b"1"):
+            return 403, "propfind_finite_depth", "PROPFIND with Depth 0 or 1"
+    return None
 
 
 def _base_url(scope: Scope) -> str:

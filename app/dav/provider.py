@@ -305,6 +305,8 @@ class CofferResource:
         return names + [n for n in self._props() if n not in names]
 
     def get_property_value(self, name: str) -> Any:
+        if name == "{DAV:}getetag" and self.get_etag() is not None:
+            return f'"{self.get_etag()}"'  # an entity tag, quoted as in the ETag header
         try:
             return super().get_property_value(name)  # type: ignore[misc]
         except DAVError as exc:
@@ -340,8 +342,8 @@ class CofferResource:
         if props:
             stored = {_field(name): value for name, value in props.items()}
             self.run(
-                DavProperties.get_pymongo_collection().replace_one(
-                    {"_id": str(target.id)}, {"props": stored}, upsert=True
+                DavProperties.get_pymongo_collection().update_one(
+                    {"_id": str(target.id)}, {"$set": {"props": stored}}, upsert=True
                 )
             )
 

@@ -120,8 +120,9 @@ class UploadService:
         self, scope: Scope, path: str, req: UploadRequest, *, started_ms: int | None = None
     ) -> UploadOut:
         """Register an upload to `path` in a tree the caller was already found to be
-        allowed to write to (`scope`). `started_ms`: when the server itself began storing
-        this upload's chunks (a streamed write), if before now."""
+        allowed to write to (`scope`). `started_ms`: the server itself already stored this
+        upload's chunks, beginning then (a streamed write, a copy); the commit follows at
+        once, so nobody is told that it started."""
         if path == "/":
             raise BadRequest("cannot upload to the root folder itself", code="invalid_path")
         hashes = self.check_chunks(req.size, req.chunks)
@@ -175,7 +176,7 @@ class UploadService:
                 claim=claim,
                 started_ms=started_ms,
             )
-            if req.size >= self.settings.stream_min_bytes:
+            if req.size >= self.settings.stream_min_bytes and started_ms is None:
                 await self._announce(scope, node, path, session, file_hash if aligned else claim)
         else:
             if session.base_version != req.base_version:

@@ -1,0 +1,252 @@
+"""WebDAV at /dav/ against the real stack: the litmus compliance suite, and what a user
+of Finder, rclone or davfs2 relies on (versions, the feed, roles, credentials, bad input)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from xml.etree import ElementTree
+
+import httpx
+import pytest
+
+from tests.conftest import User, content_hash
+from tests.test_sharing import events, share, shared_items, wait_for
+
+MIB = 1024 * 1024
+DAV = "{DAV:}"
+
+
+def dav(user: User, password: str | None = None) -> httpx.Client:
+    """A WebDAV client of `user`, signed in with the password or a device token."""
+    return httpx.Client(
+        base_url=f"{user.base_url}/dav",
+        auth=(user.username, password or user.password),
+        timeout=60,
+    )
+
+
+def listing(user: User, path: str) -> list[dict]:
+    return user.http.get("/api/file", params={"path": path}).json()["items"]
+
+
+def propfind(client: httpx.Client, path: str, depth: str = "1") -> dict[str, dict[str, str]]:
+    """href -> {property local name: text} for a PROPFIND answer."""
+    r = client.request("PROPFIND", path, headers={"Depth": depth})
+    assert r.status_code == 207, r.text
+    out = {}
+    for response in ElementTree.fromstring(r.content).iter(f"{DAV}response"):
+        href = response.findtext(f"{DAV}href")
+        props = {}
+        for prop in response.iter(f"{DAV}prop"):
+            for el in prop:
+                props[el.tag.split("}")[-1]] = (el.text or "").strip()
+        out[href] = props
+    return out
+
+
+def test_litmus_passes_every_suite(alice: User) -> None:
+    assert shutil.which("litmus"), "make test installs Debian's litmus"
+    with dav(alice) as client:
+        assert client.request("MKCOL", "/litmus").status_code == 201
+    with tempfile.TemporaryDirectory() as work:
+        done = subprocess.run(
+            ["litmus", f"{alice.base_url}/dav/litmus/", alice.username, alice.password],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            cwd=work,
+            env={"PATH": os.environ["PATH"], "TESTS": "basic copymove props locks http"},
+            timeout=300,
+        )
+    summaries = [line for line in done.stdout.splitlines() if line.startswith("<- summary")]
+    assert len(summaries) == 5, done.stdout[-3000:]
+    failed = [line for line in done.stdout.splitlines() if "FAIL" in line]
+    assert failed == [], "\n".join(failed)
+    assert all("100.0%" in line for line in summaries), "\n".join(summaries)
+
+
+def test_a_put_is_a_version_with_history_and_reaches_the_feed(alice: User) -> None:
+    cursor = alice.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
+    first, second = os.urandom(9 * MIB), os.urandom(MIB)
+    with dav(alice) as client:
+        assert client.request("MKCOL", "/Docs").status_code == 201
+        put = client.put("/Docs/report.bin", content=first)
+        assert put.status_code == 201
+        assert put.headers["etag"] == f'"{content_hash(first)}"'  # the API's content hash
+        assert client.put("/Docs/report.bin", content=first).status_code == 204  # same bytes
+        assert client.put("/Docs/report.bin", content=second).status_code == 204
+        got = client.get("/Docs/report.bin")
+        assert got.content == second and got.headers["etag"] == f'"{content_hash(second)}"'
+        assert (
+            client.get("/Docs/report.bin", headers={"Range": "bytes=10-19"}).content
+            == (second[10:20])
+        )
+        props = propfind(client, "/Docs/", "1")["/dav/Docs/report.bin"]
+        assert props["getcontentlength"] == str(len(second))
+        assert props["getetag"] == f'"{content_hash(second)}"'
+    listed = alice.http.get("/api/file", params={"path": "/Docs"}).json()["items"]
+    (item,) = listed
+    assert (item["name"], item["version"], item["size"]) == ("report.bin", 2, len(second))
+    versions = alice.http.get(f"/api/file/{item['id']}/versions").json()
+    assert [v["size"] for v in versions] == [len(second), len(first)]
+    seen = [(e["type"], e["path"]) for e in events(alice, cursor)]
+    assert seen == [
+        ("file.created", "/Docs"),
+        ("file.created", "/Docs/report.bin"),
+        ("file.updated", "/Docs/report.bin"),
+    ]
+
+
+def test_move_keeps_the_file_and_copy_shares_its_chunks(alice: User) -> None:
+    data = os.urandom(5 * MIB)
+    with dav(alice) as client:
+        client.put("/draft.bin", content=data)
+        original = alice.http.get("/api/file", params={"path": "/"}).json()["items"][0]
+        r = client.request(
+            "PROPPATCH",
+            "/draft.bin",
+            content=(
+                '<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:x">'
+                "<D:set><D:prop><Z:colour>blue</Z:colour></D:prop></D:set></D:propertyupdate>"
+            ),
+        )
+        assert r.status_code == 207
+        dest = f"{alice.base_url}/dav/final.bin"
+        assert (
+            client.request("MOVE", "/draft.bin", headers={"Destination": dest}).status_code == 201
+        )
+        copy = f"{alice.base_url}/dav/copy.bin"
+        assert (
+            client.request("COPY", "/final.bin", headers={"Destination": copy}).status_code == 201
+        )
+        r = client.request(
+            "PROPFIND",
+            "/copy.bin",
+            headers={"Depth": "0"},
+            content='<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:Z="urn:x">'
+            "<D:prop><Z:colour/></D:prop></D:propfind>",
+        )
+        assert b"blue" in r.content  # the dead property went along with the move and copy
+    items = {
+        i["name"]: i for i in alice.http.get("/api/file", params={"path": "/"}).json()["items"]
+    }
+    assert items["final.bin"]["id"] == original["id"]  # moved, not copied
+    assert items["copy.bin"]["id"] != original["id"]
+
+    def chunks(file_id: str) -> list[str]:
+        return [c["sha256"] for c in alice.http.get(f"/api/file/{file_id}").json()["chunks"]]
+
+    assert chunks(items["copy.bin"]["id"]) == chunks(original["id"])  # no bytes copied
+
+
+def test_roles_hold_over_webdav(alice: User, bob: User) -> None:
+    carol = User(alice.base_url)
+    folder = alice.http.post("/api/folder", json={"path": "/Team"}).json()
+    alice.upload("/Team/plan.txt", b"the plan")
+    assert share(alice, folder["id"], bob.username, "viewer").status_code in (200, 201)
+    assert wait_for(lambda: shared_items(bob))
+    with dav(bob) as client:
+        listing = propfind(client, "/Shared%20with%20me/", "1")
+        assert "/dav/Shared%20with%20me/Team/" in listing
+        assert client.get("/Shared with me/Team/plan.txt").content == b"the plan"
+        assert client.put("/Shared with me/Team/new.txt", content=b"x").status_code == 403
+        assert client.delete("/Shared with me/Team/plan.txt").status_code == 403
+        assert client.request("MKCOL", "/Shared with me/Team/sub").status_code == 403
+    with dav(carol) as client:  # a stranger sees nothing
+        assert client.get("/Shared with me/Team/plan.txt").status_code == 404
+    share(alice, folder["id"], bob.username, "editor")
+    with dav(bob) as client:
+        put = client.put("/Shared with me/Team/notes.txt", content=b"from bob")
+        assert put.status_code == 201
+        assert client.delete("/Shared with me/Team").status_code == 403  # not the share root
+    assert alice.http.get("/api/file", params={"path": "/Team"}).status_code == 200
+    names = [
+        i["name"] for i in alice.http.get("/api/file", params={"path": "/Team"}).json()["items"]
+    ]
+    assert names == ["notes.txt", "plan.txt"]
+
+
+def test_who_may_sign_in(alice: User, bob: User) -> None:
+    anonymous = httpx.request("PROPFIND", f"{alice.base_url}/dav/", headers={"Depth": "0"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Basic ")
+    with dav(alice, password=alice.token) as client:  # a device token as app password
+        assert client.request("PROPFIND", "/", headers={"Depth": "0"}).status_code == 207
+    with httpx.Client(auth=(bob.username, alice.token)) as other:  # someone else's token
+        r = other.request("PROPFIND", f"{alice.base_url}/dav/", headers={"Depth": "0"})
+        assert r.status_code == 401
+    codes = []
+    for _ in range(12):
+        with dav(bob, password="wrong password") as client:
+            codes.append(client.request("PROPFIND", "/", headers={"Depth": "0"}).status_code)
+    assert set(codes[:10]) == {401} and codes[-1] == 429  # the login throttle
+    token = alice.http.post(
+        "/api/auth/token",
+        json={"username": alice.username, "password": alice.password, "device_name": "nas"},
+    ).json()["token"]
+    with dav(alice, password=token) as client:
+        assert client.request("PROPFIND", "/", headers={"Depth": "0"}).status_code == 207
+        revoke = httpx.delete(
+            f"{alice.base_url}/api/auth/token", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert revoke.status_code in (200, 204)
+        assert client.request("PROPFIND", "/", headers={"Depth": "0"}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # billion laughs
+        '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+        '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">'
+        '<!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]>'
+        '<D:propfind xmlns:D="DAV:"><D:prop><D:displayname>&d;</D:displayname></D:prop>'
+        "</D:propfind>",
+        # an external entity
+        '<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        '<D:propfind xmlns:D="DAV:"><D:prop><D:displayname>&x;</D:displayname></D:prop>'
+        "</D:propfind>",
+        "<not xml",
+    ],
+)
+def test_hostile_xml_is_refused(alice: User, body: str) -> None:
+    with dav(alice) as client:
+        r = client.request("PROPFIND", "/", headers={"Depth": "0"}, content=body)
+    assert 400 <= r.status_code < 500
+    assert b"root:" not in r.content
+
+
+def test_bad_paths_and_unbounded_requests_change_nothing(alice: User, tmp_path: Path) -> None:
+    with dav(alice) as client:
+        client.request("MKCOL", "/box")
+        client.put("/box/a.txt", content=b"a")
+        client.put("/box/b.txt", content=b"b")
+        base = alice.base_url
+        for target in ("/box/../../etc/passwd", "/box/%2e%2e/%2e%2e/x", "/box/..%2fx"):
+            r = client.get(target)
+            assert r.status_code in (400, 403, 404), (target, r.status_code)
+        moved = client.request(
+            "MOVE", "/box/a.txt", headers={"Destination": "http://elsewhere.example/dav/a.txt"}
+        )
+        assert 400 <= moved.status_code < 600 and moved.status_code != 500
+        kept = client.request(
+            "MOVE",
+            "/box/a.txt",
+            headers={"Destination": f"{base}/dav/box/b.txt", "Overwrite": "F"},
+        )
+        assert kept.status_code == 412
+        assert client.get("/box/b.txt").content == b"b"
+        deep = client.request("PROPFIND", "/", headers={"Depth": "infinity"})
+        assert deep.status_code == 403
+        huge = client.request(
+            "PROPFIND", "/", headers={"Depth": "0"}, content=b"<a>" + b" " * (2 * MIB) + b"</a>"
+        )
+        assert huge.status_code == 413
+    names = [
+        i["name"] for i in alice.http.get("/api/file", params={"path": "/box"}).json()["items"]
+    ]
+    assert names == ["a.txt", "b.txt"]
