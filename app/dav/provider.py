@@ -554,7 +554,10 @@ class File(CofferResource, DAVNonCollection):
     def end_write(self, *, with_errors: bool) -> None:
         """Commit what was written (a failed PUT commits nothing; its chunks are garbage)."""
         writer, self.writer = self.writer, None
-        if writer is None or with_errors:
+        if writer is None:
+            return
+        if with_errors:
+            self.run(_abandon(writer.streamed))
             return
         out = self.run(writer.streamed.finish())
         node = self.run(reload(self.scope, out.id))
@@ -592,6 +595,10 @@ class File(CofferResource, DAVNonCollection):
             raise DAVError(HTTP_CONFLICT, context_info="the source's data is incomplete")
         out = await uploads.commit_in(dest.scope, registered.file_id, registered.upload_id)
         return await reload(dest.scope, out.id)
+
+
+async def _abandon(streamed: StreamedWrite) -> None:
+    streamed.abandon()
 
 
 class DavWriter:

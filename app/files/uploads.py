@@ -569,11 +569,14 @@ async def close_session(session: UploadSession) -> None:
 
 class StreamedWrite:
     """A file written as one stream of bytes (a WebDAV PUT): cut into 4 MiB chunks, each
-    hashed and stored as soon as it fills (memory: one chunk, whatever the file's size),
-    then committed as the file's next version when the stream ends, through the same
-    register and commit as every upload (dedup, quota, history, events). The chunks are
-    the content hash's blocks, so the hash is derived, never claimed. Abandoned before
-    `finish`, it leaves only unreferenced chunks, which garbage collection removes."""
+    hashed and stored as soon as it fills, a few at a time while the next ones arrive
+    (memory: IN_FLIGHT + 1 chunks, whatever the file's size), then committed as the
+    file's next version when the stream ends, through the same register and commit as
+    every upload (dedup, quota, history, events). The chunks are the content hash's
+    blocks, so the hash is derived, never claimed. Abandoned before `finish`, it leaves
+    only unreferenced chunks, which garbage collection removes."""
+
+    IN_FLIGHT = 3
 
     def __init__(
         self, uploads: UploadService, scope: Scope, path: str, base_version: int | None = None
@@ -584,7 +587,7 @@ class StreamedWrite:
         self.base_version = base_version
         self.started_ms = epoch_ms(now())
         self.buffer = bytearray()
-        self.chunks: list[ChunkIn] = []
+        self.stored: list[asyncio.Task[ChunkIn]] = []
         self.size = 0
 
     async def write(self, data: bytes) -> None:
@@ -598,11 +601,24 @@ class StreamedWrite:
             raise PayloadTooLarge("the file is larger than the server takes", code="too_large")
         # Refused as early as it is known, not after 50 GB were stored.
         check_quota(self.scope, 0, self.size + len(chunk))
+        self.size += len(chunk)
+        running = [t for t in self.stored if not t.done()]
+        if len(running) >= self.IN_FLIGHT:
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in self.stored:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        self.stored.append(asyncio.create_task(self._hash_and_store(chunk)))
+
+    async def _hash_and_store(self, chunk: bytes) -> ChunkIn:
         sha = await asyncio.to_thread(lambda: hashlib.sha256(chunk).hexdigest())
         if await self.uploads.store_chunks(self.scope, {sha: chunk}):
             raise ServiceUnavailable("storage is busy; try again", code="retry")
-        self.chunks.append(ChunkIn(sha256=sha, size=len(chunk)))
-        self.size += len(chunk)
+        return ChunkIn(sha256=sha, size=len(chunk))
+
+    def abandon(self) -> None:
+        for task in self.stored:
+            task.cancel()
 
     async def finish(self) -> FileOut:
         """Store the rest and commit; the committed file (the head it already was, when
@@ -610,7 +626,12 @@ class StreamedWrite:
         if self.buffer:
             await self._store(bytes(self.buffer))
             self.buffer.clear()
-        req = UploadRequest(size=self.size, chunks=self.chunks, base_version=self.base_version)
+        try:
+            chunks = list(await asyncio.gather(*self.stored))
+        except BaseException:
+            self.abandon()
+            raise
+        req = UploadRequest(size=self.size, chunks=chunks, base_version=self.base_version)
         registered = await self.uploads.register_in(
             self.scope, self.path, req, started_ms=self.started_ms
         )
