@@ -23,9 +23,9 @@ e2e-deps:
 
 # The WebDAV compliance suite (tests/test_dav.py runs it against /dav/).
 dav-deps:
-	@command -v litmus >/dev/null 2>&1 || { \
-	  echo "installing Debian litmus for the WebDAV tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq litmus >/dev/null; }
+	@command -v litmus >/dev/null 2>&1 && command -v rclone >/dev/null 2>&1 || { \
+	  echo "installing Debian litmus and rclone for the WebDAV tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq litmus rclone >/dev/null; }
 
 test: $(STAMP) e2e-deps dav-deps
 	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py

@@ -250,3 +250,46 @@ def test_bad_paths_and_unbounded_requests_change_nothing(alice: User, tmp_path: 
         i["name"] for i in alice.http.get("/api/file", params={"path": "/box"}).json()["items"]
     ]
     assert names == ["a.txt", "b.txt"]
+
+
+def rclone(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["rclone", "--config", str(config), "--low-level-retries", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("vendor", ["other", "nextcloud"])
+def test_rclone_copies_checks_and_syncs(alice: User, tmp_path: Path, vendor: str) -> None:
+    """A tree of 200 files and a 64 MiB file up with rclone, checked, edited and synced
+    down into a second folder, checked again; what rclone wrote is in Coffer's listing."""
+    assert shutil.which("rclone"), "make test installs Debian's rclone"
+    obscured = rclone(tmp_path / "none.conf", "obscure", alice.password).stdout.strip()
+    config = tmp_path / "rclone.conf"
+    config.write_text(
+        f"[coffer]\ntype = webdav\nurl = {alice.base_url}/dav/\nvendor = {vendor}\n"
+        f"user = {alice.username}\npass = {obscured}\n"
+    )
+    up = tmp_path / "up"
+    for i in range(200):
+        (up / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (up / f"d{i % 10}" / f"f{i}.txt").write_bytes(os.urandom(1000 + i))
+    (up / "big.bin").write_bytes(os.urandom(64 * MIB))
+    remote = f"coffer:{vendor}"
+    done = rclone(config, "copy", str(up), remote)
+    assert done.returncode == 0, done.stderr
+    checked = rclone(config, "check", str(up), remote)
+    assert checked.returncode == 0, checked.stderr
+    (up / "d3" / "f3.txt").write_bytes(b"edited")
+    (up / "d4" / "f4.txt").unlink()
+    assert rclone(config, "sync", str(up), remote).returncode == 0
+    down = tmp_path / "down"
+    assert rclone(config, "sync", remote, str(down)).returncode == 0
+    checked = rclone(config, "check", str(up), str(down))
+    assert checked.returncode == 0, checked.stderr
+    assert (down / "d3" / "f3.txt").read_bytes() == b"edited"
+    names = [i["name"] for i in listing(alice, f"/{vendor}/d3")]
+    assert "f3.txt" in names and len(names) == 20
+    assert "f4.txt" not in [i["name"] for i in listing(alice, f"/{vendor}/d4")]
