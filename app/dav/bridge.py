@@ -5,6 +5,7 @@ on that loop and waits for it (the thread blocks, the loop does not)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -23,3 +24,8 @@ class LoopBridge:
             coro.close()
             raise RuntimeError("the WebDAV bridge is not bound to the server's event loop")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+# The WSGI environ of the request a wsgidav thread is serving (each request runs in one
+# thread), for the wsgidav hooks that are not given it.
+CURRENT = threading.local()

@@ -10,7 +10,7 @@ from typing import Any
 from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
 
 from app.core.query import match
-from app.dav.bridge import LoopBridge
+from app.dav.bridge import CURRENT, LoopBridge
 from app.db.dav import DavLock
 
 LOCK_TIMEOUT_DEFAULT = 604800.0  # a week, when the client asks for "Infinite"
@@ -60,6 +60,7 @@ class MongoLockStorage:
         lock["token"] = generate_lock_token()
         doc = DavLock(id=lock["token"], root=root, expire=lock["expire"], lock=lock)
         self.bridge.run(doc.insert())
+        _lock_free_owners().discard(root.lstrip("/").partition("/")[0])
         return lock
 
     def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
@@ -83,6 +84,15 @@ class MongoLockStorage:
         self, path: str, *, include_root: bool, include_children: bool, token_only: bool
     ) -> list[Any]:
         root = normalize_lock_root(path)
+        # A listing asks this for every entry; locks are rare: one query tells whether
+        # the owner holds any at all, and for the rest of the request none are looked up.
+        free = _lock_free_owners()
+        owner = root.lstrip("/").partition("/")[0]
+        if owner in free:
+            return []
+        if self.bridge.run(self._none_of(owner)):
+            free.add(owner)
+            return []
         found = self.bridge.run(self._locks_under(root, include_root, include_children))
         return [lock["token"] for lock in found] if token_only else found
 
@@ -104,7 +114,22 @@ class MongoLockStorage:
             await self._purge_expired()
         return [d.lock for d in live]
 
+    async def _none_of(self, owner: str) -> bool:
+        prefix = f"/{owner}/"
+        held = await DavLock.get_pymongo_collection().find_one(
+            {"root": {"$gte": prefix, "$lt": prefix[:-1] + "0"}}, {"_id": 1}
+        )
+        return held is None
+
     async def _purge_expired(self) -> None:
         await DavLock.get_pymongo_collection().delete_many(
             {"expire": {"$gte": 0, "$lt": time.time()}}
         )
+
+
+def _lock_free_owners() -> set[str]:
+    """Owners known, during this request, to hold no lock (empty outside a request)."""
+    environ = getattr(CURRENT, "environ", None)
+    if environ is None:
+        return set()
+    return environ.setdefault("coffer.lock_free_owners", set())

@@ -38,9 +38,9 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from app.auth import service as auth_service
 from app.core.crypto import PasswordHashing
 from app.core.errors import TooManyRequests, Unauthorized, error_body
-from app.dav.bridge import LoopBridge
+from app.dav.bridge import CURRENT, LoopBridge
 from app.dav.locks import MongoLockStorage
-from app.dav.provider import BLOCK_SIZE, CURRENT, CofferProvider, DavRequest, dav_request
+from app.dav.provider import BLOCK_SIZE, CofferProvider, DavRequest, dav_request
 from app.db.accounts import User
 from app.files.scope import Caller
 from app.settings import Settings

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import mimetypes
 import shutil
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, replace
@@ -38,7 +37,7 @@ from app.core import paths
 from app.core.errors import CofferError
 from app.core.http import ByteRange
 from app.core.query import match
-from app.dav.bridge import LoopBridge
+from app.dav.bridge import CURRENT, LoopBridge
 from app.db.dav import DavProperties
 from app.db.files import FileNode, FileVersion
 from app.files.reads import stream_content
@@ -141,10 +140,6 @@ class CofferProvider(DAVProvider):
             raise DAVError(HTTP_FORBIDDEN, context_info="nothing can be created there")
         return place
 
-
-# The request a wsgidav thread is serving (each request runs in one thread), for the few
-# wsgidav hooks that are not given it.
-CURRENT = threading.local()
 
 SHARED = "Shared with me"
 
@@ -294,11 +289,16 @@ class CofferResource:
 
     # -- dead properties, by file id ------------------------------------------------
 
+    # Set for the members of a listing, read together in one query.
+    props_cache: dict[str, str] | None = None
+
     def _props(self) -> dict[str, str]:
         if self.node is None:
             return {}
+        if self.props_cache is not None:
+            return self.props_cache
         doc = self.run(DavProperties.get(str(self.node.id)))
-        return {unquote(k): v for k, v in doc.props.items()} if doc is not None else {}
+        return _unquoted(doc.props) if doc is not None else {}
 
     def get_property_names(self, *, is_allprop: bool) -> list[str]:
         names = super().get_property_names(is_allprop=is_allprop)  # type: ignore[misc]
@@ -378,6 +378,10 @@ class CofferResource:
         self.handle_delete()
 
 
+def _unquoted(props: dict[str, str]) -> dict[str, str]:
+    return {unquote(k): v for k, v in props.items()}
+
+
 def _field(name: str) -> str:
     """A property name as a MongoDB field name ('.' and a leading '$' are not allowed)."""
     return quote(name, safe="{}:/-_~").replace(".", "%2E").replace("$", "%24")
@@ -428,8 +432,15 @@ class Folder(CofferResource, DAVCollection):
         return [SHARED, *names] if self.node is None else names
 
     def get_member_list(self) -> list[Any]:
-        """All children from one query (not one lookup per name)."""
-        members: list[Any] = [self._member(n) for n in self.run(self._children())]
+        """All children from one query (not one lookup per name), with their dead
+        properties from one more."""
+        children = self.run(self._children())
+        props = self.run(_props_of([str(n.id) for n in children]))
+        members: list[Any] = []
+        for node in children:
+            member = self._member(node)
+            member.props_cache = props.get(str(node.id), {})
+            members.append(member)
         if self.node is None:
             shared = self.path.rstrip("/") + "/" + SHARED
             members.insert(0, SharedRoot(shared, self.environ, self.provider, self.place))
@@ -460,6 +471,17 @@ class Folder(CofferResource, DAVCollection):
         made = self.run(self.services.tree.ensure_folder(dest.scope, dest.tree_path))
         if made is not None:
             self.copy_properties_to(made)
+
+
+async def _props_of(ids: list[str]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for start in range(0, len(ids), 1000):
+        cursor = DavProperties.get_pymongo_collection().find(
+            {"_id": {"$in": ids[start : start + 1000]}}
+        )
+        async for doc in cursor:
+            found[doc["_id"]] = _unquoted(doc.get("props") or {})
+    return found
 
 
 class SharedRoot(DAVCollection):
