@@ -3,6 +3,7 @@ of Finder, rclone or davfs2 relies on (versions, the feed, roles, credentials, b
 
 from __future__ import annotations
 
+import base64 as b64
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
-from tests.conftest import User, content_hash
+from tests.conftest import User, content_hash, manifest
 from tests.test_sharing import events, share, shared_items, wait_for
 
 MIB = 1024 * 1024
@@ -27,6 +28,10 @@ def dav(user: User, password: str | None = None) -> httpx.Client:
         auth=(user.username, password or user.password),
         timeout=60,
     )
+
+
+def base64(data: bytes) -> str:
+    return b64.b64encode(data).decode()
 
 
 def listing(user: User, path: str) -> list[dict]:
@@ -293,3 +298,22 @@ def test_rclone_copies_checks_and_syncs(alice: User, tmp_path: Path, vendor: str
     names = [i["name"] for i in listing(alice, f"/{vendor}/d3")]
     assert "f3.txt" in names and len(names) == 20
     assert "f4.txt" not in [i["name"] for i in listing(alice, f"/{vendor}/d4")]
+
+
+def test_a_large_folder_is_listed_whole(alice: User) -> None:
+    """PROPFIND Depth 1 streams a folder of 1,200 entries (several pieces), each once,
+    with its size and ETag; folders and files told apart."""
+    files = [
+        {"path": f"/big/f{i:04d}.txt", **manifest(b"%d" % i), "data": base64(b"%d" % i)}
+        for i in range(1200)
+    ]
+    for start in range(0, len(files), 500):
+        r = alice.http.post("/api/batch/upload", json={"files": files[start : start + 500]})
+        assert r.status_code == 200, r.text
+    alice.http.post("/api/folder", json={"path": "/big/sub"})
+    with dav(alice) as client:
+        listed = propfind(client, "/big/", "1")
+    assert len(listed) == 1 + 1200 + 1
+    assert "getcontentlength" not in listed["/dav/big/sub/"]  # a folder
+    assert listed["/dav/big/f0042.txt"]["getcontentlength"] == "2"
+    assert listed["/dav/big/f0042.txt"]["getetag"] == f'"{content_hash(b"42")}"'

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 from a2wsgi import WSGIMiddleware
 from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
-from litestar.types import Receive, Scope, Send
+from litestar.types import Message, Receive, Scope, Send
 from wsgidav.error_printer import ErrorPrinter
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
@@ -37,7 +37,8 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from app.auth import service as auth_service
 from app.core.crypto import PasswordHashing
-from app.core.errors import TooManyRequests, Unauthorized, error_body
+from app.core.errors import CofferError, TooManyRequests, Unauthorized, error_body
+from app.dav import propfind
 from app.dav.bridge import CURRENT, LoopBridge
 from app.dav.locks import MongoLockStorage
 from app.dav.provider import BLOCK_SIZE, CofferProvider, DavRequest, dav_request
@@ -119,8 +120,46 @@ class DavMount:
         if refused is not None:
             await _answer(send, *refused, {})
             return
-        scope["coffer.dav"] = DavRequest(caller, self.services, self.store, self.settings)  # type: ignore[typeddict-unknown-key]
+        request = DavRequest(caller, self.services, self.store, self.settings)
+        scope["coffer.dav"] = request  # type: ignore[typeddict-unknown-key]
+        if scope["method"].upper() == "PROPFIND":
+            body = await _read_body(receive)
+            if await self.propfind(request, scope, send, body):
+                return
+            receive = _replay(body, receive)
         await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
+
+    async def propfind(self, request: DavRequest, scope: Scope, send: Send, body: bytes) -> bool:
+        """Answer a PROPFIND natively (app/dav/propfind.py); False: leave it to wsgidav."""
+        headers = dict(scope.get("headers") or [])
+        depth = headers.get(b"depth", b"infinity").decode("latin-1").strip()
+        try:
+            wanted = propfind.parse_body(body)
+            answer = await propfind.answer(request, MOUNT, scope["path"] or "/", depth, wanted)
+        except CofferError as exc:
+            await _answer(send, exc.status_code, exc.code, exc.message, {})
+            return True
+        if answer is None:
+            return False
+        if isinstance(answer, int):
+            await _answer(send, answer, "not_found", "nothing is there", {})
+            return True
+        first = await anext(answer)  # what fails, fails before the answer starts
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 207,
+                "headers": [
+                    (b"content-type", b"application/xml; charset=utf-8"),
+                    (b"dav", b"1, 2"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        async for piece in answer:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
 
     async def authenticate(self, scope: Scope) -> Caller | None:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -164,6 +203,31 @@ class DavMount:
             time.monotonic() + PASSWORD_MEMORY_SECONDS,
         )
         return user
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """A request body already known to be at most XML_BODY_MAX (see `_refused`)."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return bytes(body)
+        body += message.get("body", b"")
+        if not message.get("more_body", False) or len(body) > XML_BODY_MAX:
+            return bytes(body)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay  # type: ignore[return-value]
 
 
 def _refused(scope: Scope) -> tuple[int, str, str] | None:

@@ -329,7 +329,7 @@ class CofferResource:
         if value is None:
             self.run(coll.update_one(key, {"$unset": {field: ""}}))
         else:
-            text = xml_tools.xml_to_bytes(value, pretty=False).decode()
+            text = _bare(xml_tools.xml_to_bytes(value, pretty=False).decode())
             self.run(coll.update_one(key, {"$set": {field: text}}, upsert=True))
         return None
 
@@ -379,7 +379,16 @@ class CofferResource:
 
 
 def _unquoted(props: dict[str, str]) -> dict[str, str]:
-    return {unquote(k): v for k, v in props.items()}
+    """Stored properties by their names; each value one XML element, no declaration."""
+    return {unquote(k): _bare(v) for k, v in props.items()}
+
+
+def _bare(xml: str) -> str:
+    """An element's XML without a leading `<?xml ...?>` declaration."""
+    xml = xml.lstrip()
+    if xml.startswith("<?xml"):
+        xml = xml[xml.index("?>") + 2 :].lstrip()
+    return xml
 
 
 def _field(name: str) -> str:
@@ -408,14 +417,7 @@ class Folder(CofferResource, DAVCollection):
         return shutil.disk_usage(self.request.settings.data_dir).free
 
     async def _children(self) -> list[FileNode]:
-        parent_id = str(self.node.id) if self.node is not None else None
-        query = match(
-            owner_id=self.scope.owner_id, parent_id=parent_id, deleted_at=None, committed=True
-        )
-        children = await FileNode.find(query).sort("+name_key").to_list()
-        if self.node is None:  # the own root: "Shared with me" is the virtual folder
-            children = [c for c in children if c.name_key != SHARED.casefold()]
-        return children
+        return await children_of(self.place)
 
     def _member(self, node: FileNode) -> Folder | File:
         path = self.path.rstrip("/") + "/" + node.name
@@ -435,7 +437,7 @@ class Folder(CofferResource, DAVCollection):
         """All children from one query (not one lookup per name), with their dead
         properties from one more."""
         children = self.run(self._children())
-        props = self.run(_props_of([str(n.id) for n in children]))
+        props = self.run(props_of([str(n.id) for n in children]))
         members: list[Any] = []
         for node in children:
             member = self._member(node)
@@ -473,7 +475,24 @@ class Folder(CofferResource, DAVCollection):
             self.copy_properties_to(made)
 
 
-async def _props_of(ids: list[str]) -> dict[str, dict[str, str]]:
+def children_query(place: Place) -> dict[str, Any]:
+    """The filter of a folder's live children (the own root's when `place.node` is None)."""
+    parent_id = str(place.node.id) if place.node is not None else None
+    return match(
+        owner_id=place.scope.owner_id, parent_id=parent_id, deleted_at=None, committed=True
+    )
+
+
+async def children_of(place: Place) -> list[FileNode]:
+    """A folder's live children, by name; at the own root without a folder named like
+    the virtual "Shared with me" (which takes its place)."""
+    found = await FileNode.find(children_query(place)).sort("+name_key").to_list()
+    if place.node is None:
+        found = [n for n in found if n.name_key != SHARED.casefold()]
+    return found
+
+
+async def props_of(ids: list[str]) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
     for start in range(0, len(ids), 1000):
         cursor = DavProperties.get_pymongo_collection().find(
