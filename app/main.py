@@ -31,6 +31,7 @@ from app.core.encoding import decompressing_bodies
 from app.core.errors import exception_handlers
 from app.core.headers import SecurityHeadersMiddleware, page_policy
 from app.dav.mount import DavMount, dav_route
+from app.dav.nextcloud import nextcloud_routes
 from app.db import connect
 from app.events.queue import JobQueue
 from app.events.routes import CredentialCheck, events_socket, read_events
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             api,
             blob_router(settings),
             dav_route(dav),
+            *nextcloud_routes(dav),
             public_router(),
             account_router(),
             ui_router(),

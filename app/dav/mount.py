@@ -41,7 +41,7 @@ from app.core.errors import CofferError, TooManyRequests, Unauthorized, error_bo
 from app.dav import propfind
 from app.dav.bridge import CURRENT, LoopBridge
 from app.dav.locks import MongoLockStorage
-from app.dav.provider import BLOCK_SIZE, CofferProvider, DavRequest, dav_request
+from app.dav.provider import BLOCK_SIZE, CofferProvider, DavRequest, dav_request, place_of
 from app.db.accounts import User
 from app.files.scope import Caller
 from app.settings import Settings
@@ -66,6 +66,47 @@ class CofferIdentity(BaseMiddleware):
         return self.next_app(environ, start_response)
 
 
+class NextcloudHeaders(BaseMiddleware):
+    """After a successful PUT, MKCOL, MOVE or COPY, say the item's id and ETag as
+    Nextcloud does (`OC-FileId`, `OC-ETag`): its desktop client records them instead of
+    asking again."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        method = environ.get("REQUEST_METHOD", "")
+        if method not in ("PUT", "MKCOL", "MOVE", "COPY"):
+            return self.next_app(environ, start_response)
+
+        def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if status[:3] in ("201", "204"):
+                headers = headers + self._ids(environ, method)
+            return start_response(status, headers, exc_info)
+
+        return self.next_app(environ, respond)
+
+    def _ids(self, environ: dict[str, Any], method: str) -> list[tuple[str, str]]:
+        path = environ.get("PATH_INFO", "/")
+        if method in ("MOVE", "COPY"):
+            destination = unquote(urlsplit(environ.get("HTTP_DESTINATION", "")).path)
+            mount = environ["asgi.scope"].get("coffer.mount", MOUNT)
+            if not destination.startswith(mount + "/"):
+                return []
+            path = destination[len(mount) :]
+        provider = environ["wsgidav.provider"]
+        try:
+            place = provider.bridge.run(place_of(dav_request(environ), path))
+        except Exception:  # only a courtesy: never fail the request for it
+            return []
+        if place is None or place.node is None:
+            return []
+        found = [("OC-FileId", str(place.node.id))]
+        if place.node.kind == "file":
+            found.append(("OC-ETag", f'"{place.node.content_hash}"'))
+        else:
+            etag = provider.bridge.run(propfind.folder_etag(place.scope.owner_id, place.node))
+            found.append(("OC-ETag", etag))
+        return found
+
+
 class DavMount:
     """The ASGI app mounted at /dav; `bind` gives it the running services at startup."""
 
@@ -81,7 +122,7 @@ class DavMount:
             "block_size": BLOCK_SIZE,
             # Authentication is done before wsgidav; no CORS (cross-site pages must not
             # reach a user's files with credentials the browser remembers), no HTML.
-            "middleware_stack": [ErrorPrinter, CofferIdentity, RequestResolver],
+            "middleware_stack": [ErrorPrinter, CofferIdentity, NextcloudHeaders, RequestResolver],
             "http_authenticator": {"domain_controller": None},
             "simple_dc": {"user_mapping": {"*": True}},
             "dir_browser": {"enable": False},
@@ -103,46 +144,60 @@ class DavMount:
         self.bridge.bind(asyncio.get_running_loop())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
+        """/dav/...: the caller's tree."""
+        caller = await self.signed_in(scope, send)
+        if caller is not None:
+            await self.serve(caller, scope, receive, send, MOUNT)
+
+    async def signed_in(self, scope: Scope, send: Send) -> Caller | None:
+        """The caller, or None after answering 401 (with the Basic challenge) or 429."""
         assert self.services is not None and self.store is not None
         try:
             caller = await self.authenticate(scope)
         except TooManyRequests as exc:
-            await _answer(send, 429, exc.code, exc.message, exc.extra.get("headers") or {})
-            return
+            await answer_error(send, 429, exc.code, exc.message, exc.extra.get("headers") or {})
+            return None
         if caller is None:
             challenge = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
             message = "sign in with your username and a device token or your password"
-            await _answer(send, 401, "unauthorized", message, challenge)
-            return
+            await answer_error(send, 401, "unauthorized", message, challenge)
+        return caller
+
+    async def serve(
+        self, caller: Caller, scope: Scope, receive: Receive, send: Send, mount: str
+    ) -> None:
+        """A WebDAV request on the caller's tree, `scope["path"]` below `mount`."""
+        assert self.services is not None and self.store is not None
         refused = _refused(scope)
         if refused is not None:
-            await _answer(send, *refused, {})
+            await answer_error(send, *refused, {})
             return
         request = DavRequest(caller, self.services, self.store, self.settings)
         scope["coffer.dav"] = request  # type: ignore[typeddict-unknown-key]
+        scope["coffer.mount"] = mount  # type: ignore[typeddict-unknown-key]
         if scope["method"].upper() == "PROPFIND":
             body = await _read_body(receive)
-            if await self.propfind(request, scope, send, body):
+            if await self.propfind(request, scope, send, body, mount):
                 return
             receive = _replay(body, receive)
         await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
 
-    async def propfind(self, request: DavRequest, scope: Scope, send: Send, body: bytes) -> bool:
+    async def propfind(
+        self, request: DavRequest, scope: Scope, send: Send, body: bytes, mount: str
+    ) -> bool:
         """Answer a PROPFIND natively (app/dav/propfind.py); False: leave it to wsgidav."""
         headers = dict(scope.get("headers") or [])
         depth = headers.get(b"depth", b"infinity").decode("latin-1").strip()
         try:
             wanted = propfind.parse_body(body)
-            answer = await propfind.answer(request, MOUNT, scope["path"] or "/", depth, wanted)
+            answer = await propfind.answer(request, mount, scope["path"] or "/", depth, wanted)
         except CofferError as exc:
-            await _answer(send, exc.status_code, exc.code, exc.message, {})
+            await answer_error(send, exc.status_code, exc.code, exc.message, {})
             return True
         if answer is None:
             return False
         if isinstance(answer, int):
-            await _answer(send, answer, "not_found", "nothing is there", {})
+            await answer_error(send, answer, "not_found", "nothing is there", {})
             return True
         first = await anext(answer)  # what fails, fails before the answer starts
         await send(
@@ -262,7 +317,7 @@ def _base_url(scope: Scope) -> str:
     return f"{scope.get('scheme', 'http')}://{host}"
 
 
-async def _answer(
+async def answer_error(
     send: Send, status: int, code: str, message: str, headers: dict[str, str]
 ) -> None:
     body = json.dumps(error_body(code, message)).encode()

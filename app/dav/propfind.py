@@ -28,9 +28,11 @@ from defusedxml.common import DefusedXmlException
 from app.core.errors import BadRequest
 from app.dav.provider import SHARED, DavRequest, Place, children_query, place_of, props_of
 from app.db.dav import DavLock
+from app.db.events import EventCounter
 from app.db.files import FileNode
 
 DAV = "DAV:"
+OC = "http://owncloud.org/ns"
 PIECE_ENTRIES = 250  # entries per streamed piece
 
 SUPPORTED_LOCK = (
@@ -107,10 +109,23 @@ LISTED = {f: 1 for f in ("name", "kind", "size", "content_hash", "modified_at", 
 
 
 @dataclass(frozen=True)
+class Listing:
+    """What every entry of one answer shares: quota, the owner's tree version (folder
+    ETags), the caller's role there."""
+
+    quota: tuple[int, int]
+    tree_seq: int
+    owner_id: str
+    writable: bool
+    detachable: bool  # the top entry may be renamed, moved, deleted
+
+
+@dataclass(frozen=True)
 class Entry:
     href: str
     item: Item
     dead: dict[str, str]
+    top: bool = False
 
     @property
     def folder(self) -> bool:
@@ -132,31 +147,41 @@ async def answer(
     else:
         top = Item.of(place.node.model_dump(by_alias=True))
     base = mount + quote(dav_path.rstrip("/") if dav_path != "/" else "")
-    quota = quota_of(request, place)
-    return stream(place, base, top, depth == "1" and top.folder, wanted, quota)
+    counter = await EventCounter.get(place.scope.owner_id)
+    access = place.scope.access
+    listing = Listing(
+        quota=quota_of(request, place),
+        tree_seq=counter.seq if counter is not None else 0,
+        owner_id=place.scope.owner_id,
+        writable=access.can_write,
+        detachable=place.node is not None and access.can_detach,
+    )
+    return stream(place, base, top, depth == "1" and top.folder, wanted, listing)
 
 
 async def stream(
-    place: Place, base: str, top: Item, members: bool, wanted: Wanted, quota: tuple[int, int]
+    place: Place, base: str, top: Item, members: bool, wanted: Wanted, listing: Listing
 ) -> AsyncIterator[bytes]:
     """The folder (or file) itself, then its members as they are read, PIECE_ENTRIES at
     a time, each batch's dead properties in one query."""
     yield b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
     dead = await props_of([top.id]) if top.id else {}
-    first = [Entry(base + ("/" if top.folder else ""), top, dead.get(top.id or "", {}))]
+    first = [Entry(base + ("/" if top.folder else ""), top, dead.get(top.id or "", {}), True)]
     if members and place.node is None:
-        first.append(Entry(f"{base}/{quote(SHARED)}/", Item(None, SHARED, True), {}))
-    yield "".join(response_xml(e, wanted, quota) for e in first).encode()
+        joined = place.scope.caller.user.created_at
+        shared = Item(None, SHARED, True, modified_at=joined, created_at=joined)
+        first.append(Entry(f"{base}/{quote(SHARED)}/", shared, {}))
+    yield "".join(response_xml(e, wanted, listing) for e in first).encode()
     if members:
         prefix = base.rstrip("/") + "/"
         batch: list[Item] = []
         async for doc in children_cursor(place):
             batch.append(Item.of(doc))
             if len(batch) == PIECE_ENTRIES:
-                yield await _piece(batch, prefix, wanted, quota)
+                yield await _piece(batch, prefix, wanted, listing)
                 batch = []
         if batch:
-            yield await _piece(batch, prefix, wanted, quota)
+            yield await _piece(batch, prefix, wanted, listing)
     yield b"</D:multistatus>"
 
 
@@ -174,13 +199,13 @@ def children_cursor(place: Place) -> AsyncIterator[dict[str, Any]]:
     return docs()
 
 
-async def _piece(items: list[Item], prefix: str, wanted: Wanted, quota: tuple[int, int]) -> bytes:
+async def _piece(items: list[Item], prefix: str, wanted: Wanted, listing: Listing) -> bytes:
     dead = await props_of([i.id for i in items if i.id])
     return "".join(
         response_xml(
             Entry(prefix + quote(i.name) + ("/" if i.folder else ""), i, dead.get(i.id or "", {})),
             wanted,
-            quota,
+            listing,
         )
         for i in items
     ).encode()
@@ -204,9 +229,35 @@ def _http_date(at: datetime | str) -> str:
     return email.utils.format_datetime(_utc(at), usegmt=True)
 
 
-def live_props(entry: Entry, quota: tuple[int, int]) -> dict[str, str]:
+def _folder_etag(tree_seq: int, tag: str) -> str:
+    """Nextcloud clients look for changes below a folder by its ETag: any change to the
+    owner's files moves the owner's feed on, so it changes every folder's ETag (a client
+    re-lists more than it must, never less)."""
+    return f'"{tree_seq:x}-{tag}"'
+
+
+async def folder_etag(owner_id: str, folder: FileNode) -> str:
+    counter = await EventCounter.get(owner_id)
+    return _folder_etag(counter.seq if counter is not None else 0, str(folder.id))
+
+
+def permissions(entry: Entry, listing: Listing) -> str:
+    """Nextcloud's permission letters: G read, W write, C/K create files/folders in it,
+    D/N/V delete, rename, move (not the top of a share, nor "Shared with me")."""
+    if entry.item.id is None and entry.item.name == SHARED:
+        return "G"
+    letters = "G"
+    if listing.writable:
+        letters += "CK" if entry.folder else "W"
+        if listing.detachable if entry.top else entry.item.id is not None:
+            letters += "DNV"
+    return letters
+
+
+def live_props(entry: Entry, listing: Listing) -> dict[str, str]:
     """The entry's live properties: "{DAV:}name" -> the XML inside the element."""
     item = entry.item
+    quota = listing.quota
     props = {f"{{{DAV}}}resourcetype": "<D:collection/>" if entry.folder else ""}
     if item.name:
         props[f"{{{DAV}}}displayname"] = escape(item.name)
@@ -222,6 +273,15 @@ def live_props(entry: Entry, quota: tuple[int, int]) -> dict[str, str]:
         props[f"{{{DAV}}}getcontentlength"] = str(item.size)
         props[f"{{{DAV}}}getcontenttype"] = escape(kind)
         props[f"{{{DAV}}}getetag"] = escape(f'"{item.content_hash}"')
+    if entry.folder:
+        tag = item.id or ("shared" if item.name == SHARED else "root")
+        props[f"{{{DAV}}}getetag"] = escape(_folder_etag(listing.tree_seq, tag), {'"': "&quot;"})
+    file_id = item.id or f"{listing.owner_id}-{'shared' if item.name == SHARED else 'root'}"
+    props[f"{{{OC}}}id"] = file_id
+    props[f"{{{OC}}}fileid"] = file_id
+    props[f"{{{OC}}}permissions"] = permissions(entry, listing)
+    if not entry.folder:
+        props[f"{{{OC}}}size"] = str(item.size)
     props[f"{{{DAV}}}supportedlock"] = SUPPORTED_LOCK
     props[f"{{{DAV}}}lockdiscovery"] = ""
     return props
@@ -243,8 +303,8 @@ def _propstat(elements: Iterable[str], status: str) -> str:
     )
 
 
-def response_xml(entry: Entry, wanted: Wanted, quota: tuple[int, int]) -> str:
-    live = live_props(entry, quota)
+def response_xml(entry: Entry, wanted: Wanted, listing: Listing) -> str:
+    live = live_props(entry, listing)
     if wanted.mode == "propname":
         names = [*live, *entry.dead]
         stats = _propstat((_element(n, None) for n in names), "200 OK")

@@ -92,8 +92,23 @@ def dav_error(exc: CofferError) -> DAVError:
 
 class CofferProvider(DAVProvider):
     def __init__(self, bridge: LoopBridge) -> None:
+        self._mount_path = ""
         super().__init__()
         self.bridge = bridge
+
+    # The same tree answers at /dav and at the Nextcloud paths (/remote.php/webdav,
+    # /remote.php/dav/files/USER): hrefs and Destination headers use the prefix of the
+    # request being served, which app/dav/mount.py puts in the ASGI scope.
+    @property  # type: ignore[override]
+    def mount_path(self) -> str:
+        environ = getattr(CURRENT, "environ", None)
+        if environ is None:
+            return self._mount_path
+        return environ["asgi.scope"].get("coffer.mount", self._mount_path)
+
+    @mount_path.setter
+    def mount_path(self, value: str) -> None:
+        self._mount_path = value
 
     def run(self, coro: Any) -> Any:
         """Run on the event loop; Coffer's errors come out as DAV errors."""
@@ -631,10 +646,7 @@ class File(CofferResource, DAVNonCollection):
         chunks = [ChunkIn(sha256=sha, size=size) for sha, size in await version_chunks(version)]
         req = UploadRequest(size=version.size, chunks=chunks, content_hash=version.content_hash)
         # started_ms=0: the chunks are the owner's, copied for a caller who may read them.
-        registered = await uploads.register_in(dest.scope, dest.tree_path, req, started_ms=0)
-        if registered.missing:
-            raise DAVError(HTTP_CONFLICT, context_info="the source's data is incomplete")
-        out = await uploads.commit_in(dest.scope, registered.file_id, registered.upload_id)
+        out = await uploads.commit_stored(dest.scope, dest.tree_path, req, started_ms=0)
         return await reload(dest.scope, out.id)
 
 

@@ -20,7 +20,7 @@ from pymongo.monitoring import (
 
 from app.core.ratelimit import RateCounter
 from app.db.accounts import ApiToken, BrowserSession, User
-from app.db.dav import DavLock, DavProperties
+from app.db.dav import DavLock, DavProperties, DavUpload
 from app.db.events import Event, EventCounter
 from app.db.files import (
     ChunkMapPage,
@@ -51,6 +51,7 @@ DOCUMENT_MODELS = [
     RateCounter,
     DavLock,
     DavProperties,
+    DavUpload,
 ]
 
 

@@ -31,3 +31,21 @@ class DavProperties(Document):
 
     class Settings:
         name = "dav_properties"
+
+
+class DavUpload(Document):
+    """A Nextcloud chunked upload (v2) in progress: its parts, each already stored as
+    chunks, assembled into a file by `MOVE .../.file`. Expired after a day idle (the
+    worker's upload expiry drops it; its chunks are then garbage)."""
+
+    id: str  # type: ignore[assignment]  # "<user id>:<upload name>"
+    user_id: str
+    destination: str | None = None
+    created_ms: int
+    touched_ms: int
+    # part name (a number, "00001") -> [[sha256, size], ...]
+    parts: dict[str, list[list[Any]]] = {}
+
+    class Settings:
+        name = "dav_uploads"
+        indexes = [IndexModel([("touched_ms", ASCENDING)])]

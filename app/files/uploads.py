@@ -240,6 +240,16 @@ class UploadService:
         await self.store.put_many(owner, missing)
         return await record_stored_chunks(owner, {sha: len(d) for sha, d in missing.items()})
 
+    async def commit_stored(
+        self, scope: Scope, path: str, req: UploadRequest, started_ms: int
+    ) -> FileOut:
+        """Register and commit an upload whose chunks the server itself stored (since
+        `started_ms`): a streamed write, an assembled Nextcloud upload, a copy."""
+        registered = await self.register_in(scope, path, req, started_ms=started_ms)
+        if registered.missing:  # collected meanwhile (GC raced a chunk we skipped)
+            raise ServiceUnavailable("storage is busy; try again", code="retry")
+        return await self.commit_in(scope, registered.file_id, registered.upload_id)
+
     @staticmethod
     def dedup_since(scope: Scope, session: UploadSession) -> int:
         """Which stored chunks an upload may skip: any of the owner's, for the owner; for
@@ -567,40 +577,40 @@ async def close_session(session: UploadSession) -> None:
     )
 
 
-class StreamedWrite:
-    """A file written as one stream of bytes (a WebDAV PUT): cut into 4 MiB chunks, each
-    hashed and stored as soon as it fills, a few at a time while the next ones arrive
-    (memory: IN_FLIGHT + 1 chunks, whatever the file's size), then committed as the
-    file's next version when the stream ends, through the same register and commit as
-    every upload (dedup, quota, history, events). The chunks are the content hash's
-    blocks, so the hash is derived, never claimed. Abandoned before `finish`, it leaves
-    only unreferenced chunks, which garbage collection removes."""
+class ChunkSink:
+    """Bytes streamed in, stored as chunks as they arrive: cut every 4 MiB, each piece
+    hashed and stored a few at a time while the next ones come (memory: IN_FLIGHT + 1
+    chunks, whatever the size). `hold_back`: keep that much back from each cut, so a
+    stream that is one part of a file (a Nextcloud chunk) never ends in a piece below
+    the server's minimum chunk size. Abandoned, it leaves only unreferenced chunks,
+    which garbage collection removes. `already`: bytes of the file before this stream
+    (for the size and quota checks)."""
 
     IN_FLIGHT = 3
 
     def __init__(
-        self, uploads: UploadService, scope: Scope, path: str, base_version: int | None = None
+        self, uploads: UploadService, scope: Scope, *, hold_back: int = 0, already: int = 0
     ) -> None:
         self.uploads = uploads
         self.scope = scope
-        self.path = path
-        self.base_version = base_version
-        self.started_ms = epoch_ms(now())
+        self.hold_back = hold_back
+        self.already = already
         self.buffer = bytearray()
         self.stored: list[asyncio.Task[ChunkIn]] = []
         self.size = 0
 
     async def write(self, data: bytes) -> None:
         self.buffer += data
-        while len(self.buffer) >= BLOCK_SIZE:
+        while len(self.buffer) >= BLOCK_SIZE + self.hold_back:
             await self._store(bytes(self.buffer[:BLOCK_SIZE]))
             del self.buffer[:BLOCK_SIZE]
 
     async def _store(self, chunk: bytes) -> None:
-        if self.size + len(chunk) > self.uploads.settings.max_file_size:
+        total = self.already + self.size + len(chunk)
+        if total > self.uploads.settings.max_file_size:
             raise PayloadTooLarge("the file is larger than the server takes", code="too_large")
         # Refused as early as it is known, not after 50 GB were stored.
-        check_quota(self.scope, 0, self.size + len(chunk))
+        check_quota(self.scope, 0, total)
         self.size += len(chunk)
         running = [t for t in self.stored if not t.done()]
         if len(running) >= self.IN_FLIGHT:
@@ -620,21 +630,35 @@ class StreamedWrite:
         for task in self.stored:
             task.cancel()
 
-    async def finish(self) -> FileOut:
-        """Store the rest and commit; the committed file (the head it already was, when
-        the bytes are the same)."""
+    async def close(self) -> list[ChunkIn]:
+        """Store the rest; the chunks, in order."""
         if self.buffer:
             await self._store(bytes(self.buffer))
             self.buffer.clear()
         try:
-            chunks = list(await asyncio.gather(*self.stored))
+            return list(await asyncio.gather(*self.stored))
         except BaseException:
             self.abandon()
             raise
+
+
+class StreamedWrite(ChunkSink):
+    """A file written as one stream of bytes (a WebDAV PUT), committed as the file's
+    next version when the stream ends, through the same register and commit as every
+    upload (dedup, quota, history, events). Its chunks are the content hash's 4 MiB
+    blocks, so the hash is derived, never claimed."""
+
+    def __init__(
+        self, uploads: UploadService, scope: Scope, path: str, base_version: int | None = None
+    ) -> None:
+        super().__init__(uploads, scope)
+        self.path = path
+        self.base_version = base_version
+        self.started_ms = epoch_ms(now())
+
+    async def finish(self) -> FileOut:
+        """Store the rest and commit; the committed file (the head it already was, when
+        the bytes are the same)."""
+        chunks = await self.close()
         req = UploadRequest(size=self.size, chunks=chunks, base_version=self.base_version)
-        registered = await self.uploads.register_in(
-            self.scope, self.path, req, started_ms=self.started_ms
-        )
-        if registered.missing:  # collected meanwhile (GC raced a chunk we skipped)
-            raise ServiceUnavailable("storage is busy; try again", code="retry")
-        return await self.uploads.commit_in(self.scope, registered.file_id, registered.upload_id)
+        return await self.uploads.commit_stored(self.scope, self.path, req, self.started_ms)

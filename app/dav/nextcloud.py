@@ -1,0 +1,328 @@
+"""Nextcloud's dialect, so that the Nextcloud desktop client (and `nextcloudcmd`) syncs
+against Coffer: `/status.php`, the OCS capabilities and user endpoints it asks for, the
+same tree as /dav/ at `/remote.php/dav/files/USER/` and `/remote.php/webdav/`, and
+chunked upload v2 (`/remote.php/dav/uploads/USER/ID`: MKCOL, numbered PUTs, MOVE of
+`.file` onto the destination), which is how it sends big files.
+
+Chunked uploads: every part is stored as chunks while it arrives (app/files/uploads.py
+`ChunkSink`), and the parts' chunk lists are kept in MongoDB (app/db/dav.py
+`DavUpload`), so nothing of a 50 GB upload sits in memory or in a temporary file, and any
+web instance can take the next part. The MOVE assembles them into one version, like
+every upload.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from litestar import Request, asgi, get
+from litestar.types import Receive, Scope, Send
+from pymongo.errors import DuplicateKeyError
+
+from app.core.errors import BadRequest, CofferError, Conflict, Forbidden, NotFound, Unauthorized
+from app.dav.mount import REALM, DavMount, answer_error
+from app.dav.provider import DavRequest, place_of
+from app.db.dav import DavUpload
+from app.files.schemas import ChunkIn, UploadRequest
+from app.files.scope import Caller
+from app.files.uploads import ChunkSink
+from app.protocol import BLOCK_SIZE, MIN_CHUNK_SIZE, ContentHasher, content_hash
+
+# What the desktop client is told it talks to: a version it supports with chunking v2.
+VERSION = (27, 1, 0)
+FILES = "/remote.php/dav/files"
+
+
+def ocs(data: dict[str, Any], v2: bool) -> dict[str, Any]:
+    meta = {"status": "ok", "statuscode": 200 if v2 else 100, "message": "OK"}
+    return {"ocs": {"meta": meta, "data": data}}
+
+
+@get("/status.php", sync_to_thread=False)
+def status() -> dict[str, Any]:
+    major, minor, micro = VERSION
+    return {
+        "installed": True,
+        "maintenance": False,
+        "needsDbUpgrade": False,
+        "version": f"{major}.{minor}.{micro}.0",
+        "versionstring": f"{major}.{minor}.{micro}",
+        "edition": "",
+        "productname": "Coffer",
+        "extendedSupport": False,
+    }
+
+
+def capabilities() -> dict[str, Any]:
+    major, minor, micro = VERSION
+    return {
+        "version": {
+            "major": major,
+            "minor": minor,
+            "micro": micro,
+            "string": f"{major}.{minor}.{micro}",
+            "edition": "",
+            "extendedSupport": False,
+        },
+        "capabilities": {
+            "core": {"pollinterval": 60, "webdav-root": "remote.php/webdav"},
+            "dav": {"chunking": "1.0"},
+            "files": {"bigfilechunking": True, "undelete": True, "versioning": True},
+        },
+    }
+
+
+async def _caller(request: Request, dav: DavMount) -> Caller:
+    caller = await dav.authenticate(request.scope)
+    if caller is None:
+        raise Unauthorized(
+            "sign in with your username and a device token or your password",
+            headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+        )
+    return caller
+
+
+def nextcloud_routes(dav: DavMount) -> list[Any]:
+    """The routes above, bound to the WebDAV mount (its sign-in and services)."""
+
+    @get(["/ocs/v1.php/cloud/capabilities", "/ocs/v2.php/cloud/capabilities"])
+    async def ocs_capabilities(request: Request) -> dict[str, Any]:
+        return ocs(capabilities(), "/v2.php/" in request.url.path)
+
+    @get(["/ocs/v1.php/cloud/user", "/ocs/v2.php/cloud/user"])
+    async def ocs_user(request: Request) -> dict[str, Any]:
+        user = (await _caller(request, dav)).user
+        total = user.quota_bytes or -3  # Nextcloud's "unlimited"
+        quota = {
+            "used": user.usage_bytes,
+            "free": max(0, user.quota_bytes - user.usage_bytes) if user.quota_bytes else -3,
+            "total": total,
+            "quota": total,
+            "relative": round(100 * user.usage_bytes / user.quota_bytes, 2)
+            if user.quota_bytes
+            else 0,
+        }
+        data = {
+            "id": user.username,
+            "display-name": user.username,
+            "displayname": user.username,
+            "email": None,
+            "quota": quota,
+        }
+        return ocs(data, "/v2.php/" in request.url.path)
+
+    @asgi("/remote.php/webdav", is_mount=True, is_static=True, copy_scope=False)
+    async def webdav(scope: Scope, receive: Receive, send: Send) -> None:
+        caller = await dav.signed_in(scope, send)
+        if caller is not None:
+            await dav.serve(caller, scope, receive, send, "/remote.php/webdav")
+
+    @asgi("/remote.php/dav", is_mount=True, is_static=True, copy_scope=False)
+    async def remote_dav(scope: Scope, receive: Receive, send: Send) -> None:
+        caller = await dav.signed_in(scope, send)
+        if caller is None:
+            return
+        kind, _, rest = scope["path"].lstrip("/").partition("/")
+        user, _, below = rest.partition("/")
+        if kind not in ("files", "uploads") or user.casefold() != caller.user.username_key:
+            await answer_error(send, 404, "not_found", "nothing is there", {})
+            return
+        scope["path"] = "/" + below
+        if kind == "files":
+            await dav.serve(caller, scope, receive, send, f"{FILES}/{user}")
+            return
+        assert dav.services is not None and dav.store is not None
+        request = DavRequest(caller, dav.services, dav.store, dav.settings)
+        try:
+            response = await chunked_upload(request, scope, receive, user)
+        except CofferError as exc:
+            await answer_error(send, exc.status_code, exc.code, exc.message, {})
+            return
+        await response.send(send)
+
+    return [status, ocs_capabilities, ocs_user, webdav, remote_dav]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    async def send(self, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [
+                    (b"content-length", str(len(self.body)).encode()),
+                    *((k.lower().encode(), v.encode()) for k, v in self.headers.items()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _body(receive: Receive) -> Any:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
+async def chunked_upload(request: DavRequest, scope: Scope, receive: Receive, user: str) -> Reply:
+    """/remote.php/dav/uploads/USER/NAME[/PART]: Nextcloud chunked upload v2."""
+    method = scope["method"].upper()
+    name, _, part = scope["path"].strip("/").partition("/")
+    if not name or "/" in part:
+        raise NotFound("no such upload")
+    key = f"{request.caller.user_id}:{name}"
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    if method == "MKCOL" and not part:
+        now = _now_ms()
+        doc = DavUpload(
+            id=key,
+            user_id=request.caller.user_id,
+            destination=headers.get("destination"),
+            created_ms=now,
+            touched_ms=now,
+        )
+        try:
+            await doc.insert()
+        except DuplicateKeyError:
+            return Reply(405)
+        return Reply(201)
+    upload = await DavUpload.get(key)
+    if upload is None:
+        raise NotFound("no such upload (it expired or was finished)")
+    if method == "DELETE" and not part:
+        await upload.delete()
+        return Reply(204)
+    if method == "PUT" and part:
+        # Numbers: 1..10000 (chunking v2) or the part's byte offset, zero-padded (the
+        # desktop client's "NG" chunking); either way they sort into file order.
+        if not part.isdigit() or len(part) > 20:
+            raise BadRequest("parts are named by number", code="invalid_part")
+        return await _put_part(request, upload, part, receive)
+    if method == "MOVE" and part == ".file":
+        return await _assemble(request, upload, headers, user)
+    if method == "PROPFIND":
+        return _list_parts(upload, scope)
+    return Reply(405)
+
+
+async def _put_part(request: DavRequest, upload: DavUpload, part: str, receive: Receive) -> Reply:
+    uploads = request.services.uploads
+    place = await place_of(request, "/")
+    assert place is not None
+    scope = place.scope
+    if upload.destination:
+        target = await _target(request, upload.destination)
+        scope = target.scope
+    already = sum(size for chunks in upload.parts.values() for _, size in chunks)
+    sink = ChunkSink(uploads, scope, hold_back=MIN_CHUNK_SIZE, already=already)
+    try:
+        async for piece in _body(receive):
+            await sink.write(piece)
+        chunks = await sink.close()
+    except BaseException:
+        sink.abandon()
+        raise
+    stored = [[c.sha256, c.size] for c in chunks]
+    await DavUpload.get_pymongo_collection().update_one(
+        {"_id": upload.id}, {"$set": {f"parts.{int(part)}": stored, "touched_ms": _now_ms()}}
+    )
+    return Reply(201)
+
+
+async def _target(request: DavRequest, destination: str) -> Any:
+    """Where a Destination (a URL or path under /remote.php/dav/files/USER) lands."""
+    path = unquote(urlsplit(destination).path)
+    prefix = f"{FILES}/{request.caller.user.username}"
+    if not path.casefold().startswith(prefix.casefold() + "/"):
+        raise BadRequest("Destination must be in your files", code="invalid_destination")
+    place = await place_of(request, path[len(prefix) :])
+    if place is None or place.shared_root:
+        raise Forbidden("nothing can be created there", code="read_only")
+    if not place.scope.access.can_write:
+        raise Forbidden("this is shared with you to view only", code="read_only")
+    if place.node is not None and place.node.kind == "folder":
+        raise Conflict("the destination is a folder", code="is_a_folder")
+    return place
+
+
+async def _assemble(
+    request: DavRequest, upload: DavUpload, headers: dict[str, str], user: str
+) -> Reply:
+    destination = headers.get("destination") or upload.destination
+    if not destination:
+        raise BadRequest("MOVE needs a Destination", code="invalid_destination")
+    place = await _target(request, destination)
+    chunks = [
+        ChunkIn(sha256=sha, size=size)
+        for number in sorted(upload.parts, key=int)
+        for sha, size in upload.parts[number]
+    ]
+    size = sum(c.size for c in chunks)
+    declared = headers.get("oc-total-length")
+    if declared is not None and (not declared.isdigit() or int(declared) != size):
+        raise BadRequest(
+            f"the parts hold {size} bytes, OC-Total-Length says {declared}", code="size_mismatch"
+        )
+    existed = place.node is not None
+    req = UploadRequest(
+        size=size, chunks=chunks, content_hash=await _content_hash(request, place, chunks)
+    )
+    out = await request.services.uploads.commit_stored(
+        place.scope, place.tree_path, req, started_ms=upload.created_ms
+    )
+    await upload.delete()
+    etag = f'"{out.content_hash}"'
+    return Reply(204 if existed else 201, {"ETag": etag, "OC-ETag": etag, "OC-FileId": out.id})
+
+
+async def _content_hash(request: DavRequest, place: Any, chunks: list[ChunkIn]) -> str:
+    """The file's content hash: derived when every chunk is a 4 MiB block, else read
+    back from the stored chunks (the parts' sizes are the client's choice)."""
+    if all(c.size == BLOCK_SIZE for c in chunks[:-1]) and (
+        not chunks or chunks[-1].size <= BLOCK_SIZE
+    ):
+        return content_hash(c.sha256 for c in chunks)
+    hasher = ContentHasher()
+    for c in chunks:
+        async for piece in request.store.read(place.scope.owner_id, c.sha256):
+            hasher.update(piece)
+    return hasher.hexdigest()
+
+
+def _list_parts(upload: DavUpload, scope: Scope) -> Reply:
+    base = scope.get("root_path", "") + "/" + scope["path"].strip("/").partition("/")[0]
+    entries = [
+        f"<d:response><d:href>{base}/</d:href><d:propstat><d:prop><d:resourcetype>"
+        "<d:collection/></d:resourcetype></d:prop><d:status>HTTP/1.1 200 OK</d:status>"
+        "</d:propstat></d:response>"
+    ]
+    for number, chunks in sorted(upload.parts.items(), key=lambda kv: int(kv[0])):
+        size = sum(s for _, s in chunks)
+        entries.append(
+            f"<d:response><d:href>{base}/{int(number):05d}</d:href><d:propstat><d:prop>"
+            f"<d:getcontentlength>{size}</d:getcontentlength><d:resourcetype/></d:prop>"
+            "<d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>"
+        )
+    body = '<?xml version="1.0"?><d:multistatus xmlns:d="DAV:">' + "".join(entries)
+    return Reply(
+        207,
+        {"Content-Type": "application/xml; charset=utf-8"},
+        (body + "</d:multistatus>").encode(),
+    )
