@@ -21,11 +21,14 @@ e2e-deps:
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# The WebDAV compliance suite (tests/test_dav.py runs it against /dav/).
+# Clients nobody here wrote, which tests/test_dav.py runs against /dav/ and the Nextcloud
+# paths: the litmus compliance suite, rclone, the Nextcloud desktop client's nextcloudcmd.
 dav-deps:
-	@command -v litmus >/dev/null 2>&1 && command -v rclone >/dev/null 2>&1 || { \
-	  echo "installing Debian litmus and rclone for the WebDAV tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq litmus rclone >/dev/null; }
+	@command -v litmus >/dev/null 2>&1 && command -v rclone >/dev/null 2>&1 \
+	  && command -v nextcloudcmd >/dev/null 2>&1 || { \
+	  echo "installing Debian litmus, rclone and nextcloud-desktop-cmd for the WebDAV tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    litmus rclone nextcloud-desktop-cmd >/dev/null; }
 
 test: $(STAMP) e2e-deps dav-deps
 	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py

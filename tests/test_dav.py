@@ -317,3 +317,76 @@ def test_a_large_folder_is_listed_whole(alice: User) -> None:
     assert "getcontentlength" not in listed["/dav/big/sub/"]  # a folder
     assert listed["/dav/big/f0042.txt"]["getcontentlength"] == "2"
     assert listed["/dav/big/f0042.txt"]["getetag"] == f'"{content_hash(b"42")}"'
+
+
+def nextcloudcmd(user: User, folder: Path, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "nextcloudcmd",
+            "--non-interactive",
+            "--max-sync-retries",
+            "2",
+            "-u",
+            user.username,
+            "-p",
+            password,
+            str(folder),
+            user.base_url,
+        ],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=300,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+
+
+def synced_files(folder: Path) -> dict[str, bytes]:
+    """The user's files in a Nextcloud client folder (not its own .sync_* database)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith((".sync_", "._sync_", ".owncloudsync"))
+    }
+
+
+def test_the_nextcloud_client_syncs_both_ways(alice: User, tmp_path: Path) -> None:
+    """nextcloudcmd syncs a folder up (a 64 MiB file in chunks), a second one syncs it
+    down, and an edit and a delete on one side reach the other."""
+    assert shutil.which("nextcloudcmd"), "make test installs Debian's nextcloud-desktop-cmd"
+    token = alice.http.post(
+        "/api/auth/token",
+        json={"username": alice.username, "password": alice.password, "device_name": "nc"},
+    ).json()["token"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    (one / "notes.txt").write_text("first notes")
+    (one / "Photos").mkdir()
+    (one / "Photos" / "big.raw").write_bytes(os.urandom(64 * MIB))
+    for i in range(20):
+        (one / "Photos" / f"p{i}.jpg").write_bytes(os.urandom(3000 + i))
+
+    done = nextcloudcmd(alice, one, token)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "uploads/" in done.stdout + done.stderr  # the big file went up in chunks
+    listed = {i["name"]: i for i in listing(alice, "/Photos")}
+    assert listed["big.raw"]["size"] == 64 * MIB and len(listed) == 21
+    assert (
+        alice.http.get(f"/api/file/{listed['big.raw']['id']}/content").content
+        == (one / "Photos" / "big.raw").read_bytes()
+    )
+
+    done = nextcloudcmd(alice, two, token)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert synced_files(two) == synced_files(one)
+
+    (two / "notes.txt").write_text("second notes, edited on two")
+    (two / "Photos" / "p3.jpg").unlink()
+    assert nextcloudcmd(alice, two, token).returncode == 0
+    assert nextcloudcmd(alice, one, token).returncode == 0
+    assert (one / "notes.txt").read_text() == "second notes, edited on two"
+    assert not (one / "Photos" / "p3.jpg").exists()
+    assert synced_files(one) == synced_files(two)
+    names = [i["name"] for i in listing(alice, "/")]
+    assert "notes.txt" in names
