@@ -78,7 +78,7 @@ async def verify_hashes(ctx: dict[str, Any]) -> int:
 
 async def expire_uploads(ctx: dict[str, Any]) -> int:
     """Drop upload sessions past their expiry, with their never-committed versions."""
-    return await expiry.expire_uploads(ctx["store"])
+    return await expiry.expire_uploads(ctx["store"]) + await expiry.expire_dav_uploads()
 
 
 async def apply_retention(ctx: dict[str, Any]) -> dict[str, int]:

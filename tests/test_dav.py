@@ -390,3 +390,118 @@ def test_the_nextcloud_client_syncs_both_ways(alice: User, tmp_path: Path) -> No
     assert synced_files(one) == synced_files(two)
     names = [i["name"] for i in listing(alice, "/")]
     assert "notes.txt" in names
+
+
+def test_chunked_uploads_assemble_one_version_and_respect_roles(alice: User, bob: User) -> None:
+    """Nextcloud chunked upload: parts of any size (not 4 MiB multiples) become one file
+    with the right content hash; a viewer's upload into a share is refused; a MOVE whose
+    parts do not add up to OC-Total-Length commits nothing."""
+    parts = [os.urandom(5 * MIB + 1), os.urandom(5 * MIB + 12345), os.urandom(777)]
+    data = b"".join(parts)
+    base = alice.base_url
+    dest = f"{base}/remote.php/dav/files/{alice.username}/Inbox/video.raw"
+    with httpx.Client(base_url=base, auth=(alice.username, alice.password), timeout=60) as nc:
+        nc.request("MKCOL", f"/remote.php/dav/files/{alice.username}/Inbox")
+        upload = f"/remote.php/dav/uploads/{alice.username}/web-1"
+        assert nc.request("MKCOL", upload, headers={"Destination": dest}).status_code == 201
+        for number, part in enumerate(parts, start=1):
+            put = nc.put(f"{upload}/{number:05d}", content=part, headers={"Destination": dest})
+            assert put.status_code == 201
+        wrong = nc.request(
+            "MOVE", f"{upload}/.file", headers={"Destination": dest, "OC-Total-Length": "5"}
+        )
+        assert wrong.status_code == 400
+        assert listing(alice, "/Inbox") == []
+        done = nc.request(
+            "MOVE",
+            f"{upload}/.file",
+            headers={"Destination": dest, "OC-Total-Length": str(len(data))},
+        )
+        assert done.status_code == 201, done.text
+        assert done.headers["oc-etag"] == f'"{content_hash(data)}"'
+        (item,) = listing(alice, "/Inbox")
+        assert item["id"] == done.headers["oc-fileid"] and item["content_hash"] == content_hash(
+            data
+        )
+        assert alice.http.get(f"/api/file/{item['id']}/content").content == data
+        assert (
+            nc.request("MOVE", f"{upload}/.file", headers={"Destination": dest}).status_code == 404
+        )
+
+    folder = alice.http.post("/api/folder", json={"path": "/Shared stuff"}).json()
+    share(alice, folder["id"], bob.username, "viewer")
+    assert wait_for(lambda: shared_items(bob))
+    into_share = f"{base}/remote.php/dav/files/{bob.username}/Shared with me/Shared stuff/x.bin"
+    with httpx.Client(base_url=base, auth=(bob.username, bob.password), timeout=60) as nc:
+        upload = f"/remote.php/dav/uploads/{bob.username}/web-2"
+        assert nc.request("MKCOL", upload, headers={"Destination": into_share}).status_code == 201
+        put = nc.put(f"{upload}/00001", content=b"x" * 1000, headers={"Destination": into_share})
+        assert put.status_code == 403
+        assert (
+            nc.request("MOVE", f"{upload}/.file", headers={"Destination": into_share}).status_code
+            == 403
+        )
+        # and nobody reaches another user's uploads
+        assert nc.request("MKCOL", f"/remote.php/dav/uploads/{alice.username}/x").status_code == 404
+    assert listing(alice, "/Shared stuff") == []
+
+
+def test_a_lock_taken_through_one_web_instance_holds_on_another(tmp_path: Path) -> None:
+    from tests.stack import Stack
+
+    stack = Stack(tmp_path / "stack")
+    stack.start_mongo()
+    stack.start_redis()
+    stack.start_worker()
+    stack.start_web("web")
+    stack.start_web("web2")
+    try:
+        user = User(stack.url("web"))
+        lock_body = (
+            '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+            "</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"
+        )
+        with (
+            httpx.Client(
+                base_url=f"{stack.url('web')}/dav", auth=(user.username, user.password)
+            ) as one,
+            httpx.Client(
+                base_url=f"{stack.url('web2')}/dav", auth=(user.username, user.password)
+            ) as two,
+        ):
+            assert one.put("/doc.txt", content=b"v1").status_code == 201
+            locked = one.request(
+                "LOCK", "/doc.txt", content=lock_body, headers={"Timeout": "Second-60"}
+            )
+            assert locked.status_code == 200
+            token = locked.headers["lock-token"]
+            assert two.put("/doc.txt", content=b"v2").status_code == 423  # the other instance
+            assert two.delete("/doc.txt").status_code == 423
+            put = two.put("/doc.txt", content=b"v2", headers={"If": f"({token})"})
+            assert put.status_code == 204
+            assert (
+                two.request("UNLOCK", "/doc.txt", headers={"Lock-Token": token}).status_code == 204
+            )
+            assert one.delete("/doc.txt").status_code == 204
+    finally:
+        stack.stop_all()
+
+
+def test_abandoned_chunked_uploads_expire(alice: User, stack) -> None:
+    import asyncio
+
+    from tests.test_faults import run_in_worker
+
+    upload = f"/remote.php/dav/uploads/{alice.username}/old-one"
+    with httpx.Client(base_url=alice.base_url, auth=(alice.username, alice.password)) as nc:
+        assert nc.request("MKCOL", upload).status_code == 201
+        nc.put(f"{upload}/00001", content=b"y" * 5000)
+    from pymongo import MongoClient
+
+    with MongoClient(stack.env["MONGODB_URL"]) as client:
+        uploads = client.coffer.dav_uploads
+        uploads.update_many({"_id": {"$regex": "old-one$"}}, {"$set": {"touched_ms": 0}})
+        asyncio.run(run_in_worker(stack, "expire_uploads"))
+        assert uploads.count_documents({"_id": {"$regex": "old-one$"}}) == 0
+    with httpx.Client(base_url=alice.base_url, auth=(alice.username, alice.password)) as nc:
+        assert nc.request("MOVE", f"{upload}/.file").status_code == 404

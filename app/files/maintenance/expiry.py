@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from beanie import PydanticObjectId
 
-from app.core.clock import now
+from app.core.clock import epoch_ms, now
 from app.core.query import match
+from app.db.dav import DavUpload
 from app.db.files import FileNode, FileVersion, UploadSession, delete_chunk_maps
 from app.files.recovery import finish_commit
 from app.storage.base import BlobStore
@@ -40,3 +41,15 @@ async def expire_uploads(store: BlobStore) -> int:
         await session.delete()
         expired += 1
     return expired
+
+
+# A Nextcloud chunked upload left alone this long is dropped (as Nextcloud does); its
+# parts' chunks stay until garbage collection, whose grace (a day) outlasts this.
+DAV_UPLOAD_IDLE_MS = 24 * 3600 * 1000
+
+
+async def expire_dav_uploads() -> int:
+    """Drop Nextcloud chunked uploads idle for a day."""
+    cutoff = epoch_ms(now()) - DAV_UPLOAD_IDLE_MS
+    result = await DavUpload.get_pymongo_collection().delete_many({"touched_ms": {"$lt": cutoff}})
+    return result.deleted_count
