@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import User
-from tests.test_client import Device, stop_live, tree, wait_for
+from tests.test_client import Device, live_pair, tree, wait_for
 
 
 def make_tree(root: Path, count: int, folders: int, size: int = 2000) -> dict[str, bytes]:
@@ -49,31 +49,23 @@ def test_the_push_channels_stay_up_while_10000_files_sync(tmp_path: Path, base_u
     live device gets all of them byte for byte, neither client's WebSocket drops during the
     bulk work (no fall-back to long-polling in either log), and the channel still pushes
     the next change at once."""
-    user = User(base_url)
-    a, b = Device(tmp_path, "laptop", base_url, user), Device(tmp_path, "desk", base_url, user)
     staging = tmp_path / "staging" / "project"
     made = make_tree(staging, 10_000, 20)
-    log_a, log_b = tmp_path / "laptop.log", tmp_path / "desk.log"
-    logs = (log_a, log_b)
-    live_a, live_b = a.start_live(trace=log_a), b.start_live(trace=log_b)
-    try:
-        for trace in logs:
-            wait_for(lambda trace=trace: "pass done" in trace.read_text(), logs=logs)
+    with live_pair(tmp_path, base_url) as pair:
+        a, b, logs = pair.a, pair.b, pair.logs
         started = time.monotonic()
         staging.rename(a.folder / "project")
         wait_for(lambda: count_files(b.folder / "project") >= 10_000, timeout=240, logs=logs)
         print(f"10,000 files on the other device after {time.monotonic() - started:.1f} s")
         (a.folder / "after.txt").write_text("pushed after the bulk")
         wait_for(lambda: (b.folder / "after.txt").exists(), timeout=10, logs=logs)
-    finally:
-        stop_live(live_a, live_b)
     for trace in logs:
         text = trace.read_text()
         assert "push channel unavailable" not in text, text[-3000:]
         assert "keepalive" not in text, text[-3000:]
     got = tree(b.folder / "project")
     assert got == made
-    assert server_files(user, "/project") == {rel: len(data) for rel, data in made.items()}
+    assert server_files(pair.user, "/project") == {rel: len(data) for rel, data in made.items()}
 
 
 def test_a_client_killed_mid_batch_converges_in_both_directions(

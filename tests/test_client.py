@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -116,6 +118,45 @@ def stop_live(*procs: subprocess.Popen[str]) -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@dataclass
+class LivePair:
+    """Two devices of one user, each running `coffer sync` live with a trace log."""
+
+    user: User
+    a: Device
+    b: Device
+    log_a: Path
+    log_b: Path
+    live_a: subprocess.Popen[str] | None = None
+    live_b: subprocess.Popen[str] | None = None
+
+    @property
+    def logs(self) -> tuple[Path, Path]:
+        return self.log_a, self.log_b
+
+
+@contextmanager
+def live_pair(tmp_path: Path, url: str) -> Iterator[LivePair]:
+    """Both devices started and past their first pass; stopped on the way out (the test
+    may replace `live_a`/`live_b`, e.g. after killing one)."""
+    user = User(url)
+    pair = LivePair(
+        user,
+        Device(tmp_path, "laptop", url, user),
+        Device(tmp_path, "desk", url, user),
+        tmp_path / "laptop.log",
+        tmp_path / "desk.log",
+    )
+    pair.live_a = pair.a.start_live(trace=pair.log_a)
+    pair.live_b = pair.b.start_live(trace=pair.log_b)
+    try:
+        for trace in pair.logs:
+            wait_for(lambda trace=trace: "pass done" in trace.read_text(), logs=pair.logs)
+        yield pair
+    finally:
+        stop_live(*(p for p in (pair.live_a, pair.live_b) if p is not None))
 
 
 @pytest.fixture

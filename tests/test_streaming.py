@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import User
 from tests.stack import Stack, wait_http
-from tests.test_client import Device, stop_live, wait_for
+from tests.test_client import Device, live_pair, stop_live, wait_for
 
 MIB = 1024 * 1024
 
@@ -51,15 +51,8 @@ def streams(device: Device) -> list[Path]:
 
 
 def test_a_large_file_is_fetched_while_it_is_uploaded(slow_commits: Stack, tmp_path: Path) -> None:
-    user = User(slow_commits.url())
-    a = Device(tmp_path, "laptop", slow_commits.url(), user)
-    b = Device(tmp_path, "desk", slow_commits.url(), user)
-    log_a, log_b = tmp_path / "laptop.log", tmp_path / "desk.log"
-    logs = (log_a, log_b)
-    live_a, live_b = a.start_live(trace=log_a), b.start_live(trace=log_b)
-    try:
-        for trace in logs:
-            wait_for(lambda trace=trace: "pass done" in trace.read_text(), logs=logs)
+    with live_pair(tmp_path, slow_commits.url()) as pair:
+        a, b, log_a, log_b, logs = pair.a, pair.b, pair.log_a, pair.log_b, pair.logs
         data = os.urandom(40 * MIB)
         staged = tmp_path / "video.raw"
         staged.write_bytes(data)
@@ -80,15 +73,14 @@ def test_a_large_file_is_fetched_while_it_is_uploaded(slow_commits: Stack, tmp_p
         staged.write_bytes(data2)
         os.replace(staged, a.folder / "second.raw")
         wait_for(lambda: bool(streams(b)), timeout=30, logs=logs)
-        os.killpg(live_b.pid, signal.SIGKILL)
-        live_b.wait()
+        assert pair.live_b is not None
+        os.killpg(pair.live_b.pid, signal.SIGKILL)
+        pair.live_b.wait()
         assert not (b.folder / "second.raw").exists()
-        live_b = b.start_live(trace=tmp_path / "desk2.log")
+        pair.live_b = b.start_live(trace=tmp_path / "desk2.log")
         wait_for(lambda: (b.folder / "second.raw").exists(), timeout=60, logs=logs)
         assert (b.folder / "second.raw").read_bytes() == data2
         wait_for(lambda: streams(b) == [], timeout=10, logs=logs)
-    finally:
-        stop_live(live_a, live_b)
 
 
 def test_an_abandoned_upload_leaves_nothing_on_the_receiver(
@@ -117,15 +109,8 @@ def test_an_abandoned_upload_leaves_nothing_on_the_receiver(
 def test_a_web_server_killed_mid_stream_leaves_every_device_with_the_committed_bytes(
     slow_chunks: Stack, tmp_path: Path
 ) -> None:
-    user = User(slow_chunks.url())
-    a = Device(tmp_path, "laptop", slow_chunks.url(), user)
-    b = Device(tmp_path, "desk", slow_chunks.url(), user)
-    log_a, log_b = tmp_path / "laptop.log", tmp_path / "desk.log"
-    logs = (log_a, log_b)
-    live_a, live_b = a.start_live(trace=log_a), b.start_live(trace=log_b)
-    try:
-        for trace in logs:
-            wait_for(lambda trace=trace: "pass done" in trace.read_text(), logs=logs)
+    with live_pair(tmp_path, slow_chunks.url()) as pair:
+        a, b, logs = pair.a, pair.b, pair.logs
         data = os.urandom(24 * MIB)
         staged = tmp_path / "movie.raw"
         staged.write_bytes(data)
@@ -138,8 +123,6 @@ def test_a_web_server_killed_mid_stream_leaves_every_device_with_the_committed_b
         wait_http(f"{slow_chunks.url()}/healthz")
         wait_for(lambda: (b.folder / "movie.raw").exists(), timeout=120, logs=logs)
         assert (b.folder / "movie.raw").read_bytes() == data
-        listed = user.http.get("/api/file", params={"path": "/"}).json()["items"]
+        listed = pair.user.http.get("/api/file", params={"path": "/"}).json()["items"]
         assert [(i["name"], i["size"]) for i in listed] == [("movie.raw", len(data))]
         wait_for(lambda: streams(b) == [], timeout=10, logs=logs)
-    finally:
-        stop_live(live_a, live_b)

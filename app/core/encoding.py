@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from collections.abc import AsyncIterator, Callable
 
 import zstandard
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import BadRequest, PayloadTooLarge, error_body
+from app.core.errors import BadRequest, PayloadTooLarge, send_error
 
 ZSTD = "zstd"
 # Bodies that stream to their handler, which decodes them itself.
@@ -72,7 +71,7 @@ def decompressing_bodies(max_body: int) -> Callable[[ASGIApp], ASGIApp]:
                 await app(scope, receive, send)
                 return
             if coding != ZSTD:
-                await _refuse(send, 415, "unsupported_encoding", f"{coding} bodies: use zstd")
+                await send_error(send, 415, "unsupported_encoding", f"{coding} bodies: use zstd")
                 return
             compressed = bytearray()
             more = True
@@ -83,12 +82,12 @@ def decompressing_bodies(max_body: int) -> Callable[[ASGIApp], ASGIApp]:
                 compressed += message.get("body", b"")
                 more = message.get("more_body", False)
                 if len(compressed) > max_body:
-                    await _refuse(send, 413, "too_large", f"bodies of at most {max_body} bytes")
+                    await send_error(send, 413, "too_large", f"bodies of at most {max_body} bytes")
                     return
             try:
                 body = decompress_capped(bytes(compressed), max_body)
             except (BadRequest, PayloadTooLarge) as exc:
-                await _refuse(send, exc.status_code, exc.code, exc.message)
+                await send_error(send, exc.status_code, exc.code, exc.message)
                 return
             headers = [
                 (k, v)
@@ -124,21 +123,6 @@ async def decompressed(pieces: AsyncIterator[bytes], limit: int) -> AsyncIterato
     body = decompress_capped(bytes(compressed), limit)
     for start in range(0, len(body), PIECE):
         yield body[start : start + PIECE]
-
-
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
-    payload = json.dumps(error_body(code, message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 def accepts_zstd(accept_encoding: str | None) -> bool:

@@ -6,11 +6,13 @@ HTTP and validation errors) to `{"error": {"code", "message", ...}}` with the ri
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import Send
 
 from app.core.crypto import PasswordHashingBusy
 
@@ -93,6 +95,26 @@ class ServiceUnavailable(CofferError):
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
+
+
+async def send_error(
+    send: Send, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> None:
+    """The JSON error answer, sent from plain ASGI code (middleware, mounted apps) that
+    runs outside Litestar's exception handling."""
+    body = json.dumps(error_body(code, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _coffer_error(_: Request, exc: CofferError) -> Response:

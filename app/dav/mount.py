@@ -20,7 +20,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import time
 from typing import Any
@@ -37,7 +36,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from app.auth import service as auth_service
 from app.core.crypto import PasswordHashing
-from app.core.errors import CofferError, TooManyRequests, Unauthorized, error_body
+from app.core.errors import CofferError, TooManyRequests, Unauthorized, send_error
 from app.dav import propfind
 from app.dav.bridge import CURRENT, LoopBridge
 from app.dav.locks import MongoLockStorage
@@ -155,12 +154,12 @@ class DavMount:
         try:
             caller = await self.authenticate(scope)
         except TooManyRequests as exc:
-            await answer_error(send, 429, exc.code, exc.message, exc.extra.get("headers") or {})
+            await send_error(send, 429, exc.code, exc.message, exc.extra.get("headers") or {})
             return None
         if caller is None:
             challenge = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
             message = "sign in with your username and a device token or your password"
-            await answer_error(send, 401, "unauthorized", message, challenge)
+            await send_error(send, 401, "unauthorized", message, challenge)
         return caller
 
     async def serve(
@@ -170,7 +169,7 @@ class DavMount:
         assert self.services is not None and self.store is not None
         refused = _refused(scope)
         if refused is not None:
-            await answer_error(send, *refused, {})
+            await send_error(send, *refused, {})
             return
         request = DavRequest(caller, self.services, self.store, self.settings)
         scope["coffer.dav"] = request  # type: ignore[typeddict-unknown-key]
@@ -192,12 +191,12 @@ class DavMount:
             wanted = propfind.parse_body(body)
             answer = await propfind.answer(request, mount, scope["path"] or "/", depth, wanted)
         except CofferError as exc:
-            await answer_error(send, exc.status_code, exc.code, exc.message, {})
+            await send_error(send, exc.status_code, exc.code, exc.message, {})
             return True
         if answer is None:
             return False
         if isinstance(answer, int):
-            await answer_error(send, answer, "not_found", "nothing is there", {})
+            await send_error(send, answer, "not_found", "nothing is there", {})
             return True
         first = await anext(answer)  # what fails, fails before the answer starts
         await send(
@@ -315,24 +314,6 @@ def _base_url(scope: Scope) -> str:
     headers = dict(scope.get("headers") or [])
     host = headers.get(b"host", b"localhost").decode("latin-1")
     return f"{scope.get('scheme', 'http')}://{host}"
-
-
-async def answer_error(
-    send: Send, status: int, code: str, message: str, headers: dict[str, str]
-) -> None:
-    body = json.dumps(error_body(code, message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *((k.lower().encode(), v.encode()) for k, v in headers.items()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def dav_route(mount: DavMount) -> ASGIRouteHandler:

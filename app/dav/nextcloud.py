@@ -22,8 +22,16 @@ from litestar import Request, asgi, get
 from litestar.types import Receive, Scope, Send
 from pymongo.errors import DuplicateKeyError
 
-from app.core.errors import BadRequest, CofferError, Conflict, Forbidden, NotFound, Unauthorized
-from app.dav.mount import REALM, DavMount, answer_error
+from app.core.errors import (
+    BadRequest,
+    CofferError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    send_error,
+)
+from app.dav.mount import REALM, DavMount
 from app.dav.provider import DavRequest, place_of
 from app.db.dav import DavUpload
 from app.files.schemas import ChunkIn, UploadRequest
@@ -128,7 +136,7 @@ def nextcloud_routes(dav: DavMount) -> list[Any]:
         kind, _, rest = scope["path"].lstrip("/").partition("/")
         user, _, below = rest.partition("/")
         if kind not in ("files", "uploads") or user.casefold() != caller.user.username_key:
-            await answer_error(send, 404, "not_found", "nothing is there", {})
+            await send_error(send, 404, "not_found", "nothing is there", {})
             return
         scope["path"] = "/" + below
         if kind == "files":
@@ -139,7 +147,7 @@ def nextcloud_routes(dav: DavMount) -> list[Any]:
         try:
             response = await chunked_upload(request, scope, receive, user)
         except CofferError as exc:
-            await answer_error(send, exc.status_code, exc.code, exc.message, {})
+            await send_error(send, exc.status_code, exc.code, exc.message, {})
             return
         await response.send(send)
 
