@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/sync.py
 	$(PY) bench/sync.py --workload tree
 	$(PY) bench/batch.py
+	$(PY) bench/dav.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py

@@ -169,10 +169,15 @@ def test_roles_hold_over_webdav(alice: User, bob: User) -> None:
         assert put.status_code == 201
         assert client.delete("/Shared with me/Team").status_code == 403  # not the share root
     assert alice.http.get("/api/file", params={"path": "/Team"}).status_code == 200
-    names = [
-        i["name"] for i in alice.http.get("/api/file", params={"path": "/Team"}).json()["items"]
-    ]
-    assert names == ["notes.txt", "plan.txt"]
+    assert [i["name"] for i in listing(alice, "/Team")] == ["notes.txt", "plan.txt"]
+    # Revoked: gone at once from bob's mounted share.
+    revoked = alice.http.delete(f"/api/file/{folder['id']}/share/{bob.username}")
+    assert revoked.status_code == 204
+    with dav(bob) as client:
+        assert client.get("/Shared with me/Team/plan.txt").status_code == 404
+        late = client.put("/Shared with me/Team/late.txt", content=b"x")
+        assert late.status_code in (403, 404, 409)
+    assert [i["name"] for i in listing(alice, "/Team")] == ["notes.txt", "plan.txt"]
 
 
 def test_who_may_sign_in(alice: User, bob: User) -> None:
