@@ -155,8 +155,8 @@ def test_roles_hold_over_webdav(alice: User, bob: User) -> None:
     assert share(alice, folder["id"], bob.username, "viewer").status_code in (200, 201)
     assert wait_for(lambda: shared_items(bob))
     with dav(bob) as client:
-        listing = propfind(client, "/Shared%20with%20me/", "1")
-        assert "/dav/Shared%20with%20me/Team/" in listing
+        shared = propfind(client, "/Shared%20with%20me/", "1")
+        assert "/dav/Shared%20with%20me/Team/" in shared
         assert client.get("/Shared with me/Team/plan.txt").content == b"the plan"
         assert client.put("/Shared with me/Team/new.txt", content=b"x").status_code == 403
         assert client.delete("/Shared with me/Team/plan.txt").status_code == 403
