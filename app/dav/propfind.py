@@ -12,6 +12,7 @@ owner holds a lock (lock discovery is wsgidav's).
 from __future__ import annotations
 
 import email.utils
+import functools
 import mimetypes
 import shutil
 from collections.abc import AsyncIterator, Iterable
@@ -26,7 +27,15 @@ from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 
 from app.core.errors import BadRequest
-from app.dav.provider import SHARED, DavRequest, Place, children_query, place_of, props_of
+from app.dav.provider import (
+    SHARED,
+    DavRequest,
+    Place,
+    children_query,
+    owner_has_props,
+    place_of,
+    props_of,
+)
 from app.db.dav import DavLock
 from app.db.events import EventCounter
 from app.db.files import FileNode
@@ -105,9 +114,6 @@ class Item:
         )
 
 
-LISTED = {f: 1 for f in ("name", "kind", "size", "content_hash", "modified_at", "created_at")}
-
-
 @dataclass(frozen=True)
 class Listing:
     """What every entry of one answer shares: quota, the owner's tree version (folder
@@ -118,6 +124,7 @@ class Listing:
     owner_id: str
     writable: bool
     detachable: bool  # the top entry may be renamed, moved, deleted
+    has_props: bool  # the owner has dead properties somewhere (else none are looked up)
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,7 @@ async def answer(
         owner_id=place.scope.owner_id,
         writable=access.can_write,
         detachable=place.node is not None and access.can_detach,
+        has_props=await owner_has_props(place.scope.owner_id),
     )
     return stream(place, base, top, depth == "1" and top.folder, wanted, listing)
 
@@ -165,7 +173,7 @@ async def stream(
     """The folder (or file) itself, then its members as they are read, PIECE_ENTRIES at
     a time, each batch's dead properties in one query."""
     yield b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
-    dead = await props_of([top.id]) if top.id else {}
+    dead = await props_of([top.id]) if top.id and listing.has_props else {}
     first = [Entry(base + ("/" if top.folder else ""), top, dead.get(top.id or "", {}), True)]
     if members and place.node is None:
         joined = place.scope.caller.user.created_at
@@ -186,7 +194,8 @@ async def stream(
 
 
 def children_cursor(place: Place) -> AsyncIterator[dict[str, Any]]:
-    cursor = FileNode.get_pymongo_collection().find(children_query(place), LISTED)
+    # No projection: the embedded server answers it slower than whole documents.
+    cursor = FileNode.get_pymongo_collection().find(children_query(place))
     cursor = cursor.sort("name_key", 1)
 
     async def docs() -> AsyncIterator[dict[str, Any]]:
@@ -200,7 +209,7 @@ def children_cursor(place: Place) -> AsyncIterator[dict[str, Any]]:
 
 
 async def _piece(items: list[Item], prefix: str, wanted: Wanted, listing: Listing) -> bytes:
-    dead = await props_of([i.id for i in items if i.id])
+    dead = await props_of([i.id for i in items if i.id]) if listing.has_props else {}
     return "".join(
         response_xml(
             Entry(prefix + quote(i.name) + ("/" if i.folder else ""), i, dead.get(i.id or "", {})),
@@ -287,13 +296,21 @@ def live_props(entry: Entry, listing: Listing) -> dict[str, str]:
     return props
 
 
-def _element(name: str, inner: str | None) -> str:
-    """`name` ("{ns}local") as an element holding `inner` (None: empty)."""
+@functools.lru_cache(maxsize=1024)
+def _tags(name: str) -> tuple[str, str, str]:
+    """(open, close, empty) tags of `name` ("{ns}local"); a listing repeats a few names
+    thousands of times."""
     ns, _, local = name[1:].partition("}")
     if ns == DAV:
-        return f"<D:{local}>{inner}</D:{local}>" if inner else f"<D:{local}/>"
+        return f"<D:{local}>", f"</D:{local}>", f"<D:{local}/>"
     attr = f' xmlns:x="{escape(ns, {chr(34): "&quot;"})}"'
-    return f"<x:{local}{attr}>{inner}</x:{local}>" if inner else f"<x:{local}{attr}/>"
+    return f"<x:{local}{attr}>", f"</x:{local}>", f"<x:{local}{attr}/>"
+
+
+def _element(name: str, inner: str | None) -> str:
+    """`name` ("{ns}local") as an element holding `inner` (None: empty)."""
+    opening, closing, empty = _tags(name)
+    return f"{opening}{inner}{closing}" if inner else empty
 
 
 def _propstat(elements: Iterable[str], status: str) -> str:

@@ -345,7 +345,8 @@ class CofferResource:
             self.run(coll.update_one(key, {"$unset": {field: ""}}))
         else:
             text = _bare(xml_tools.xml_to_bytes(value, pretty=False).decode())
-            self.run(coll.update_one(key, {"$set": {field: text}}, upsert=True))
+            owner = {"owner_id": self.scope.owner_id}
+            self.run(coll.update_one(key, {"$set": {field: text, **owner}}, upsert=True))
         return None
 
     def remove_all_properties(self, *, recursive: bool) -> None:
@@ -358,7 +359,9 @@ class CofferResource:
             stored = {_field(name): value for name, value in props.items()}
             self.run(
                 DavProperties.get_pymongo_collection().update_one(
-                    {"_id": str(target.id)}, {"$set": {"props": stored}}, upsert=True
+                    {"_id": str(target.id)},
+                    {"$set": {"props": stored, "owner_id": target.owner_id}},
+                    upsert=True,
                 )
             )
 
@@ -505,6 +508,14 @@ async def children_of(place: Place) -> list[FileNode]:
     if place.node is None:
         found = [n for n in found if n.name_key != SHARED.casefold()]
     return found
+
+
+async def owner_has_props(owner_id: str) -> bool:
+    """Whether any of the owner's files has a dead property (most owners: none)."""
+    found = await DavProperties.get_pymongo_collection().find_one(
+        match(owner_id=owner_id), {"_id": 1}
+    )
+    return found is not None
 
 
 async def props_of(ids: list[str]) -> dict[str, dict[str, str]]:

@@ -27,10 +27,12 @@ class DavProperties(Document):
     """A file's or folder's dead properties: {"{namespace}name": "<xml/>"}."""
 
     id: str  # type: ignore[assignment]  # the file node's id
+    owner_id: str | None = None  # whose tree: a listing skips the lookups if none has any
     props: dict[str, str] = {}
 
     class Settings:
         name = "dav_properties"
+        indexes = [IndexModel([("owner_id", ASCENDING)])]
 
 
 class DavUpload(Document):
