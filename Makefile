@@ -25,10 +25,10 @@ e2e-deps:
 # paths: the litmus compliance suite, rclone, the Nextcloud desktop client's nextcloudcmd.
 dav-deps:
 	@command -v litmus >/dev/null 2>&1 && command -v rclone >/dev/null 2>&1 \
-	  && command -v nextcloudcmd >/dev/null 2>&1 || { \
-	  echo "installing Debian litmus, rclone and nextcloud-desktop-cmd for the WebDAV tests"; \
+	  && command -v nextcloudcmd >/dev/null 2>&1 && command -v mount.davfs >/dev/null 2>&1 || { \
+	  echo "installing Debian litmus, rclone, nextcloud-desktop-cmd and davfs2 for the WebDAV tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    litmus rclone nextcloud-desktop-cmd >/dev/null; }
+	    litmus rclone nextcloud-desktop-cmd davfs2 >/dev/null; }
 
 test: $(STAMP) e2e-deps dav-deps
 	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py

@@ -510,3 +510,36 @@ def test_abandoned_chunked_uploads_expire(alice: User, stack) -> None:
         assert uploads.count_documents({"_id": {"$regex": "old-one$"}}) == 0
     with httpx.Client(base_url=alice.base_url, auth=(alice.username, alice.password)) as nc:
         assert nc.request("MOVE", f"{upload}/.file").status_code == 404
+
+
+def test_davfs2_mounts_reads_and_writes(alice: User, tmp_path: Path) -> None:
+    """davfs2 (the Linux kernel mount): a file read through the mount, and one written
+    there, uploaded when the mount closes. (Listing the mounted directory answers EINVAL
+    in this sandbox's FUSE, against every server tried: not tested here.)"""
+    assert shutil.which("mount.davfs"), "make test installs Debian's davfs2"
+    with dav(alice) as client:
+        client.put("/hello.txt", content=b"hello from coffer")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    secrets = tmp_path / "secrets"
+    secrets.write_text(f'{alice.base_url}/dav/ {alice.username} "{alice.password}"\n')
+    secrets.chmod(0o600)
+    config = tmp_path / "davfs2.conf"
+    config.write_text(f"use_locks 0\nsecrets {secrets}\n")
+    mounted = subprocess.run(
+        ["mount.davfs", "-o", f"conf={config}", f"{alice.base_url}/dav/", str(mount)],
+        capture_output=True,
+        text=True,
+        input="\n",
+        timeout=60,
+    )
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        assert (mount / "hello.txt").read_bytes() == b"hello from coffer"
+        (mount / "from-davfs.txt").write_bytes(b"written through the mount")
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True, timeout=120)
+    names = {i["name"]: i for i in listing(alice, "/")}
+    assert "from-davfs.txt" in names
+    got = alice.http.get(f"/api/file/{names['from-davfs.txt']['id']}/content")
+    assert got.content == b"written through the mount"
