@@ -450,6 +450,23 @@ def test_chunked_uploads_assemble_one_version_and_respect_roles(alice: User, bob
         assert nc.request("MKCOL", f"/remote.php/dav/uploads/{alice.username}/x").status_code == 404
     assert listing(alice, "/Shared stuff") == []
 
+    # As an editor: parts sent without a Destination went into bob's own tree, so they
+    # cannot become a file in alice's (chunks are kept per owner: 409); with the
+    # Destination on MKCOL, as Nextcloud clients send it, the upload lands.
+    share(alice, folder["id"], bob.username, "editor")
+    with httpx.Client(base_url=base, auth=(bob.username, bob.password), timeout=60) as nc:
+        upload = f"/remote.php/dav/uploads/{bob.username}/web-3"
+        assert nc.request("MKCOL", upload).status_code == 201
+        assert nc.put(f"{upload}/00001", content=b"z" * 1000).status_code == 201
+        moved = nc.request("MOVE", f"{upload}/.file", headers={"Destination": into_share})
+        assert moved.status_code == 409
+        upload = f"/remote.php/dav/uploads/{bob.username}/web-4"
+        assert nc.request("MKCOL", upload, headers={"Destination": into_share}).status_code == 201
+        assert nc.put(f"{upload}/00001", content=b"z" * 1000).status_code == 201
+        moved = nc.request("MOVE", f"{upload}/.file", headers={"Destination": into_share})
+        assert moved.status_code == 201
+    assert [i["name"] for i in listing(alice, "/Shared stuff")] == ["x.bin"]
+
 
 def test_a_lock_taken_through_one_web_instance_holds_on_another(tmp_path: Path) -> None:
     from tests.stack import Stack

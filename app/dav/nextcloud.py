@@ -238,6 +238,8 @@ async def _put_part(request: DavRequest, upload: DavUpload, part: str, receive: 
     if upload.destination:
         target = await _target(request, upload.destination)
         scope = target.scope
+    if upload.owner_id not in (None, scope.owner_id):
+        raise Conflict("this upload's parts belong to another tree", code="invalid_destination")
     already = sum(size for chunks in upload.parts.values() for _, size in chunks)
     sink = ChunkSink(uploads, scope, hold_back=MIN_CHUNK_SIZE, already=already)
     try:
@@ -249,7 +251,14 @@ async def _put_part(request: DavRequest, upload: DavUpload, part: str, receive: 
         raise
     stored = [[c.sha256, c.size] for c in chunks]
     await DavUpload.get_pymongo_collection().update_one(
-        {"_id": upload.id}, {"$set": {f"parts.{int(part)}": stored, "touched_ms": _now_ms()}}
+        {"_id": upload.id},
+        {
+            "$set": {
+                f"parts.{int(part)}": stored,
+                "owner_id": scope.owner_id,
+                "touched_ms": _now_ms(),
+            }
+        },
     )
     return Reply(201)
 
@@ -277,6 +286,14 @@ async def _assemble(
     if not destination:
         raise BadRequest("MOVE needs a Destination", code="invalid_destination")
     place = await _target(request, destination)
+    if upload.parts and upload.owner_id != place.scope.owner_id:
+        # The parts are chunks of another owner's (or the caller's own) tree: start the
+        # upload again with this Destination given at MKCOL, as Nextcloud clients do.
+        raise Conflict(
+            "the parts were sent for another folder's owner; upload again with this "
+            "Destination on MKCOL",
+            code="invalid_destination",
+        )
     chunks = [
         ChunkIn(sha256=sha, size=size)
         for number in sorted(upload.parts, key=int)

@@ -43,6 +43,9 @@ class DavUpload(Document):
     id: str  # type: ignore[assignment]  # "<user id>:<upload name>"
     user_id: str
     destination: str | None = None
+    # Whose chunk namespace the parts went into (the destination's owner): chunks are kept
+    # per owner, so the parts only make a file in that owner's tree.
+    owner_id: str | None = None
     created_ms: int
     touched_ms: int
     # part name (a number, "00001") -> [[sha256, size], ...]
