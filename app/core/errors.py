@@ -76,6 +76,13 @@ class TooManyRequests(CofferError):
     code = "too_many_requests"
 
 
+class Locked(CofferError):
+    """A WebDAV lock held by someone else protects the item."""
+
+    status_code = 423
+    code = "locked"
+
+
 class InsufficientStorage(CofferError):
     status_code = 507
     code = "insufficient_storage"

@@ -13,15 +13,17 @@ from app.core.query import match
 from app.dav.bridge import CURRENT, LoopBridge
 from app.db.dav import DavLock
 
-LOCK_TIMEOUT_DEFAULT = 604800.0  # a week, when the client asks for "Infinite"
-LOCK_TIMEOUT_MAX = 4 * 604800.0
+# A lock shuts others out: an hour when the client asks for "Infinite", a day at most
+# (clients refresh the locks they still need; Nextcloud's own default is 30 minutes).
+LOCK_TIMEOUT_DEFAULT = 3600.0
+LOCK_TIMEOUT_MAX = 86400.0
 
 
 def _timeout(requested: Any) -> float:
     timeout = float(requested) if requested is not None else LOCK_TIMEOUT_DEFAULT
-    if timeout < 0 or timeout > LOCK_TIMEOUT_MAX:
-        timeout = LOCK_TIMEOUT_MAX
-    return timeout
+    if timeout < 0:  # "Infinite"
+        return LOCK_TIMEOUT_DEFAULT
+    return min(timeout, LOCK_TIMEOUT_MAX)
 
 
 class MongoLockStorage:

@@ -174,6 +174,7 @@ class DavMount:
         request = DavRequest(caller, self.services, self.store, self.settings)
         scope["coffer.dav"] = request  # type: ignore[typeddict-unknown-key]
         scope["coffer.mount"] = mount  # type: ignore[typeddict-unknown-key]
+        receive = raise_on_disconnect(receive)
         if scope["method"].upper() == "PROPFIND":
             body = await _read_body(receive)
             if await self.propfind(request, scope, send, body, mount):
@@ -257,6 +258,24 @@ class DavMount:
             time.monotonic() + PASSWORD_MEMORY_SECONDS,
         )
         return user
+
+
+class ClientGone(ConnectionError):
+    """The client went away before its request body was complete."""
+
+
+def raise_on_disconnect(receive: Receive) -> Receive:
+    """`receive` that raises ClientGone when the client disconnects, instead of handing
+    over `http.disconnect`, which body readers (a2wsgi's among them) take for the end of
+    the body: a PUT cut short must fail, never commit what arrived."""
+
+    async def receive_or_raise() -> Message:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client went away mid-request")
+        return message
+
+    return receive_or_raise  # type: ignore[return-value]
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -13,27 +13,32 @@ every upload.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from litestar import Request, asgi, get
 from litestar.types import Receive, Scope, Send
 from pymongo.errors import DuplicateKeyError
+from wsgidav.dav_error import DAVError
 
 from app.core.errors import (
     BadRequest,
     CofferError,
     Conflict,
     Forbidden,
+    Locked,
     NotFound,
     Unauthorized,
     send_error,
 )
-from app.dav.mount import REALM, DavMount
+from app.dav.mount import REALM, ClientGone, DavMount
 from app.dav.provider import DavRequest, place_of
 from app.db.dav import DavUpload
+from app.files.integrity import touch_chunks
 from app.files.schemas import ChunkIn, UploadRequest
 from app.files.scope import Caller
 from app.files.uploads import ChunkSink
@@ -145,7 +150,11 @@ def nextcloud_routes(dav: DavMount) -> list[Any]:
         assert dav.services is not None and dav.store is not None
         request = DavRequest(caller, dav.services, dav.store, dav.settings)
         try:
-            response = await chunked_upload(request, scope, receive, user)
+            response = await chunked_upload(
+                request, scope, receive, user, dav.provider.lock_manager
+            )
+        except ClientGone:
+            return  # nobody to answer; the part was not recorded
         except CofferError as exc:
             await send_error(send, exc.status_code, exc.code, exc.message, {})
             return
@@ -179,17 +188,20 @@ def _now_ms() -> int:
 
 
 async def _body(receive: Receive) -> Any:
+    """The request body's pieces; ClientGone if the client leaves before the end."""
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return
+            raise ClientGone("the client went away mid-part")
         if message.get("body"):
             yield message["body"]
         if not message.get("more_body", False):
             return
 
 
-async def chunked_upload(request: DavRequest, scope: Scope, receive: Receive, user: str) -> Reply:
+async def chunked_upload(
+    request: DavRequest, scope: Scope, receive: Receive, user: str, locks: Any = None
+) -> Reply:
     """/remote.php/dav/uploads/USER/NAME[/PART]: Nextcloud chunked upload v2."""
     method = scope["method"].upper()
     name, _, part = scope["path"].strip("/").partition("/")
@@ -220,11 +232,11 @@ async def chunked_upload(request: DavRequest, scope: Scope, receive: Receive, us
     if method == "PUT" and part:
         # Numbers: 1..10000 (chunking v2) or the part's byte offset, zero-padded (the
         # desktop client's "NG" chunking); either way they sort into file order.
-        if not part.isdigit() or len(part) > 20:
+        if not (part.isascii() and part.isdecimal()) or len(part) > 20:
             raise BadRequest("parts are named by number", code="invalid_part")
         return await _put_part(request, upload, part, receive)
     if method == "MOVE" and part == ".file":
-        return await _assemble(request, upload, headers, user)
+        return await _assemble(request, upload, headers, user, locks)
     if method == "PROPFIND":
         return _list_parts(upload, scope)
     return Reply(405)
@@ -250,6 +262,9 @@ async def _put_part(request: DavRequest, upload: DavUpload, part: str, receive: 
         sink.abandon()
         raise
     stored = [[c.sha256, c.size] for c in chunks]
+    # The earlier parts' chunks are referenced by nothing but this upload: keep them
+    # fresh for garbage collection however long the upload takes.
+    await touch_chunks(scope.owner_id, {sha for part in upload.parts.values() for sha, _ in part})
     await DavUpload.get_pymongo_collection().update_one(
         {"_id": upload.id},
         {
@@ -279,8 +294,29 @@ async def _target(request: DavRequest, destination: str) -> Any:
     return place
 
 
+async def _check_locks(locks: Any, place: Any, headers: dict[str, str], username: str) -> None:
+    """A file locked by someone else's WebDAV lock is not overwritten by an assembled
+    upload either (423), unless the request carries the lock's token in `If`."""
+    if locks is None or place.node is None:
+        return
+    ref = quote(f"/{place.scope.owner_id}{place.node.path_key}")
+    tokens = re.findall(r"<(opaquelocktoken:[^>]+)>", headers.get("if", ""))
+
+    def check() -> None:
+        locks.check_write_permission(url=ref, depth="0", token_list=tokens, principal=username)
+
+    try:
+        await asyncio.to_thread(check)  # wsgidav's lock manager is synchronous
+    except DAVError as exc:
+        raise Locked("the file is locked", code="locked") from exc
+
+
 async def _assemble(
-    request: DavRequest, upload: DavUpload, headers: dict[str, str], user: str
+    request: DavRequest,
+    upload: DavUpload,
+    headers: dict[str, str],
+    user: str,
+    dav_locks: Any = None,
 ) -> Reply:
     destination = headers.get("destination") or upload.destination
     if not destination:
@@ -301,10 +337,13 @@ async def _assemble(
     ]
     size = sum(c.size for c in chunks)
     declared = headers.get("oc-total-length")
-    if declared is not None and (not declared.isdigit() or int(declared) != size):
+    if declared is not None and (
+        not (declared.isascii() and declared.isdecimal()) or int(declared) != size
+    ):
         raise BadRequest(
             f"the parts hold {size} bytes, OC-Total-Length says {declared}", code="size_mismatch"
         )
+    await _check_locks(dav_locks, place, headers, request.caller.user.username)
     existed = place.node is not None
     req = UploadRequest(
         size=size, chunks=chunks, content_hash=await _content_hash(request, place, chunks)

@@ -43,6 +43,7 @@ from app.db.files import FileNode
 DAV = "DAV:"
 OC = "http://owncloud.org/ns"
 PIECE_ENTRIES = 250  # entries per streamed piece
+MAX_NAMES = 256  # properties one PROPFIND may name (each entry repeats them)
 
 SUPPORTED_LOCK = (
     "<D:lockentry><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/>"
@@ -76,7 +77,10 @@ def parse_body(body: bytes) -> Wanted:
         if child.tag == f"{{{DAV}}}propname":
             return Wanted("propname")
         if child.tag == f"{{{DAV}}}prop":
-            return Wanted("prop", tuple(el.tag for el in child if isinstance(el, Element)))
+            names = tuple(dict.fromkeys(el.tag for el in child if isinstance(el, Element)))
+            if len(names) > MAX_NAMES:
+                raise BadRequest(f"at most {MAX_NAMES} properties a request", code="bad_xml")
+            return Wanted("prop", names)
     raise BadRequest("the propfind names no allprop, propname or prop", code="bad_xml")
 
 
@@ -125,6 +129,7 @@ class Listing:
     writable: bool
     detachable: bool  # the top entry may be renamed, moved, deleted
     has_props: bool  # the owner has dead properties somewhere (else none are looked up)
+    is_owner: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ async def answer(
         writable=access.can_write,
         detachable=place.node is not None and access.can_detach,
         has_props=await owner_has_props(place.scope.owner_id),
+        is_owner=access.is_owner,
     )
     return stream(place, base, top, depth == "1" and top.folder, wanted, listing)
 
@@ -274,7 +280,7 @@ def live_props(entry: Entry, listing: Listing) -> dict[str, str]:
         props[f"{{{DAV}}}getlastmodified"] = _http_date(item.modified_at)
     if item.created_at is not None:
         props[f"{{{DAV}}}creationdate"] = _utc(item.created_at).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if entry.folder:
+    if entry.folder and listing.is_owner:  # a share's recipients do not see its owner's
         props[f"{{{DAV}}}quota-used-bytes"] = str(quota[0])
         props[f"{{{DAV}}}quota-available-bytes"] = str(quota[1])
     else:
@@ -298,8 +304,10 @@ def live_props(entry: Entry, listing: Listing) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1024)
 def _tags(name: str) -> tuple[str, str, str]:
-    """(open, close, empty) tags of `name` ("{ns}local"); a listing repeats a few names
-    thousands of times."""
+    """(open, close, empty) tags of `name` ("{ns}local", or "local" in no namespace); a
+    listing repeats a few names thousands of times."""
+    if not name.startswith("{"):
+        return f'<{name} xmlns="">', f"</{name}>", f'<{name} xmlns=""/>'
     ns, _, local = name[1:].partition("}")
     if ns == DAV:
         return f"<D:{local}>", f"</D:{local}>", f"<D:{local}/>"

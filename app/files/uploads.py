@@ -224,7 +224,10 @@ class UploadService:
 
     async def store_chunks(self, scope: Scope, chunks: dict[str, bytes]) -> set[str]:
         """Write chunks the server has in hand (a batch's inline files, a streamed write)
-        that the owner does not hold yet; returns those GC is deleting right now."""
+        that the owner does not hold yet, and record all of them as put now (the bytes
+        are here, so whoever sent them has them: a share editor's upload then counts
+        them as its own, and an upload of bytes the owner already holds commits like any
+        other, revealing nothing); returns those GC is deleting right now."""
         owner = scope.owner_id
         await touch_chunks(owner, chunks)
         have = {
@@ -235,10 +238,9 @@ class UploadService:
             )
         }
         missing = {sha: data for sha, data in chunks.items() if sha not in have}
-        if not missing:
-            return set()
-        await self.store.put_many(owner, missing)
-        return await record_stored_chunks(owner, {sha: len(d) for sha, d in missing.items()})
+        if missing:
+            await self.store.put_many(owner, missing)
+        return await record_stored_chunks(owner, {sha: len(d) for sha, d in chunks.items()})
 
     async def commit_stored(
         self, scope: Scope, path: str, req: UploadRequest, started_ms: int
