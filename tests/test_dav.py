@@ -636,3 +636,17 @@ def test_what_a_review_found_stays_fixed(alice: User, bob: User) -> None:
             "PROPFIND", "/", headers={"Depth": "0"}, content=body + "</D:prop></D:propfind>"
         )
         assert r.status_code == 400
+
+
+def test_open_chunked_uploads_are_bounded(alice: User) -> None:
+    """Parts are stored before the quota is charged: a user may keep only so many
+    chunked uploads open (429 past it, until one is finished or deleted)."""
+    from app.dav.nextcloud import MAX_OPEN_UPLOADS
+
+    with httpx.Client(base_url=alice.base_url, auth=(alice.username, alice.password)) as nc:
+        base = f"/remote.php/dav/uploads/{alice.username}"
+        for i in range(MAX_OPEN_UPLOADS):
+            assert nc.request("MKCOL", f"{base}/u{i}").status_code == 201
+        assert nc.request("MKCOL", f"{base}/one-more").status_code == 429
+        assert nc.delete(f"{base}/u0").status_code == 204
+        assert nc.request("MKCOL", f"{base}/one-more").status_code == 201

@@ -32,9 +32,11 @@ from app.core.errors import (
     Forbidden,
     Locked,
     NotFound,
+    TooManyRequests,
     Unauthorized,
     send_error,
 )
+from app.core.query import match
 from app.dav.mount import REALM, ClientGone, DavMount
 from app.dav.provider import DavRequest, place_of
 from app.db.dav import DavUpload
@@ -47,6 +49,7 @@ from app.protocol import BLOCK_SIZE, MIN_CHUNK_SIZE, ContentHasher, content_hash
 # What the desktop client is told it talks to: a version it supports with chunking v2.
 VERSION = (27, 1, 0)
 FILES = "/remote.php/dav/files"
+MAX_OPEN_UPLOADS = 16  # chunked uploads one user may have open (each within the quota)
 
 
 def ocs(data: dict[str, Any], v2: bool) -> dict[str, Any]:
@@ -210,6 +213,15 @@ async def chunked_upload(
     key = f"{request.caller.user_id}:{name}"
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     if method == "MKCOL" and not part:
+        # Parts are stored before any quota is charged (at the MOVE): bound what one
+        # user can park that way.
+        # (a limited find, not a count: the embedded server counts by reading everything)
+        mine = DavUpload.find(match(user_id=request.caller.user_id))
+        if len(await mine.limit(MAX_OPEN_UPLOADS).to_list()) >= MAX_OPEN_UPLOADS:
+            raise TooManyRequests(
+                f"at most {MAX_OPEN_UPLOADS} chunked uploads at a time; finish or delete one",
+                code="too_many_uploads",
+            )
         now = _now_ms()
         doc = DavUpload(
             id=key,

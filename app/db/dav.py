@@ -53,4 +53,4 @@ class DavUpload(Document):
 
     class Settings:
         name = "dav_uploads"
-        indexes = [IndexModel([("touched_ms", ASCENDING)])]
+        indexes = [IndexModel([("touched_ms", ASCENDING)]), IndexModel([("user_id", ASCENDING)])]
