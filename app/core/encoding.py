@@ -95,16 +95,7 @@ def decompressing_bodies(max_body: int) -> Callable[[ASGIApp], ASGIApp]:
                 if k not in (b"content-encoding", b"content-length")
             ]
             headers.append((b"content-length", str(len(body)).encode()))
-            sent = False
-
-            async def replay() -> Message:
-                nonlocal sent
-                if sent:
-                    return await receive()
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await app({**scope, "headers": headers}, replay, send)
+            await app({**scope, "headers": headers}, replay_body(body, receive), send)
 
         return handle
 
@@ -178,3 +169,18 @@ async def zstd_stream(
         yield packer.flush()
 
     return compressed(), True
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands over `body` (already read) as the whole request body, then
+    whatever `receive` says next (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -36,6 +36,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from app.auth import service as auth_service
 from app.core.crypto import PasswordHashing
+from app.core.encoding import replay_body
 from app.core.errors import CofferError, TooManyRequests, Unauthorized, send_error
 from app.dav import propfind
 from app.dav.bridge import CURRENT, LoopBridge
@@ -179,7 +180,7 @@ class DavMount:
             body = await _read_body(receive)
             if await self.propfind(request, scope, send, body, mount):
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
 
     async def propfind(
@@ -288,19 +289,6 @@ async def _read_body(receive: Receive) -> bytes:
         body += message.get("body", b"")
         if not message.get("more_body", False) or len(body) > XML_BODY_MAX:
             return bytes(body)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay  # type: ignore[return-value]
 
 
 def _refused(scope: Scope) -> tuple[int, str, str] | None:
