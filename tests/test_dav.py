@@ -430,9 +430,15 @@ def test_chunked_uploads_assemble_one_version_and_respect_roles(alice: User, bob
             data
         )
         assert alice.http.get(f"/api/file/{item['id']}/content").content == data
-        assert (
-            nc.request("MOVE", f"{upload}/.file", headers={"Destination": dest}).status_code == 404
-        )
+        # A client that timed out waiting retries the MOVE: the same answer, no new version.
+        again = nc.request("MOVE", f"{upload}/.file", headers={"Destination": dest})
+        assert again.status_code == 201
+        assert again.headers["oc-fileid"] == done.headers["oc-fileid"]
+        assert alice.http.get(f"/api/file/{item['id']}").json()["version"] == 1
+        assert nc.put(f"{upload}/00004", content=b"late").status_code == 404
+        assert nc.delete(upload).status_code == 204
+        again = nc.request("MOVE", f"{upload}/.file", headers={"Destination": dest})
+        assert again.status_code == 404
 
     folder = alice.http.post("/api/folder", json={"path": "/Shared stuff"}).json()
     share(alice, folder["id"], bob.username, "viewer")

@@ -216,7 +216,7 @@ async def chunked_upload(
         # Parts are stored before any quota is charged (at the MOVE): bound what one
         # user can park that way.
         # (a limited find, not a count: the embedded server counts by reading everything)
-        mine = DavUpload.find(match(user_id=request.caller.user_id))
+        mine = DavUpload.find(match(user_id=request.caller.user_id, done=None))
         if len(await mine.limit(MAX_OPEN_UPLOADS).to_list()) >= MAX_OPEN_UPLOADS:
             raise TooManyRequests(
                 f"at most {MAX_OPEN_UPLOADS} chunked uploads at a time; finish or delete one",
@@ -237,7 +237,15 @@ async def chunked_upload(
         return Reply(201)
     upload = await DavUpload.get(key)
     if upload is None:
-        raise NotFound("no such upload (it expired or was finished)")
+        raise NotFound("no such upload (it expired or was deleted)")
+    if upload.done is not None:
+        # Assembled already: a retried MOVE gets the same answer; nothing else is left.
+        if method == "MOVE" and part == ".file":
+            return _finished(upload.done)
+        if method == "DELETE" and not part:
+            await upload.delete()
+            return Reply(204)
+        raise NotFound("this upload was assembled already")
     if method == "DELETE" and not part:
         await upload.delete()
         return Reply(204)
@@ -360,12 +368,17 @@ async def _assemble(
     req = UploadRequest(
         size=size, chunks=chunks, content_hash=await _content_hash(request, place, chunks)
     )
-    out = await request.services.uploads.commit_stored(
-        place.scope, place.tree_path, req, started_ms=upload.created_ms
+    out = await request.services.uploads.commit_stored(place.scope, place.tree_path, req)
+    done = {"status": 204 if existed else 201, "file_id": out.id, "etag": f'"{out.content_hash}"'}
+    await DavUpload.get_pymongo_collection().update_one(
+        {"_id": upload.id}, {"$set": {"done": done, "parts": {}, "touched_ms": _now_ms()}}
     )
-    await upload.delete()
-    etag = f'"{out.content_hash}"'
-    return Reply(204 if existed else 201, {"ETag": etag, "OC-ETag": etag, "OC-FileId": out.id})
+    return _finished(done)
+
+
+def _finished(done: dict[str, Any]) -> Reply:
+    etag = done["etag"]
+    return Reply(done["status"], {"ETag": etag, "OC-ETag": etag, "OC-FileId": done["file_id"]})
 
 
 async def _content_hash(request: DavRequest, place: Any, chunks: list[ChunkIn]) -> str:

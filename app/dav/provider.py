@@ -684,8 +684,7 @@ class File(CofferResource, DAVNonCollection):
             return await reload(dest.scope, out.id)
         chunks = [ChunkIn(sha256=sha, size=size) for sha, size in await version_chunks(version)]
         req = UploadRequest(size=version.size, chunks=chunks, content_hash=version.content_hash)
-        # started_ms=0: the chunks are the owner's, copied for a caller who may read them.
-        out = await uploads.commit_stored(dest.scope, dest.tree_path, req, started_ms=0)
+        out = await uploads.commit_stored(dest.scope, dest.tree_path, req)
         return await reload(dest.scope, out.id)
 
 

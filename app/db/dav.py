@@ -50,6 +50,9 @@ class DavUpload(Document):
     touched_ms: int
     # part name (a number, "00001") -> [[sha256, size], ...]
     parts: dict[str, list[list[Any]]] = {}
+    # Once assembled: the MOVE's answer {"status", "file_id", "etag"}, given again to a
+    # client that retries it (it timed out waiting), until the upload expires.
+    done: dict[str, Any] | None = None
 
     class Settings:
         name = "dav_uploads"

@@ -242,12 +242,14 @@ class UploadService:
             await self.store.put_many(owner, missing)
         return await record_stored_chunks(owner, {sha: len(d) for sha, d in chunks.items()})
 
-    async def commit_stored(
-        self, scope: Scope, path: str, req: UploadRequest, started_ms: int
-    ) -> FileOut:
-        """Register and commit an upload whose chunks the server itself stored (since
-        `started_ms`): a streamed write, an assembled Nextcloud upload, a copy."""
-        registered = await self.register_in(scope, path, req, started_ms=started_ms)
+    async def commit_stored(self, scope: Scope, path: str, req: UploadRequest) -> FileOut:
+        """Register and commit an upload whose chunks the server itself stored from the
+        caller's bytes (a streamed write, an assembled Nextcloud upload) or took from a
+        file the caller may read (a copy). Every chunk of such a list is one the caller
+        demonstrably has, so the share-editor dedup window (`dedup_since`) protects
+        nothing here: it starts at 0, which also keeps it independent of the clocks of
+        the web instances that stored the parts."""
+        registered = await self.register_in(scope, path, req, started_ms=0)
         if registered.missing:  # collected meanwhile (GC raced a chunk we skipped)
             raise ServiceUnavailable("storage is busy; try again", code="retry")
         return await self.commit_in(scope, registered.file_id, registered.upload_id)
@@ -656,11 +658,10 @@ class StreamedWrite(ChunkSink):
         super().__init__(uploads, scope)
         self.path = path
         self.base_version = base_version
-        self.started_ms = epoch_ms(now())
 
     async def finish(self) -> FileOut:
         """Store the rest and commit; the committed file (the head it already was, when
         the bytes are the same)."""
         chunks = await self.close()
         req = UploadRequest(size=self.size, chunks=chunks, base_version=self.base_version)
-        return await self.uploads.commit_stored(self.scope, self.path, req, self.started_ms)
+        return await self.uploads.commit_stored(self.scope, self.path, req)

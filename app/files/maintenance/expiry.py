@@ -44,12 +44,18 @@ async def expire_uploads(store: BlobStore) -> int:
 
 
 # A Nextcloud chunked upload left alone this long is dropped (as Nextcloud does); its
-# parts' chunks stay until garbage collection, whose grace (a day) outlasts this.
+# parts' chunks stay until garbage collection, whose grace (a day) outlasts this. One
+# already assembled is kept an hour, to answer a retried MOVE the same way.
 DAV_UPLOAD_IDLE_MS = 24 * 3600 * 1000
+DAV_UPLOAD_DONE_MS = 3600 * 1000
 
 
 async def expire_dav_uploads() -> int:
-    """Drop Nextcloud chunked uploads idle for a day."""
-    cutoff = epoch_ms(now()) - DAV_UPLOAD_IDLE_MS
-    result = await DavUpload.get_pymongo_collection().delete_many({"touched_ms": {"$lt": cutoff}})
-    return result.deleted_count
+    """Drop Nextcloud chunked uploads idle for a day, and assembled ones after an hour."""
+    t = epoch_ms(now())
+    uploads = DavUpload.get_pymongo_collection()
+    idle = await uploads.delete_many({"touched_ms": {"$lt": t - DAV_UPLOAD_IDLE_MS}})
+    done = await uploads.delete_many(
+        {"touched_ms": {"$lt": t - DAV_UPLOAD_DONE_MS}, "done": {"$ne": None}}
+    )
+    return idle.deleted_count + done.deleted_count
