@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import Page, WebSocketRoute, expect
 
 from e2e.conftest import SCREENSHOTS, Person
@@ -369,3 +370,21 @@ def test_a_folder_of_many_small_files_uploads_in_batches_with_one_progress_row(
         if cursor is None:
             break
     assert got == expected
+
+
+def test_a_file_put_over_webdav_appears_in_the_open_listing(
+    people: Callable[..., Person],
+) -> None:
+    """A Finder or rclone upload (a WebDAV PUT) shows up in the browser without a reload,
+    and leaves it when deleted over WebDAV."""
+    alice = people().register()
+    page = alice.page
+    expect(page.locator("#listing")).to_be_visible()
+    with httpx.Client(
+        base_url=f"{alice.base_url}/dav", auth=(alice.username, alice.password), timeout=30
+    ) as dav:
+        assert dav.put("/from-finder.txt", content=b"dropped in Finder").status_code == 201
+        expect(row(page, "from-finder.txt")).to_be_visible(timeout=5000)
+        expect(row(page, "from-finder.txt").locator("td.size")).to_have_text("17 B")
+        assert dav.delete("/from-finder.txt").status_code == 204
+        expect(row(page, "from-finder.txt")).to_have_count(0, timeout=5000)
