@@ -132,7 +132,10 @@ class DavMount:
             "add_header_MS_Author_Via": True,
             "hotfixes": {"re_encode_path_info": True, "unquote_path_info": False},
         }
-        self.wsgi = WSGIMiddleware(WsgiDAVApp(config), workers=16)  # type: ignore[arg-type]
+        # wsgidav holds a thread for a whole request, and a slow client's PUT or GET can
+        # take minutes: enough threads that a few slow transfers do not stall the rest
+        # (PROPFIND, the most frequent request, does not use them).
+        self.wsgi = WSGIMiddleware(WsgiDAVApp(config), workers=64)  # type: ignore[arg-type]
         self.services: Services | None = None
         self.store: BlobStore | None = None
         self.passwords: PasswordHashing | None = None
