@@ -656,3 +656,21 @@ def test_open_chunked_uploads_are_bounded(alice: User) -> None:
         assert nc.request("MKCOL", f"{base}/one-more").status_code == 429
         assert nc.delete(f"{base}/u0").status_code == 204
         assert nc.request("MKCOL", f"{base}/one-more").status_code == 201
+
+
+def test_a_lock_on_the_whole_tree_holds(alice: User) -> None:
+    """A depth-infinity lock on /dav/ itself (the root has no path below the owner's
+    id in the lock store) refuses writes anywhere without its token."""
+    lock_body = (
+        '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+        "</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"
+    )
+    with dav(alice) as client:
+        locked = client.request("LOCK", "/", content=lock_body, headers={"Depth": "infinity"})
+        assert locked.status_code == 200
+        token = locked.headers["lock-token"]
+        assert client.put("/anywhere.txt", content=b"x").status_code == 423
+        put = client.put("/anywhere.txt", content=b"x", headers={"If": f"({token})"})
+        assert put.status_code == 201
+        assert client.request("UNLOCK", "/", headers={"Lock-Token": token}).status_code == 204
+        assert client.put("/anywhere.txt", content=b"y").status_code == 204

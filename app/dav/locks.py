@@ -9,6 +9,7 @@ from typing import Any
 
 from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
 
+from app.core import paths
 from app.core.query import match
 from app.dav.bridge import CURRENT, LoopBridge
 from app.db.dav import DavLock
@@ -92,7 +93,7 @@ class MongoLockStorage:
         owner = root.lstrip("/").partition("/")[0]
         if owner in free:
             return []
-        if self.bridge.run(self._none_of(owner)):
+        if not self.bridge.run(owner_holds_locks(owner)):
             free.add(owner)
             return []
         found = self.bridge.run(self._locks_under(root, include_root, include_children))
@@ -105,28 +106,28 @@ class MongoLockStorage:
         if include_root:
             docs += await DavLock.find(match(root=root)).to_list()
         if include_children:
-            prefix = root.rstrip("/") + "/"
             # Locks are few (held for the length of an edit): a range scan is cheap.
-            docs += await DavLock.find(
-                {"root": {"$gte": prefix, "$lt": prefix[:-1] + "0"}}
-            ).to_list()
+            docs += await DavLock.find({"root": paths.subtree_range(root)}).to_list()
         t = time.time()
         live = [d for d in docs if not 0 <= d.expire < t]
         if len(live) < len(docs):
             await self._purge_expired()
         return [d.lock for d in live]
 
-    async def _none_of(self, owner: str) -> bool:
-        prefix = f"/{owner}/"
-        held = await DavLock.get_pymongo_collection().find_one(
-            {"root": {"$gte": prefix, "$lt": prefix[:-1] + "0"}}, {"_id": 1}
-        )
-        return held is None
-
     async def _purge_expired(self) -> None:
         await DavLock.get_pymongo_collection().delete_many(
             {"expire": {"$gte": 0, "$lt": time.time()}}
         )
+
+
+async def owner_holds_locks(owner_id: str) -> bool:
+    """Whether any lock is held in the owner's tree, its root included (lock roots are
+    "/<owner id><path key>", the root's just "/<owner id>")."""
+    root = f"/{owner_id}"
+    held = await DavLock.get_pymongo_collection().find_one(
+        {"root": {"$gte": root, "$lt": root + "0"}}, {"_id": 1}
+    )
+    return held is not None
 
 
 def _lock_free_owners() -> set[str]:

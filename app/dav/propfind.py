@@ -27,6 +27,7 @@ from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 
 from app.core.errors import BadRequest
+from app.dav.locks import owner_holds_locks
 from app.dav.provider import (
     SHARED,
     DavRequest,
@@ -36,7 +37,6 @@ from app.dav.provider import (
     place_of,
     props_of,
 )
-from app.db.dav import DavLock
 from app.db.events import EventCounter
 from app.db.files import FileNode
 
@@ -82,14 +82,6 @@ def parse_body(body: bytes) -> Wanted:
                 raise BadRequest(f"at most {MAX_NAMES} properties a request", code="bad_xml")
             return Wanted("prop", names)
     raise BadRequest("the propfind names no allprop, propname or prop", code="bad_xml")
-
-
-async def owner_holds_locks(owner_id: str) -> bool:
-    prefix = f"/{owner_id}/"
-    held = await DavLock.get_pymongo_collection().find_one(
-        {"root": {"$gte": prefix, "$lt": prefix[:-1] + "0"}}, {"_id": 1}
-    )
-    return held is not None
 
 
 @dataclass(frozen=True)
