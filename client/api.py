@@ -271,6 +271,18 @@ class CofferClient:
             params["chunk_limit"] = chunk_limit
         return await self.request("GET", f"/api/file/{file_id}", params=params or None)
 
+    async def manifest(self, file_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A file's head and its whole chunk list (read in pages of 1,000), each chunk
+        with its index and a short-lived read URL."""
+        chunks: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while True:
+            head = await self.describe(file_id, chunk_offset=offset, chunk_limit=1000)
+            chunks += head.get("chunks", [])
+            offset = head.get("next_chunk_offset")
+            if not offset:
+                return head, chunks
+
     async def events(
         self, cursor: str, *, wait: float | None = None, http_timeout: float | None = None
     ) -> dict[str, Any]:

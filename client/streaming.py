@@ -207,18 +207,12 @@ class Prefetcher:
     async def _fetch_rest(self, job: Prefetch, fd: int, offsets: list[int]) -> None:
         """Committed before we had it all: the rest from the file's manifest, if the file
         is still that upload's bytes."""
-        todo: list[tuple[int, str]] = []
-        chunks: Chunks = []
-        offset: int | None = 0
-        while offset is not None:
-            page = await self.api.describe(job.file_id, chunk_offset=offset, chunk_limit=1000)
-            if page.get("content_hash") != job.content_hash:
-                return  # replaced meanwhile: nothing of ours to finish
-            chunks += [(c["sha256"], c["size"]) for c in page["chunks"]]
-            todo += [(c["index"], c["url"]) for c in page["chunks"] if c["index"] not in job.have]
-            offset = page.get("next_chunk_offset")
+        head, listed = await self.api.manifest(job.file_id)
+        if head.get("content_hash") != job.content_hash:
+            return  # replaced meanwhile: nothing of ours to finish
+        todo = [(c["index"], c["url"]) for c in listed if c["index"] not in job.have]
         if not job.chunks:
-            job.chunks = chunks
+            job.chunks = [(c["sha256"], c["size"]) for c in listed]
             await _lay_out(job, fd, offsets)
         await self._fetch(job, fd, todo, offsets)
 

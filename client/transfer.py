@@ -44,9 +44,6 @@ from client.state import SyncState
 
 # Transfers of files at least this big show a progress bar during sync.
 PROGRESS_MIN = 8 * 1024 * 1024
-# Chunk descriptions asked for per request when reading a file's manifest.
-MANIFEST_PAGE = 1000
-
 # Where a synced local file holds a chunk: (relative path, offset, (size, mtime_ns) the
 # file had when synced).
 ChunkSource = tuple[str, int, tuple[int, int]]
@@ -221,14 +218,7 @@ async def fetch(
     from local chunks and downloaded ones; returns its chunk list and the file object it
     describes. DownloadCorrupt / DownloadIncomplete: the bytes did not match the manifest;
     RemoteChanged: a newer version became the head meanwhile."""
-    described: list[dict[str, Any]] = []
-    offset = 0
-    while True:
-        body = await api.describe(file_id, chunk_offset=offset, chunk_limit=MANIFEST_PAGE)
-        described += body.get("chunks", [])
-        offset = body.get("next_chunk_offset") or 0
-        if not offset:
-            break
+    body, described = await api.manifest(file_id)
     expected = body["content_hash"]
     chunks = [(c["sha256"], c["size"]) for c in described]
     log(f"fetching {target.name}")

@@ -20,7 +20,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import logging
 import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -48,11 +47,12 @@ from app.settings import Settings
 from app.storage.base import BlobStore
 from app.wiring import Services
 
-log = logging.getLogger("coffer.dav")
-
 MOUNT = "/dav"
 REALM = "Coffer"
 PASSWORD_MEMORY_SECONDS = 60.0
+# The answer to a request without valid credentials (also the Nextcloud endpoints').
+SIGN_IN = "sign in with your username and a device token or your password"
+CHALLENGE = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
 XML_BODY_MAX = 1024 * 1024  # PROPFIND, PROPPATCH, LOCK bodies
 
 
@@ -161,9 +161,7 @@ class DavMount:
             await send_error(send, 429, exc.code, exc.message, exc.extra.get("headers") or {})
             return None
         if caller is None:
-            challenge = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
-            message = "sign in with your username and a device token or your password"
-            await send_error(send, 401, "unauthorized", message, challenge)
+            await send_error(send, 401, "unauthorized", SIGN_IN, CHALLENGE)
         return caller
 
     async def serve(

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from litestar import Request, asgi, get
 from litestar.types import Receive, Scope, Send
 from pymongo.errors import DuplicateKeyError
 from wsgidav.dav_error import DAVError
 
+from app.core.clock import now_ms
 from app.core.errors import (
     BadRequest,
     CofferError,
@@ -37,14 +37,15 @@ from app.core.errors import (
     send_error,
 )
 from app.core.query import match
-from app.dav.mount import REALM, ClientGone, DavMount
-from app.dav.provider import DavRequest, place_of
+from app.dav.mount import CHALLENGE, SIGN_IN, ClientGone, DavMount, raise_on_disconnect
+from app.dav.provider import DavRequest, place_of, ref_url
 from app.db.dav import DavUpload
 from app.files.integrity import touch_chunks
 from app.files.schemas import ChunkIn, UploadRequest
 from app.files.scope import Caller
 from app.files.uploads import ChunkSink
-from app.protocol import BLOCK_SIZE, MIN_CHUNK_SIZE, ContentHasher, content_hash
+from app.files.verify import hash_from_store
+from app.protocol import MIN_CHUNK_SIZE, blocks_aligned
 
 # What the desktop client is told it talks to: a version it supports with chunking v2.
 VERSION = (27, 1, 0)
@@ -94,10 +95,7 @@ def capabilities() -> dict[str, Any]:
 async def _caller(request: Request, dav: DavMount) -> Caller:
     caller = await dav.authenticate(request.scope)
     if caller is None:
-        raise Unauthorized(
-            "sign in with your username and a device token or your password",
-            headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
-        )
+        raise Unauthorized(SIGN_IN, headers=CHALLENGE)
     return caller
 
 
@@ -186,16 +184,11 @@ class Reply:
         await send({"type": "http.response.body", "body": self.body})
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 async def _body(receive: Receive) -> Any:
     """The request body's pieces; ClientGone if the client leaves before the end."""
+    receive = raise_on_disconnect(receive)
     while True:
         message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGone("the client went away mid-part")
         if message.get("body"):
             yield message["body"]
         if not message.get("more_body", False):
@@ -222,7 +215,7 @@ async def chunked_upload(
                 f"at most {MAX_OPEN_UPLOADS} chunked uploads at a time; finish or delete one",
                 code="too_many_uploads",
             )
-        now = _now_ms()
+        now = now_ms()
         doc = DavUpload(
             id=key,
             user_id=request.caller.user_id,
@@ -291,7 +284,7 @@ async def _put_part(request: DavRequest, upload: DavUpload, part: str, receive: 
             "$set": {
                 f"parts.{int(part)}": stored,
                 "owner_id": scope.owner_id,
-                "touched_ms": _now_ms(),
+                "touched_ms": now_ms(),
             }
         },
     )
@@ -319,7 +312,7 @@ async def _check_locks(locks: Any, place: Any, headers: dict[str, str], username
     upload either (423), unless the request carries the lock's token in `If`."""
     if locks is None or place.node is None:
         return
-    ref = quote(f"/{place.scope.owner_id}{place.node.path_key}")
+    ref = ref_url(place.scope.owner_id, place.tree_path)
     tokens = re.findall(r"<(opaquelocktoken:[^>]+)>", headers.get("if", ""))
 
     def check() -> None:
@@ -371,7 +364,7 @@ async def _assemble(
     out = await request.services.uploads.commit_stored(place.scope, place.tree_path, req)
     done = {"status": 204 if existed else 201, "file_id": out.id, "etag": f'"{out.content_hash}"'}
     await DavUpload.get_pymongo_collection().update_one(
-        {"_id": upload.id}, {"$set": {"done": done, "parts": {}, "touched_ms": _now_ms()}}
+        {"_id": upload.id}, {"$set": {"done": done, "parts": {}, "touched_ms": now_ms()}}
     )
     return _finished(done)
 
@@ -381,18 +374,19 @@ def _finished(done: dict[str, Any]) -> Reply:
     return Reply(done["status"], {"ETag": etag, "OC-ETag": etag, "OC-FileId": done["file_id"]})
 
 
-async def _content_hash(request: DavRequest, place: Any, chunks: list[ChunkIn]) -> str:
-    """The file's content hash: derived when every chunk is a 4 MiB block, else read
-    back from the stored chunks (the parts' sizes are the client's choice)."""
-    if all(c.size == BLOCK_SIZE for c in chunks[:-1]) and (
-        not chunks or chunks[-1].size <= BLOCK_SIZE
+async def _content_hash(request: DavRequest, place: Any, chunks: list[ChunkIn]) -> str | None:
+    """The content hash to give with the assembled upload: none when the server finds it
+    itself (the chunks are the 4 MiB blocks, or the file is small enough to be hashed at
+    commit), else hashed here from the stored chunks (the parts' sizes are the client's
+    choice, so the chunks rarely are the blocks)."""
+    size = sum(c.size for c in chunks)
+    if blocks_aligned(c.size for c in chunks) or (
+        size <= request.settings.verify_hash_at_commit_max
     ):
-        return content_hash(c.sha256 for c in chunks)
-    hasher = ContentHasher()
-    for c in chunks:
-        async for piece in request.store.read(place.scope.owner_id, c.sha256):
-            hasher.update(piece)
-    return hasher.hexdigest()
+        return None
+    return await hash_from_store(
+        request.store, place.scope.owner_id, [(c.sha256, c.size) for c in chunks]
+    )
 
 
 def _list_parts(upload: DavUpload, scope: Scope) -> Reply:

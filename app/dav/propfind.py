@@ -14,7 +14,6 @@ from __future__ import annotations
 import email.utils
 import functools
 import mimetypes
-import shutil
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from app.dav.provider import (
     owner_has_props,
     place_of,
     props_of,
+    quota_of,
 )
 from app.db.events import EventCounter
 from app.db.files import FileNode
@@ -199,7 +199,7 @@ def children_cursor(place: Place) -> AsyncIterator[dict[str, Any]]:
     async def docs() -> AsyncIterator[dict[str, Any]]:
         async for doc in cursor:
             # At the own root "Shared with me" is the virtual folder (see provider.py).
-            if place.node is None and doc["name"].casefold() == SHARED.casefold():
+            if place.node is None and doc["name_key"] == SHARED.casefold():
                 continue
             yield doc
 
@@ -216,13 +216,6 @@ async def _piece(items: list[Item], prefix: str, wanted: Wanted, listing: Listin
         )
         for i in items
     ).encode()
-
-
-def quota_of(request: DavRequest, place: Place) -> tuple[int, int]:
-    owner = place.scope.owner
-    if owner.quota_bytes:
-        return owner.usage_bytes, max(0, owner.quota_bytes - owner.usage_bytes)
-    return owner.usage_bytes, shutil.disk_usage(request.settings.data_dir).free
 
 
 def _utc(at: datetime | str) -> datetime:

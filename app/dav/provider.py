@@ -148,16 +148,29 @@ class CofferProvider(DAVProvider):
 
     def place(self, path: str, environ: dict[str, Any]) -> Place:
         """Where a path a client names (e.g. a Destination) lands, existing or not."""
-        try:
-            place = self.run(place_of(dav_request(environ), path))
-        except DAVError:
-            raise
+        place = self.run(place_of(dav_request(environ), path))
         if place is None or place.shared_root:
             raise DAVError(HTTP_FORBIDDEN, context_info="nothing can be created there")
         return place
 
 
 SHARED = "Shared with me"
+
+
+def ref_url(owner_id: str, tree_path: str, collection: bool = False) -> str:
+    """An item's key for locks: the owner and the case-folded path, the same item
+    whatever case or route (own tree, "Shared with me", the Nextcloud paths) reaches it."""
+    ref = quote(f"/{owner_id}{paths.path_key(tree_path)}".rstrip("/"))
+    return ref + "/" if collection else ref
+
+
+def quota_of(request: DavRequest, place: Place) -> tuple[int, int]:
+    """(used, available) bytes of the owner of `place`: the quota's rest, or the data
+    disk's free space for an owner without a quota."""
+    owner = place.scope.owner
+    if owner.quota_bytes:
+        return owner.usage_bytes, max(0, owner.quota_bytes - owner.usage_bytes)
+    return owner.usage_bytes, shutil.disk_usage(request.settings.data_dir).free
 
 
 @dataclass(frozen=True)
@@ -199,10 +212,7 @@ async def place_of(request: DavRequest, dav_path: str) -> Place | None:
         return Place(own, "/", None)
     if segments[0].casefold() != SHARED.casefold():
         tree_path = paths.normalize_path("/" + "/".join(segments))
-        node = await node_by_path(own.owner_id, tree_path)
-        if node is not None and (not node.committed or node.deleted_at is not None):
-            node = None
-        return Place(own, tree_path, node)
+        return Place(own, tree_path, await _live_node(own.owner_id, tree_path))
     if len(segments) == 1:
         return Place(own, "/", None, shared_root=True)
     root = (await shared_roots(request)).get(unicodedata.normalize("NFC", segments[1]).casefold())
@@ -212,11 +222,17 @@ async def place_of(request: DavRequest, dav_path: str) -> Place | None:
     tree_path = paths.normalize_path("/".join([node.path, *segments[2:]]))
     if len(segments) == 2:
         return Place(scope, tree_path, node)
-    inner = await node_by_path(scope.owner_id, tree_path)
-    if inner is None or not inner.committed or inner.deleted_at is not None:
+    inner = await _live_node(scope.owner_id, tree_path)
+    if inner is None:
         return Place(scope, tree_path, None)
     access = await resolve_access(request.caller.user_id, inner)
     return Place(scope.with_access(access or scope.access), tree_path, inner)
+
+
+async def _live_node(owner_id: str, tree_path: str) -> FileNode | None:
+    """The committed node at `tree_path` (an upload not yet committed is not there)."""
+    node = await node_by_path(owner_id, tree_path)
+    return node if node is not None and node.committed and node.deleted_at is None else None
 
 
 async def dav_path_of(request: DavRequest, owner_id: str, key: str) -> str:
@@ -261,10 +277,7 @@ class CofferResource:
         return self.request.services
 
     def get_ref_url(self) -> str:
-        """The resource's key for locks: the owner and the case-folded path, the same
-        resource whatever case or route (own tree, "Shared with me") reaches it."""
-        ref = quote(f"/{self.scope.owner_id}{paths.path_key(self.place.tree_path)}".rstrip("/"))
-        return ref + "/" if self.is_collection else ref
+        return ref_url(self.scope.owner_id, self.place.tree_path, self.is_collection)
 
     def get_creation_date(self) -> float | None:
         return self.node.created_at.timestamp() if self.node is not None else None
@@ -449,16 +462,10 @@ class Folder(CofferResource, DAVCollection):
         return None
 
     def get_used_bytes(self) -> int:
-        return self.scope.owner.usage_bytes
+        return quota_of(self.request, self.place)[0]
 
     def get_available_bytes(self) -> int:
-        quota = self.scope.owner.quota_bytes
-        if quota:
-            return max(0, quota - self.scope.owner.usage_bytes)
-        return shutil.disk_usage(self.request.settings.data_dir).free
-
-    async def _children(self) -> list[FileNode]:
-        return await children_of(self.place)
+        return quota_of(self.request, self.place)[1]
 
     def _member(self, node: FileNode) -> Folder | File:
         path = self.path.rstrip("/") + "/" + node.name
@@ -471,13 +478,13 @@ class Folder(CofferResource, DAVCollection):
         return File(path, self.environ, self.provider, place)
 
     def get_member_names(self) -> list[str]:
-        names = [n.name for n in self.run(self._children())]
+        names = [n.name for n in self.run(children_of(self.place))]
         return [SHARED, *names] if self.node is None else names
 
     def get_member_list(self) -> list[Any]:
         """All children from one query (not one lookup per name), with their dead
         properties from one more."""
-        children = self.run(self._children())
+        children = self.run(children_of(self.place))
         props = self.run(props_of([str(n.id) for n in children]))
         members: list[Any] = []
         for node in children:

@@ -117,12 +117,12 @@ class UploadService:
         return await self.register_in(scope, path, req)
 
     async def register_in(
-        self, scope: Scope, path: str, req: UploadRequest, *, started_ms: int | None = None
+        self, scope: Scope, path: str, req: UploadRequest, *, stored: bool = False
     ) -> UploadOut:
         """Register an upload to `path` in a tree the caller was already found to be
-        allowed to write to (`scope`). `started_ms`: the server itself already stored this
-        upload's chunks, beginning then (a streamed write, a copy); the commit follows at
-        once, so nobody is told that it started."""
+        allowed to write to (`scope`). `stored`: the server itself already stored its
+        chunks from the caller's bytes (see `commit_stored`); the commit follows at once,
+        so nobody is told that it started."""
         if path == "/":
             raise BadRequest("cannot upload to the root folder itself", code="invalid_path")
         hashes = self.check_chunks(req.size, req.chunks)
@@ -174,9 +174,9 @@ class UploadService:
                 file_hash,
                 aligned=aligned,
                 claim=claim,
-                started_ms=started_ms,
+                stored=stored,
             )
-            if req.size >= self.settings.stream_min_bytes and started_ms is None:
+            if req.size >= self.settings.stream_min_bytes and not stored:
                 await self._announce(scope, node, path, session, file_hash if aligned else claim)
         else:
             if session.base_version != req.base_version:
@@ -249,7 +249,7 @@ class UploadService:
         demonstrably has, so the share-editor dedup window (`dedup_since`) protects
         nothing here: it starts at 0, which also keeps it independent of the clocks of
         the web instances that stored the parts."""
-        registered = await self.register_in(scope, path, req, started_ms=0)
+        registered = await self.register_in(scope, path, req, stored=True)
         if registered.missing:  # collected meanwhile (GC raced a chunk we skipped)
             raise ServiceUnavailable("storage is busy; try again", code="retry")
         return await self.commit_in(scope, registered.file_id, registered.upload_id)
@@ -284,7 +284,7 @@ class UploadService:
         *,
         aligned: bool,
         claim: str | None,
-        started_ms: int | None = None,
+        stored: bool = False,
     ) -> UploadSession:
         version = FileVersion(
             file_id=str(node.id),
@@ -332,7 +332,8 @@ class UploadService:
             device=scope.caller.device,
             uploader_id=scope.caller.user_id,
             created_at=t,
-            created_ms=epoch_ms(t) if started_ms is None else min(epoch_ms(t), started_ms),
+            # 0 for chunks the server stored from the caller's bytes: no dedup window.
+            created_ms=0 if stored else epoch_ms(t),
             expires_at=t + timedelta(seconds=self.settings.upload_session_ttl_seconds),
         )
         await session.insert()

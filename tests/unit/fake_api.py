@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from app.protocol import ContentHasher
-from client.api import BatchReader, TransferStats
+from client.api import BatchReader, CofferClient, TransferStats
 from client.errors import ApiError
 
 
@@ -138,6 +138,9 @@ class FakeApi:
         self.server.items[target["path"]] = item
         self.server.moves += 1
         return self._out(item)
+
+    # The real paging over `describe` below.
+    manifest = CofferClient.manifest
 
     async def describe(
         self, file_id: str, *, chunk_offset: int | None = None, chunk_limit: int | None = None

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from app.protocol import ContentHasher
-from client.api import TransferStats
+from client.api import CofferClient, TransferStats
 from client.errors import DownloadCorrupt, DownloadIncomplete
 from client.state import Entry, SyncState
 from client.transfer import LocalChunks, fetch
@@ -40,6 +40,9 @@ class FakeApi:
         self.hash = manifest_hash or hasher.hexdigest()
         self.stats = TransferStats()
         self.fetched: list[str] = []
+
+    # The real paging over `describe` below.
+    manifest = CofferClient.manifest
 
     async def describe(
         self, file_id: str, *, chunk_offset: int | None = None, chunk_limit: int | None = None
