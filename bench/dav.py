@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import sys
 import tempfile
@@ -31,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from batch import entry  # noqa: E402
 from transfer import sha256_file, write_random  # noqa: E402
 
 from client.api import CofferClient  # noqa: E402
@@ -78,18 +77,10 @@ async def fill_folder(url: str, user: str, entries: int) -> None:
         await client.register(user, PASSWORD)
         await client.login_token(user, PASSWORD, "bench")
         for start in range(0, entries, 1000):
-            files = []
-            for i in range(start, min(entries, start + 1000)):
-                data = f"file {i}\n".encode()
-                sha = hashlib.sha256(data).hexdigest()
-                files.append(
-                    {
-                        "path": f"/many/file-{i:05d}.txt",
-                        "size": len(data),
-                        "chunks": [{"sha256": sha, "size": len(data)}],
-                        "data": base64.b64encode(data).decode(),
-                    }
-                )
+            files = [
+                entry(f"/many/file-{i:05d}.txt", f"file {i}\n".encode())
+                for i in range(start, min(entries, start + 1000))
+            ]
             results = await client.batch_upload(files)
             assert all(r["status"] == "committed" for r in results), results[:3]
 

@@ -33,7 +33,6 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
@@ -52,6 +51,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from batch import entry  # noqa: E402  (bench/, like syncthing below)
 from syncthing import (  # noqa: E402  (bench/, the script's own folder)
     SyncthingPair,
     ensure_installed,
@@ -333,18 +333,10 @@ def prefill(url: str, user: str, count: int) -> None:
     ).json()["token"]
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
         for start in range(0, count, 1000):
-            files = []
-            for i in range(start, min(start + 1000, count)):
-                data = b"prefill %d" % i
-                sha = hashlib.sha256(data).hexdigest()
-                files.append(
-                    {
-                        "path": f"/other/p{i // 1000:03}/f{i:06}.txt",
-                        "size": len(data),
-                        "chunks": [{"sha256": sha, "size": len(data)}],
-                        "data": base64.b64encode(data).decode(),
-                    }
-                )
+            files = [
+                entry(f"/other/p{i // 1000:03}/f{i:06}.txt", b"prefill %d" % i)
+                for i in range(start, min(start + 1000, count))
+            ]
             http.post("/api/batch/upload", json={"files": files}, timeout=300).raise_for_status()
 
 
