@@ -11,6 +11,7 @@ Surfaces:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -38,8 +39,15 @@ from app.events.routes import CredentialCheck, events_socket, read_events
 from app.files.batch_routes import BATCH_BODY_MAX, BatchController, list_tree
 from app.files.blob_routes import blob_router
 from app.files.recovery import finish_interrupted_writes
-from app.files.routes import FileController, TrashController, create_folder, upload_progress
+from app.files.routes import (
+    FileController,
+    TrashController,
+    create_folder,
+    search,
+    upload_progress,
+)
 from app.files.scope import Caller
+from app.files.search import backfill_search_keys
 from app.health import WIRE, healthz, metrics, readyz
 from app.settings import Settings, get_settings
 from app.sharing.routes import ShareController, revoke_link, shared_with_me
@@ -64,6 +72,16 @@ def _bucket_origin(settings: Settings) -> list[str]:
     return [f"{endpoint.scheme}://{endpoint.netloc}"]
 
 
+async def _backfill_search_keys() -> None:
+    try:
+        done = await backfill_search_keys()
+    except Exception:  # search misses old names until the next start; nothing else breaks
+        log.exception("could not give old files their search keys")
+        return
+    if done:
+        log.info("gave %d file(s) written before search existed their search key", done)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     dav = DavMount(settings)
@@ -86,6 +104,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finished = await finish_interrupted_writes()
         if finished:
             log.warning("completed %d write(s) interrupted by a crash", finished)
+        # In the background: a first start on an old database must not wait for it.
+        app.state.backfill = asyncio.create_task(_backfill_search_keys())
 
     async def on_shutdown(app: Litestar) -> None:
         app.state.passwords.close()
@@ -131,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             TrashController,
             create_folder,
             upload_progress,
+            search,
             ShareController,
             shared_with_me,
             revoke_link,

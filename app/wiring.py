@@ -23,6 +23,7 @@ from app.files.batch import BatchService
 from app.files.context import FilesContext
 from app.files.history import HistoryService
 from app.files.reads import ReadService
+from app.files.search import SearchService
 from app.files.tree import FILES, TreeService
 from app.files.uploads import UploadService
 from app.settings import Settings
@@ -69,6 +70,7 @@ class Services:
     batch: BatchService
     sharing: SharingService
     links: LinkService
+    search: SearchService
 
 
 def services_for(
@@ -85,4 +87,5 @@ def services_for(
         batch=BatchService(ctx, tree, uploads),
         sharing=SharingService(feed),
         links=LinkService(settings, passwords),
+        search=SearchService(),
     )

@@ -51,6 +51,16 @@ def path_key(path: str) -> str:
     return path.casefold()
 
 
+def search_key(text: str) -> str:
+    """A name (or a query) as search compares it: accents dropped, case folded.
+
+    NFKD splits "é" into "e" plus a combining accent, which is dropped; casefold() then
+    folds case more thoroughly than lower() ("Straße" matches "strasse").
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
 def split(path: str) -> tuple[str, str]:
     """("/a/b", "c") for "/a/b/c"; ("/", "c") for "/c"."""
     parent, _, name = path.rpartition("/")

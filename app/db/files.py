@@ -53,6 +53,9 @@ class FileNode(Document):
     parent_id: str | None = None  # None: at the root
     name: str
     name_key: str  # casefolded name: sort key and case-insensitive uniqueness
+    # The name without accents, casefolded (paths.search_key): what search matches. Empty
+    # on nodes written before search existed until `backfill_search_keys` has run.
+    search_key: str = ""
     path: str
     path_key: str  # casefolded path, for lookups and subtree range scans
     # Unique per owner: the path key while live, "trash:<id>" once in the trash, so that

@@ -360,6 +360,7 @@ class BatchService:
             parent_id=str(parent.id) if parent else None,
             name=name,
             name_key=name.casefold(),
+            search_key=paths.search_key(name),
             path=f.path,
             path_key=key,
             live_key=key,

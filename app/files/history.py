@@ -201,6 +201,7 @@ class HistoryService:
             "live_key": key,
             "name": name,
             "name_key": name.casefold(),
+            "search_key": paths.search_key(name),
             "parent_id": str(parent.id) if parent else None,
             "pending_op": op,
         }

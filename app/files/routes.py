@@ -25,6 +25,7 @@ from app.files.schemas import (
     VersionOut,
 )
 from app.files.scope import Caller, open_node
+from app.files.search import SearchOut, SearchService
 from app.files.tree import TreeService
 from app.files.uploads import UploadService
 from app.storage.base import BlobStore
@@ -112,6 +113,19 @@ class FileController(Controller):
     @delete("/{file_id:str}", status_code=204)
     async def trash(self, file_id: str, caller: Caller, tree: TreeService) -> None:
         await tree.trash(caller, file_id)
+
+
+@get("/api/search", tags=["files"])
+async def search(
+    caller: Caller,
+    search: SearchService,
+    q: str = "",
+    limit: int = Parameter(default=50, ge=1, le=200),
+    cursor: str | None = None,
+) -> SearchOut:
+    """Files and folders whose name contains `q` (accents and case ignored), in your tree
+    and in everything shared with you; `cursor` from the last page for the next one."""
+    return await search.search(caller, q, limit, cursor)
 
 
 @post("/api/folder", status_code=201, tags=["files"])
