@@ -226,6 +226,21 @@ class CofferClient:
         """Every item in the folder with this id (e.g. one shared with us)."""
         return await self._list_all({"id": folder_id})
 
+    async def search(self, query: str, *, limit: int = 200) -> AsyncIterator[dict[str, Any]]:
+        """Every item whose name contains `query` (accents and case ignored), page by page:
+        the caller's own tree first, then what is shared with them."""
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"q": query, "limit": limit}
+            if cursor:
+                params["cursor"] = cursor
+            body = await self.request("GET", "/api/search", params=params)
+            for item in body["items"]:
+                yield item
+            cursor = body["cursor"]
+            if not cursor:
+                return
+
     async def list_page(
         self, where: dict[str, str], *, limit: int = 1000, cursor: str | None = None
     ) -> dict[str, Any]:

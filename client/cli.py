@@ -166,6 +166,26 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_find(args: argparse.Namespace) -> int:
+    """Print what matches, as `ls` does, with each item's path (shared items under the
+    name of what was shared and the owner's username)."""
+    shown = 0
+    async with client_for(need_login()) as api:
+        try:
+            async for item in api.search(args.query):
+                kind = "d" if item["kind"] == "folder" else "-"
+                owner = f"  ({item['owner']})" if item.get("role") != "owner" else ""
+                print(f"{kind} {item['size']:>12} {item['modified_at'][:19]} {item['path']}{owner}")
+                shown += 1
+                if args.limit and shown >= args.limit:
+                    break
+        except ApiError as exc:
+            if exc.status == 400:
+                raise CliError(exc.message, EXIT_USAGE) from None
+            raise
+    return 0 if shown else 1
+
+
 async def cmd_upload(args: argparse.Namespace) -> int:
     local = Path(args.file)
     if not local.is_file():
@@ -355,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = sub.add_parser("ls")
     p.add_argument("remote", nargs="?", default="/")
+    p = sub.add_parser("find", help="find files and folders by name (accents and case ignored)")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many (0: all)")
     p = sub.add_parser("rm")
     p.add_argument("remote")
     p = sub.add_parser("share")
@@ -381,6 +404,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "upload": cmd_upload,
     "download": cmd_download,
     "ls": cmd_ls,
+    "find": cmd_find,
     "rm": cmd_rm,
     "share": cmd_share,
     "link": cmd_link,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from bson import ObjectId
 from pymongo import MongoClient
@@ -148,3 +150,20 @@ def test_files_from_before_search_get_their_keys_on_start(alice: User, stack: St
     stack.restart("web")
     assert wait_for(lambda: found(alice, "ecrit"), timeout=30)
     assert paths_of(found(alice, "ancient ecrit")) == ["/Ancient Écrit.txt"]
+
+
+def test_coffer_find_prints_matches_with_paths(base_url: str, tmp_path: Path) -> None:
+    from tests.test_client import Device
+
+    user = User(base_url)
+    user.upload("/Taxes/2025/Déclaration finale.pdf", b"tax")
+    user.upload("/Taxes/receipts.zip", b"zip")
+    device = Device(tmp_path, "finder", base_url, user)
+    done = device.run("find", "declaration")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].endswith("/Taxes/2025/Déclaration finale.pdf")
+    assert lines[0].startswith("-") and " 3 " in lines[0]
+    assert device.run("find", "nothing-here").returncode == 1
+    bad = device.run("find", " ")
+    assert bad.returncode == 2 and "type something" in bad.stderr
