@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     login_window_seconds: int = 15 * 60
     link_password_attempts: int = 5
     link_password_window_seconds: int = 15 * 60
+    # File requests (upload-only links): files one address may send through one link per
+    # window, counted before the body is read (the uploader's page waits and retries).
+    file_request_uploads: int = 60
+    file_request_window_seconds: int = 60
     # argon2 runs on its own threads so a flood of logins cannot stall transfers; past
     # `workers + queue` callers at once, logins are refused with 503 + Retry-After.
     password_hash_workers: int = 2

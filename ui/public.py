@@ -20,15 +20,16 @@ from litestar.response import Redirect, Template
 
 from app.files.reads import content_response, head_version_of
 from app.settings import Settings
-from app.sharing.links import UNLOCK_SECONDS, LinkProblem, LinkService, OpenLink
+from app.sharing.links import UNLOCK_COOKIE, UNLOCK_SECONDS, LinkProblem, LinkService, OpenLink
 from app.storage.base import BlobStore
+from ui.file_requests import file_request_upload, upload_page
 from ui.formatting import human_size, previewable
 from ui.previews import VIEW_ONLY_MAX_BYTES, preview_response
 
 if TYPE_CHECKING:  # models only name types here: ui talks to services
     from app.db.files import FileNode
 
-LINK_COOKIE = "coffer_link"
+LINK_COOKIE = UNLOCK_COOKIE
 PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "private, no-store"}
 
 
@@ -73,6 +74,8 @@ async def link_page(
                 template_name="link_password.html",
                 context={"action": opened.base, "error": None},
             )
+        if opened.link.upload_only:  # a file request: the upload form, never the contents
+            return await upload_page(links, opened, PAGE_HEADERS)
         node, relative = await links.target(opened, path)
     except LinkProblem as exc:
         return problem_page(exc)
@@ -203,6 +206,6 @@ def public_router() -> Router:
     SameSite cookies and carries nothing a forger could use)."""
     return Router(
         path="/",
-        route_handlers=[link_page, unlock_link, link_download, link_preview],
+        route_handlers=[link_page, unlock_link, link_download, link_preview, file_request_upload],
         include_in_schema=False,
     )

@@ -7,7 +7,7 @@
   (normally the worker): it lists what to show, it never grants anything.
 - `ShareLink` stores a random nonce and the token's hash, never the token: the token is
   HMAC(secret key, nonce), so the owner can be shown it again but a database dump alone
-  does not open any link.
+  does not open any link. An `upload_only` link is a file request (app/sharing/requests.py).
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ class ShareLink(Document):
     password_hash: str | None = None
     expires_at: datetime | None = None
     allow_download: bool = True
+    # A file request: visitors may only add files to the folder (never list or read it),
+    # each at most `max_bytes` (None: only the owner's quota limits them).
+    upload_only: bool = False
+    max_bytes: int | None = None
     revoked: bool = False
     views: int = 0
     downloads: int = 0

@@ -3,7 +3,9 @@
 A link's token is 256 bits, HMAC(server key, 128-bit random nonce): the owner can be shown
 it again, but only its SHA-256 is stored and a database dump alone opens nothing. Opening
 a link checks revocation, expiry and the password (throttled per address, counted before
-it is checked); a folder link serves only what lies inside the folder.
+it is checked); a folder link serves only what lies inside the folder. An upload-only link
+(a file request) serves nothing at all: `target` refuses it, so no page or byte route
+can read through one; visitors may only add files (app/sharing/requests.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from app.sharing.schemas import LinkOut
 
 MAX_LINK_PASSWORD = 1024
 UNLOCK_SECONDS = 3600  # how long a right link password is remembered (signed cookie)
+UNLOCK_COOKIE = "coffer_link"  # that cookie, scoped to the link's path (/s/<token>)
 LIST_LIMIT = 1000  # entries a folder link page shows
 
 
@@ -82,6 +85,8 @@ class LinkService:
             views=link.views,
             downloads=link.downloads,
             created_at=iso(link.created_at),
+            upload_only=link.upload_only,
+            max_bytes=link.max_bytes,
         )
 
     async def create(
@@ -91,10 +96,27 @@ class LinkService:
         password: object = None,
         expires_at: object = None,
         allow_download: object = True,
+        upload_only: object = False,
+        max_bytes: object = None,
     ) -> LinkOut:
         _, node = await open_node(caller, file_id, "manage")
-        if not isinstance(allow_download, bool):
-            raise BadRequest("allow_download must be true or false", code="invalid_link")
+        if not isinstance(allow_download, bool) or not isinstance(upload_only, bool):
+            raise BadRequest(
+                "allow_download and upload_only must be true or false", code="invalid_link"
+            )
+        if upload_only and node.kind != "folder":
+            raise BadRequest("only a folder can receive files", code="not_a_folder")
+        if max_bytes is not None:
+            if not upload_only:
+                raise BadRequest("max_bytes is for upload-only links", code="invalid_link")
+            if (
+                isinstance(max_bytes, bool)
+                or not isinstance(max_bytes, int)
+                or not 0 < max_bytes <= self.settings.max_file_size
+            ):
+                raise BadRequest(
+                    f"max_bytes must be 1..{self.settings.max_file_size}", code="invalid_link"
+                )
         password_hash = None
         if password is not None and password != "":
             if not isinstance(password, str) or len(password) > MAX_LINK_PASSWORD:
@@ -109,7 +131,10 @@ class LinkService:
             token_hash=token_hash(link_token(self._key, nonce)),
             password_hash=password_hash,
             expires_at=expiry,
-            allow_download=allow_download,
+            # Nothing can be read through a file request, so it never "allows download".
+            allow_download=allow_download and not upload_only,
+            upload_only=upload_only,
+            max_bytes=max_bytes,
             created_at=now(),
         )
         await link.insert()
@@ -184,7 +209,10 @@ class LinkService:
         return f"{opened.link.id}.{expires}.{self._unlock_signature(opened.link, expires)}"
 
     async def target(self, opened: OpenLink, raw_path: str | None) -> tuple[FileNode, str]:
-        """The item `raw_path` names inside the link's folder, and its path as shown."""
+        """The item `raw_path` names inside the link's folder, and its path as shown.
+        Every route that reads through a link comes here: a file request reads nothing."""
+        if opened.link.upload_only:
+            raise LinkProblem(403, "Upload only", "This link only accepts files; it shows nothing.")
         if not raw_path or raw_path.strip("/") == "":
             return opened.root, ""
         if opened.root.kind != "folder":

@@ -45,7 +45,13 @@ class ShareController(Controller):
         self, file_id: str, data: LinkRequest, caller: Caller, links: LinkService
     ) -> LinkOut:
         return await links.create(
-            caller, file_id, data.password, data.expires_at, data.allow_download
+            caller,
+            file_id,
+            data.password,
+            data.expires_at,
+            data.allow_download,
+            data.upload_only,
+            data.max_bytes,
         )
 
     @get("/links")

@@ -36,6 +36,8 @@ class LinkRequest(msgspec.Struct):
     password: str | None = None
     expires_at: str | None = None
     allow_download: bool = True
+    upload_only: bool = False
+    max_bytes: int | None = None
 
 
 class LinkOut(msgspec.Struct):
@@ -48,6 +50,8 @@ class LinkOut(msgspec.Struct):
     views: int
     downloads: int
     created_at: str
+    upload_only: bool = False
+    max_bytes: int | None = None
 
 
 class LinkListOut(msgspec.Struct):
