@@ -48,6 +48,8 @@ from app.files.routes import (
 )
 from app.files.scope import Caller
 from app.files.search import backfill_search_keys
+from app.files.thumbnail_routes import file_thumbnail
+from app.files.thumbnails import ThumbnailService
 from app.health import WIRE, healthz, metrics, readyz
 from app.settings import Settings, get_settings
 from app.sharing.routes import ShareController, revoke_link, shared_with_me
@@ -94,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.hub.start()
         app.state.queue = JobQueue(settings.redis)
         app.state.feed = feed_for(settings, app.state.hub, app.state.queue.enqueue_fanout)
+        app.state.thumbnails = ThumbnailService(settings, app.state.queue.enqueue)
         app.state.passwords = PasswordHashing(
             settings.password_hash_workers, settings.password_hash_queue
         )
@@ -155,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ShareController,
             shared_with_me,
             revoke_link,
+            file_thumbnail,
         ],
     )
     dependencies = {
@@ -165,6 +169,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         "hub": state_value("hub"),
         "feed": state_value("feed"),
         "passwords": state_value("passwords"),
+        "thumbnails": state_value("thumbnails"),
         **{name: service(name) for name in Services.__dataclass_fields__},
     }
     return Litestar(

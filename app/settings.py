@@ -126,6 +126,16 @@ class Settings(BaseSettings):
 
     arq_poll_delay: float = 0.01
 
+    # Thumbnails (app/files/thumbnails.py): images larger than this many bytes or pixels get
+    # none; the decoding child process may use at most `thumbnail_memory_bytes` of address
+    # space and `thumbnail_timeout_seconds` per image; the worker makes at most
+    # `thumbnail_jobs` at once (one decodes while the next one's bytes are fetched).
+    thumbnail_max_bytes: int = 64 * MIB
+    thumbnail_max_pixels: int = 100_000_000
+    thumbnail_memory_bytes: int = 1 * GIB
+    thumbnail_timeout_seconds: float = 60.0
+    thumbnail_jobs: int = 2
+
     @property
     def mongo_url(self) -> str:
         return self.mongodb_url or "mongodb://127.0.0.1:27017/?directConnection=true"

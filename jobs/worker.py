@@ -23,11 +23,13 @@ from app.files.maintenance.gc import GarbageCollector, pause_file_for
 from app.files.maintenance.retention import empty_trash, thin_versions
 from app.files.maintenance.scrub import scrub
 from app.files.recovery import finish_interrupted_writes
+from app.files.thumbnails import collect_thumbnails
 from app.files.tree import TreeService
 from app.files.verify import verify_pending_hashes
 from app.settings import Settings
 from app.storage.factory import open_store
 from app.wiring import feed_for, hub_for
+from jobs.thumbnails import Thumbnailer
 
 log = logging.getLogger("coffer.worker")
 
@@ -40,9 +42,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["hub"] = hub_for(settings)
     ctx["feed"] = feed_for(settings, ctx["hub"])
     ctx["tree"] = TreeService(FilesContext(settings, ctx["store"], ctx["feed"]))
+    ctx["thumbnailer"] = Thumbnailer(ctx)  # its own arq queue (jobs/thumbnails.py)
+    await ctx["thumbnailer"].start()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["thumbnailer"].close()
     await ctx["hub"].close()
     await ctx["store"].close()
     await ctx["mongo"].close()
@@ -118,6 +123,11 @@ async def collect_garbage(
     ).run()
 
 
+async def remove_thumbnails(ctx: dict[str, Any]) -> dict[str, int]:
+    """Delete cached thumbnails of content no version references any more (daily)."""
+    return await collect_thumbnails()
+
+
 def worker_settings(settings: Settings) -> type:
     """arq's settings class for a worker with these settings."""
 
@@ -135,6 +145,7 @@ def worker_settings(settings: Settings) -> type:
             apply_retention,
             scrub_chunks,
             collect_garbage,
+            remove_thumbnails,
         ]
         cron_jobs = [
             cron(sweep_outboxes, second=set(range(0, 60, 2)), run_at_startup=True),
@@ -144,6 +155,7 @@ def worker_settings(settings: Settings) -> type:
             cron(apply_retention, minute={17}, second=0),
             cron(scrub_chunks, minute=set(range(3, 60, 10)), second=0),
             cron(collect_garbage, hour={1, 7, 13, 19}, minute={47}, second=0),
+            cron(remove_thumbnails, hour={3}, minute={53}, second=0),
         ]
         on_shutdown = shutdown
         redis_settings = RedisSettings.from_dsn(settings.redis)

@@ -31,6 +31,7 @@ from app.db.files import (
     UploadSession,
 )
 from app.db.sharing import Share, SharedWithMe, ShareLink
+from app.db.thumbnails import Thumbnail
 from app.settings import Settings
 
 DOCUMENT_MODELS = [
@@ -52,6 +53,7 @@ DOCUMENT_MODELS = [
     DavLock,
     DavProperties,
     DavUpload,
+    Thumbnail,
 ]
 
 

@@ -79,6 +79,9 @@ class FileOut(msgspec.Struct):
     damaged: bool = False
     # False while `content_hash` is the uploader's claim, not yet checked by the server.
     hash_verified: bool = True
+    # An image kind: GET /api/file/{id}/thumbnail may have a picture of it
+    # (app/files/thumbnails.py; it may still answer 404 no_thumbnail for broken bytes).
+    thumbnail: bool = False
 
 
 class ListOut(msgspec.Struct):

@@ -24,6 +24,7 @@ from app.core.errors import BadRequest, Forbidden, NotFound
 from app.core.query import match
 from app.db.accounts import User
 from app.db.files import FileNode
+from app.files.image_kinds import thumbnail_possible
 from app.files.schemas import FileOut
 
 Need = Literal["read", "write", "manage"]
@@ -102,6 +103,7 @@ def file_out(node: FileNode, access: Access = OWNER, owner: str | None = None) -
         owner=owner,
         damaged=node.damaged,
         hash_verified=node.hash_verified,
+        thumbnail=thumbnail_possible(node.kind, node.name, node.size),
     )
 
 
