@@ -42,7 +42,7 @@ function addRow(file) {
 
 function finish(item, text) {
   item.row.querySelector(".status").textContent = text;
-  item.row.querySelector(".cancel").hidden = true;
+  item.row.querySelector(".cancel").remove();  // (the CSS shows buttons even when hidden)
   item.done = true;
 }
 
@@ -62,7 +62,8 @@ function enqueue(files) {
   pump();
 }
 
-// One attempt at one file: resolves with the HTTP status (0: network error or cancelled).
+// One attempt at one file: resolves with the finished XMLHttpRequest, null when the
+// connection broke, "aborted" when cancelled.
 function send(item, from) {
   return new Promise((resolve) => {
     const { file, row } = item;

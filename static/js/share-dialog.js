@@ -2,7 +2,7 @@
 // public links. Its rows come from the #share-person and #share-link templates.
 
 import { api } from "./api.js";
-import { minute } from "./format.js";
+import { human, minute } from "./format.js";
 import { cloneTemplate } from "./template.js";
 import { toast } from "./toast.js";
 
@@ -29,7 +29,8 @@ function linkRow(link) {
   li.querySelector(".url").textContent = link.url;
   li.querySelector(".meta").textContent = [link.has_password ? "password" : "",
     link.expires_at ? `expires ${minute(link.expires_at)}` : "",
-    link.allow_download ? "" : "no download"].filter(Boolean).join(", ");
+    link.upload_only ? "upload-only" : (link.allow_download ? "" : "no download"),
+    link.max_bytes ? `max ${human(link.max_bytes)} per file` : ""].filter(Boolean).join(", ");
   li.querySelector(".copy").onclick = () => navigator.clipboard.writeText(link.url).then(() => toast("Link copied"));
   li.querySelector(".revoke").onclick = async () => {
     await api("DELETE", `/api/links/${link.token}`);
@@ -47,9 +48,16 @@ async function loadShares() {
   links.replaceChildren(...found.items.map(linkRow));
 }
 
-export function openShareDialog(id, name) {
+// Upload-only links (file requests) exist for folders only: `kind` defaults to the
+// listing row's data-kind.
+export function openShareDialog(id, name, kind = undefined) {
   sharing = { id, name };
   const dialog = document.getElementById("share-dialog");
+  const row = document.querySelector(`tr.item[data-id="${CSS.escape(id)}"]`);
+  const isFolder = (kind ?? row?.dataset.kind) === "folder";
+  document.getElementById("link-request-options").hidden = !isFolder;
+  document.getElementById("link-upload-only").checked = false;
+  document.getElementById("link-max-mb").value = "";
   document.getElementById("share-title").textContent = `Share ${name}`;
   document.getElementById("share-error").hidden = true;
   dialog.showModal();
@@ -82,6 +90,12 @@ export function setUpShareDialog() {
     const expiry = document.getElementById("link-expiry").value;
     const body = { allow_download: document.getElementById("link-download").checked };
     if (password.value) body.password = password.value;
+    if (!document.getElementById("link-request-options").hidden &&
+        document.getElementById("link-upload-only").checked) {
+      body.upload_only = true;
+      const mb = Number(document.getElementById("link-max-mb").value);
+      if (mb > 0) body.max_bytes = Math.round(mb * 1000 * 1000);
+    }
     if (expiry) body.expires_at = new Date(expiry).toISOString();
     try {
       await api("POST", `/api/file/${sharing.id}/links`, body);
