@@ -275,10 +275,11 @@ def test_an_upload_only_link_shows_and_serves_nothing(alice: User, base_url: str
             page = anon.get(f"/s/{token}", params=params)
             assert page.status_code == 200 and "request-form" in page.text
             assert "salary" not in page.text and "notes" not in page.text
-            for route in ("download", "preview"):
+            for route in ("download", "preview", "zip", "thumbnail"):
                 r = anon.get(f"/s/{token}/{route}", params=params)
                 assert r.status_code == 403, (route, path, r.status_code)
                 assert b"salaries" not in r.content and b"notes" not in r.content
+                assert b"PK" not in r.content[:2]  # no archive either
         # An ordinary link to the same folder takes no uploads.
         plain = alice.http.post(f"/api/file/{folder['id']}/links", json={}).json()["token"]
         r = send(anon, plain, "sneaky.txt", b"x")

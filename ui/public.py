@@ -18,7 +18,10 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
+from app.core.errors import CofferError
 from app.files.reads import content_response, head_version_of
+from app.files.thumbnail_routes import thumbnail_response
+from app.files.thumbnails import ThumbnailService
 from app.settings import Settings
 from app.sharing.links import UNLOCK_COOKIE, UNLOCK_SECONDS, LinkProblem, LinkService, OpenLink
 from app.storage.base import BlobStore
@@ -201,11 +204,40 @@ async def link_preview(
     return await preview_response(request, store, node, media_type, view_only=view_only)
 
 
+@get("/s/{token:str}/thumbnail")
+async def link_thumbnail(
+    request: Request,
+    token: str,
+    links: LinkService,
+    thumbnails: ThumbnailService,
+    path: str | None = None,
+    size: int = 256,
+    v: str | None = None,
+) -> Response[Any]:
+    """An image's thumbnail for a folder link's grid: the API's answers (202 while it is
+    made), with problems as pages like the rest of the link."""
+    try:
+        _, node = await _file_for_bytes(request, links, token, path)
+        result = await thumbnails.for_node(node, size)
+    except LinkProblem as exc:
+        return problem_page(exc)
+    except CofferError as exc:
+        return problem_page(LinkProblem(exc.status_code, "No thumbnail", exc.message))
+    return thumbnail_response(request, result, v)
+
+
 def public_router() -> Router:
     """Anyone may call these: no session, no CSRF header (the unlock form is same-site by
     SameSite cookies and carries nothing a forger could use)."""
     return Router(
         path="/",
-        route_handlers=[link_page, unlock_link, link_download, link_preview, file_request_upload],
+        route_handlers=[
+            link_page,
+            unlock_link,
+            link_download,
+            link_preview,
+            file_request_upload,
+            link_thumbnail,
+        ],
         include_in_schema=False,
     )
