@@ -17,10 +17,12 @@ from pathlib import Path
 
 import httpx
 from PIL import Image
+from pymongo import MongoClient
 
 from app.files.imaging import Renderer
 from tests.conftest import User, unique_name
-from tests.stack import Stack
+from tests.stack import Stack, start_moto
+from tests.test_faults import run_in_worker
 
 BIG_CHUNKS = 4 * 1024 * 1024
 RED, BLUE = (220, 20, 20), (20, 20, 220)
@@ -232,3 +234,85 @@ def test_file_objects_mark_image_names(alice: User) -> None:
         assert alice.upload(f"/Kinds/{name}", b"x")["thumbnail"] is True, name
     for name in ("g.svg", "h.pdf", "jpg", ".png"):
         assert alice.upload(f"/Kinds/{name}", b"x")["thumbnail"] is False, name
+
+
+def test_public_folder_link_shows_thumbnails(alice: User, base_url: str) -> None:
+    folder = alice.http.post("/api/folder", json={"path": "/Holiday"}).json()
+    alice.upload("/Holiday/beach.png", encoded(two_halves(900, 600), "PNG"))
+    alice.upload("/Holiday/list.txt", b"towel\n")
+    alice.upload("/Elsewhere/private.png", encoded(two_halves(90, 60), "PNG"))
+    r = alice.http.post(f"/api/file/{folder['id']}/links", json={})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    visitor = httpx.Client(base_url=base_url, timeout=30)
+    url = f"/s/{token}/thumbnail"
+    deadline = time.monotonic() + 60
+    while (r := visitor.get(url, params={"path": "beach.png"})).status_code == 202:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert picture(r).size == (256, 171)
+    assert visitor.get(url, params={"path": "list.txt"}).status_code == 415
+    escape = visitor.get(url, params={"path": "../Elsewhere/private.png"})
+    assert escape.status_code in (400, 404) and "image" not in escape.headers["content-type"]
+    assert visitor.get(url, params={"path": "beach.png", "size": 999}).status_code == 400
+
+
+def test_thumbnails_of_content_no_file_has_are_removed(alice: User, stack: Stack) -> None:
+    kept = encoded(two_halves(300, 200), "PNG")
+    gone = encoded(two_halves(200, 300), "PNG")
+    keep = alice.upload("/Keep/a.png", kept)
+    twin = alice.upload("/Gone/a-copy.png", kept)  # same bytes: one shared thumbnail
+    lone = alice.upload("/Gone/b.png", gone)
+    for f in (keep, twin, lone):
+        picture(wait_thumbnail(alice, f["id"]))
+    folder = next(
+        i
+        for i in alice.http.get("/api/file/", params={"path": "/"}).json()["items"]
+        if i["name"] == "Gone"
+    )
+    assert alice.http.delete(f"/api/file/{folder['id']}").status_code == 204
+    trash = alice.http.get("/api/trash/").json()["items"]
+    trashed = next(t for t in trash if t["name"] == "Gone")
+    assert alice.http.delete(f"/api/trash/{trashed['id']}").status_code == 204
+
+    result = asyncio.run(run_in_worker(stack, "remove_thumbnails"))
+    assert result["removed"] >= 1
+    with MongoClient(stack.env["MONGODB_URL"]) as mongo:
+        left = {
+            d["content_hash"]
+            for d in mongo.coffer.thumbnails.find({"owner_id": alice.id}, {"content_hash": 1})
+        }
+    assert left == {keep["content_hash"]}
+    # The file still there keeps its picture, served at once.
+    assert thumbnail(alice, keep["id"]).status_code == 200
+
+
+def test_thumbnails_with_the_s3_store(tmp_path: Path) -> None:
+    """A deployment whose chunks are in S3 (a real S3-protocol server): the worker reads
+    the image from the bucket and every web instance serves the cached thumbnail."""
+    moto = start_moto(tmp_path)
+    s3 = Stack(
+        tmp_path / "stack",
+        env={
+            "COFFER_BLOB_STORE": "s3",
+            "S3_ENDPOINT_URL": f"http://127.0.0.1:{moto.port}",
+            "S3_BUCKET": "coffer-thumbs",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+        },
+    )
+    try:
+        s3.start_all()
+        s3.start_web("web2")
+        carol = User(s3.url())
+        photo = carol.upload("/p.jpg", encoded(two_halves(1200, 800), "JPEG"), BIG_CHUNKS)
+        assert picture(wait_thumbnail(carol, photo["id"])).size == (256, 171)
+        other = httpx.get(
+            f"{s3.url('web2')}/api/file/{photo['id']}/thumbnail",
+            headers={"Authorization": f"Bearer {carol.token}"},
+        )
+        assert picture(other).size == (256, 171)
+    finally:
+        s3.stop_all()
+        moto.stop()

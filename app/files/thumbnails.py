@@ -40,6 +40,7 @@ from bson.errors import InvalidId
 from app.core.clock import now_ms
 from app.core.errors import BadRequest, CorruptData, NotFound, UnsupportedMediaType
 from app.core.http import ByteRange
+from app.core.query import match
 from app.db.files import FileNode, FileVersion
 from app.db.thumbnails import Thumbnail, thumbnail_id
 from app.files.image_kinds import image_format
@@ -79,6 +80,11 @@ def etag_of(content_hash: str, box: int) -> str:
     return f'"{content_hash}-{box}"'
 
 
+def check_size(box: int) -> None:
+    if box not in SIZES:
+        raise BadRequest(f"size must be one of {', '.join(map(str, SIZES))}", code="bad_size")
+
+
 def no_thumbnail(why: str) -> NotFound:
     return NotFound(why, code="no_thumbnail")
 
@@ -93,13 +99,14 @@ class ThumbnailService:
     async def for_caller(self, caller: Caller, file_id: str, box: int) -> Ready | Pending:
         """The thumbnail of a file the caller may read (404 for anyone else, like every
         other read)."""
-        if box not in SIZES:
-            raise BadRequest(f"size must be one of {', '.join(map(str, SIZES))}", code="bad_size")
+        check_size(box)
         _, node = await open_node(caller, file_id)
         return await self.for_node(node, box)
 
     async def for_node(self, node: FileNode, box: int) -> Ready | Pending:
-        """The thumbnail of a node the caller was already allowed to read."""
+        """The thumbnail of a node the caller was already allowed to read (a public
+        link's file)."""
+        check_size(box)
         if node.kind != "file" or image_format(node.name) is None:
             raise UnsupportedMediaType(
                 "thumbnails are made of JPEG, PNG, GIF, WebP, AVIF and HEIC images only",
@@ -191,7 +198,7 @@ async def _record(version: FileVersion, box: int, data: bytes | None, reason: st
     )
 
 
-async def collect_thumbnails(batch: int = 500) -> dict[str, int]:
+async def collect_thumbnails(batch: int = 5000) -> dict[str, int]:
     """Delete thumbnails whose content no version of their owner has any more."""
     thumbs = Thumbnail.get_pymongo_collection()
     versions = FileVersion.get_pymongo_collection()
@@ -211,11 +218,11 @@ async def collect_thumbnails(batch: int = 500) -> dict[str, int]:
             by_owner[doc["owner_id"]].add(doc["content_hash"])
         live: set[tuple[str, str]] = set()
         for owner, hashes in by_owner.items():
-            async for v in versions.find(
-                {"owner_id": {"$eq": owner}, "content_hash": {"$in": sorted(hashes)}},
-                {"content_hash": 1},
-            ):
-                live.add((owner, v["content_hash"]))
+            # One indexed walk of the owner's versions per batch (`$in` on content_hash
+            # would read every version of every owner on the embedded server).
+            async for v in versions.find(match(owner_id=owner), {"content_hash": 1}):
+                if v.get("content_hash") in hashes:
+                    live.add((owner, v["content_hash"]))
         gone = [d["_id"] for d in docs if (d["owner_id"], d["content_hash"]) not in live]
         if gone:
             await thumbs.delete_many({"_id": {"$in": gone}})
