@@ -55,8 +55,12 @@ def render(src: Path, box: int, max_pixels: int) -> bytes:
     by its EXIF orientation. Raises NotRenderable, or whatever a decoder raises."""
     from PIL import Image, ImageOps
 
+    Image.init()
+    # Only formats with a registered decoder: Pillow raises KeyError on any other name
+    # (HEIF is missing where pillow-heif did not install).
+    formats = [f for f in DECODABLE if f in Image.OPEN]
     try:
-        opened = Image.open(src, formats=DECODABLE)
+        opened = Image.open(src, formats=formats)
     except Image.DecompressionBombError as exc:  # Pillow's own check, at 2x the limit
         raise NotRenderable("too_many_pixels") from exc
     with opened as im:
