@@ -25,7 +25,7 @@ from litestar.template.config import TemplateConfig
 
 from app.auth import service as auth_service
 from app.auth.middleware import IdentityMiddleware, refuse_forged_requests, require_user
-from app.auth.routes import AuthController, DeviceController, me
+from app.auth.routes import AuthController, DeviceController, me, set_preferences
 from app.core import failpoints
 from app.core.crypto import PasswordHashing
 from app.core.encoding import decompressing_bodies
@@ -42,6 +42,7 @@ from app.files.recovery import finish_interrupted_writes
 from app.files.routes import (
     FileController,
     TrashController,
+    activity,
     create_folder,
     search,
     upload_progress,
@@ -52,7 +53,7 @@ from app.files.thumbnail_routes import file_thumbnail
 from app.files.thumbnails import ThumbnailService
 from app.health import WIRE, healthz, metrics, readyz
 from app.settings import Settings, get_settings
-from app.sharing.routes import ShareController, revoke_link, shared_with_me
+from app.sharing.routes import ShareController, leave_share, revoke_link, shared_with_me
 from app.storage.factory import open_store
 from app.wiring import Services, feed_for, hub_for, services_for
 from ui.pages import STATIC_DIR, TEMPLATE_DIR, account_router, ui_router
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AuthController,
             DeviceController,
             me,
+            set_preferences,
             read_events,
             events_socket,
             FileController,
@@ -155,8 +157,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             create_folder,
             upload_progress,
             search,
+            activity,
             ShareController,
             shared_with_me,
+            leave_share,
             revoke_link,
             file_thumbnail,
         ],

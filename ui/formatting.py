@@ -21,6 +21,12 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+def storage_text(usage: int, quota: int | None) -> str:
+    """The storage meter's words: "1.2 MB of 10.0 GB used", or "1.2 MB used" without a quota."""
+    used = human_size(usage)
+    return f"{used} of {human_size(quota)} used" if quota else f"{used} used"
+
+
 def previewable(name: str) -> str | None:
     """The media type a browser can show inline, or None."""
     kind = mimetypes.guess_type(name)[0] or ""
@@ -66,6 +72,43 @@ def sort_rows(items: list[dict[str, object]], sort: str, order: str) -> list[dic
     return [i for i in ordered if i["kind"] == "folder"] + [
         i for i in ordered if i["kind"] != "folder"
     ]
+
+
+VERBS = {
+    "file.created": "added",
+    "file.updated": "changed",
+    "file.moved": "moved",
+    "file.deleted": "deleted",
+    "file.restored": "restored",
+    "share.added": "shared",
+    "share.removed": "stopped sharing",
+}
+
+
+def describe(item: msgspec.Struct, folder: str) -> dict[str, str]:
+    """An activity entry in words: who, did what, to which item (relative to the folder
+    the panel is for), when. A move within the folder says where from."""
+    fields = msgspec.structs.asdict(item)
+    verb = VERBS.get(fields["type"], fields["type"])
+    path, old = fields.get("path") or "", fields.get("old_path") or ""
+    if verb == "moved" and old and paths.split(old)[0] == paths.split(path)[0]:
+        verb = "renamed"
+
+    def shown(p: str) -> str:
+        return (
+            p[len(folder) :].lstrip("/")
+            if folder != "/" and paths.within(p, folder)
+            else p.lstrip("/")
+        )
+
+    when = datetime.fromisoformat(str(fields["at"]).replace("Z", "+00:00"))
+    return {
+        "who": fields.get("actor") or "someone",
+        "verb": verb,
+        "name": shown(path) or paths.split(path)[1],
+        "from": shown(old) if verb in ("moved", "renamed") and old else "",
+        "when": when.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def crumbs(path: str) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.enums import RequestEncodingType
@@ -33,14 +34,16 @@ from app.core.crypto import PasswordHashing
 from app.core.errors import CofferError
 from app.core.http import cross_site
 from app.events.hub import Hub
+from app.files.activity import folder_activity
 from app.files.history import HistoryService
 from app.files.reads import ReadService
 from app.files.scope import Caller, open_node
+from app.files.search import SearchHit, SearchService
 from app.files.tree import TreeService
 from app.settings import Settings
 from app.sharing.service import SharingService
 from app.storage.base import BlobStore
-from ui.formatting import crumbs, previewable, row, sort_rows
+from ui.formatting import crumbs, describe, previewable, row, sort_rows, storage_text
 from ui.previews import preview_response
 
 FormData = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
@@ -65,11 +68,18 @@ def _principal(request: Request) -> auth.Principal | None:
 
 def page(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Template:
     principal = _principal(request)
+    user = principal.user if principal else None
+    storage = None
+    if user is not None:
+        quota = user.quota_bytes or 0
+        usage = user.usage_bytes
+        storage = {"usage": usage, "quota": quota, "text": storage_text(usage, quota)}
     return Template(
         template_name=template,
         context={
-            "user": principal.user if principal else None,
+            "user": user,
             "csrf": principal.csrf_token if principal and principal.via == "session" else "",
+            "storage": storage,
             **context,
         },
         status_code=status,
@@ -216,11 +226,13 @@ async def files_page(
         return page(
             request,
             "files.html",
-            {"error": exc.message, "items": [], "crumbs": []},
+            {"error": exc.message, "items": [], "crumbs": [], "title": "Not found"},
             status=exc.status_code,
         )
     where = shared_folder.path if shared_folder else folder_path or "/"
     context = {
+        "title": "All files" if where == "/" else paths.split(where)[1],
+        "view": caller.user.view,
         "items": sort_rows([row(i) for i in listed.items], sort, order),
         "more": listed.cursor is not None,
         "path": where,
@@ -233,6 +245,45 @@ async def files_page(
         "error": None,
     }
     return page(request, _fragment(request, "files.html", "_listing.html"), context)
+
+
+@get("/search")
+async def search_page(
+    request: HTMXRequest,
+    caller: Caller,
+    search: SearchService,
+    q: str = "",
+    cursor: str | None = None,
+) -> Template:
+    """Search results as a listing (live like any listing); the box in the header sends
+    here without JavaScript, the box on this page updates the results as you type."""
+    context: dict[str, Any] = {"q": q, "search_query": q, "items": [], "cursor": None}
+    if q.strip():
+        try:
+            found = await search.search(caller, q, 100, cursor)
+        except CofferError as exc:
+            context["error"] = exc.message
+        else:
+            context["items"] = [{**row(i), "folder_link": _folder_link(i)} for i in found.items]
+            context["cursor"] = found.cursor
+    return page(request, _fragment(request, "search.html", "_search.html"), context)
+
+
+def _folder_link(hit: SearchHit) -> str:
+    """Where "open the folder this is in" goes for a search hit."""
+    if hit.role == "owner":
+        return f"/files?path={quote(hit.folder)}"
+    return f"/files?id={quote(hit.folder_id)}" if hit.folder_id else "/shared"
+
+
+@get("/activity")
+async def activity_fragment(
+    request: Request, caller: Caller, path: str = "/", id: str | None = None
+) -> Template:
+    """A folder's recent changes (the listing's Activity panel loads this when opened)."""
+    found = await folder_activity(caller, path, id, 50)
+    items = [{**msgspec.structs.asdict(i), **describe(i, found.folder)} for i in found.items]
+    return page(request, "_activity.html", {"items": items, "complete": found.complete})
 
 
 @get("/shared")
@@ -396,6 +447,8 @@ def ui_router() -> Router:
         exception_handlers={SignInRequired: _to_login, CofferError: _error_page},
         route_handlers=[
             files_page,
+            search_page,
+            activity_fragment,
             shared_page,
             trash_page,
             preview,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import Cookie
 
 from app.auth import service
@@ -13,6 +13,7 @@ from app.auth.schemas import (
     DeviceOut,
     MeOut,
     PasswordChange,
+    PreferencesIn,
     RevokedOut,
     SessionOut,
     TokenOut,
@@ -21,6 +22,7 @@ from app.auth.schemas import (
 )
 from app.core.crypto import PasswordHashing
 from app.core.http import PUBLIC
+from app.db.accounts import User
 from app.events.hub import Hub
 from app.settings import Settings
 
@@ -155,12 +157,24 @@ class DeviceController(Controller):
         return RevokedOut(revoked=len(revoked))
 
 
-@get("/api/me", tags=["auth"])
-async def me(request: Request) -> MeOut:
-    user = request.scope["auth"].user
+def _me(user: User) -> MeOut:
     return MeOut(
         id=str(user.id),
         username=user.username,
         usage_bytes=user.usage_bytes,
         quota_bytes=user.quota_bytes or None,
+        view=user.view,
     )
+
+
+@get("/api/me", tags=["auth"])
+async def me(request: Request) -> MeOut:
+    return _me(request.scope["auth"].user)
+
+
+@put("/api/me/preferences", tags=["auth"])
+async def set_preferences(request: Request, data: PreferencesIn) -> MeOut:
+    """Settings that follow the user to every browser (today: list or grid view)."""
+    principal = request.scope["auth"]
+    await service.set_view(principal, data.view)
+    return _me(principal.user)

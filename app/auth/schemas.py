@@ -36,6 +36,11 @@ class MeOut(msgspec.Struct):
     username: str
     usage_bytes: int
     quota_bytes: int | None
+    view: str = "list"
+
+
+class PreferencesIn(msgspec.Struct):
+    view: str
 
 
 class PasswordChange(msgspec.Struct):

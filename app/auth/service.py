@@ -304,3 +304,16 @@ async def change_password(
         {"_id": user.id}, {"$set": {"password_hash": await passwords.hash(new_password)}}
     )
     return await revoke_others(principal)
+
+
+VIEWS = ("list", "grid")
+
+
+async def set_view(principal: Principal, view: object) -> None:
+    """Remember how this user's folders are shown in the browser ("list" or "grid")."""
+    if view not in VIEWS:
+        raise BadRequest("view must be 'list' or 'grid'", code="invalid_view")
+    await User.get_pymongo_collection().update_one(
+        {"_id": principal.user.id}, {"$set": {"view": view}}
+    )
+    principal.user.view = str(view)

@@ -24,6 +24,8 @@ class User(Document):
     claims: dict[str, Any] = {}
     has_claims: bool = False  # any claim may be open (cleared once none is)
     claims_rev: int = 0  # bumped by every charge
+    # How the browser shows folders ("list" or "grid"): the user's choice on every device.
+    view: str = "list"
 
     class Settings:
         name = "users"

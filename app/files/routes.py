@@ -8,6 +8,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 
 from app.core.errors import BadRequest
+from app.files.activity import ActivityOut, folder_activity
 from app.files.history import HistoryService
 from app.files.reads import ReadService, content_response, head_version_of
 from app.files.schemas import (
@@ -126,6 +127,18 @@ async def search(
     """Files and folders whose name contains `q` (accents and case ignored), in your tree
     and in everything shared with you; `cursor` from the last page for the next one."""
     return await search.search(caller, q, limit, cursor)
+
+
+@get("/api/activity", tags=["files"])
+async def activity(
+    caller: Caller,
+    path: str = "/",
+    folder_id: str | None = Parameter(default=None, query="id"),
+    limit: int = Parameter(default=50, ge=1, le=200),
+) -> ActivityOut:
+    """Recent changes in a folder and below it (`path` in your tree, or `id` of any folder
+    you can see), newest first, from your own event feed: who did what, and when."""
+    return await folder_activity(caller, path, folder_id, limit)
 
 
 @post("/api/folder", status_code=201, tags=["files"])

@@ -64,6 +64,12 @@ async def shared_with_me(caller: Caller, sharing: SharingService) -> SharedListO
     return SharedListOut(items=await sharing.shared_with_me(caller))
 
 
+@delete("/api/shared/{file_id:str}", status_code=204, tags=["sharing"])
+async def leave_share(file_id: str, caller: Caller, sharing: SharingService) -> None:
+    """Leave something shared with you (your grant on it goes; the owner keeps the files)."""
+    await sharing.leave(caller, file_id)
+
+
 @delete("/api/links/{token:str}", status_code=204, tags=["sharing"])
 async def revoke_link(token: str, caller: Caller, links: LinkService) -> None:
     await links.revoke(caller, token)

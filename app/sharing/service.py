@@ -24,7 +24,7 @@ from app.db.sharing import ROLES, Share, SharedWithMe
 from app.events.changes import make_change
 from app.events.feed import ChangeFeed
 from app.files.accounting import withdraw_read_urls
-from app.files.scope import Caller, file_out, open_node
+from app.files.scope import Caller, file_out, open_node, parse_id
 from app.protocol import SHARE_ADDED, SHARE_REMOVED
 from app.sharing.schemas import SharedItemOut, ShareOut
 
@@ -73,10 +73,28 @@ class SharingService:
             raise NotFound(f"{node.name} is not shared with {username}", code="not_shared")
         await self._write(caller, node, recipient, None)
 
+    async def leave(self, caller: Caller, file_id: str) -> None:
+        """The caller gives up what was shared with them: their own grant on this item goes,
+        as if the owner had removed it. Nothing is copied or moved: the owner's files stay
+        the owner's, and what the caller's devices synced of it is removed from them."""
+        grant = await Share.get(f"{parse_id(file_id)}:{caller.user_id}")
+        node = await FileNode.get(parse_id(file_id))
+        if grant is None or grant.role is None or node is None:
+            raise NotFound("nothing with this id is shared with you", code="not_shared")
+        owner = await User.get(PydanticObjectId(node.owner_id))
+        owner_name = owner.username if owner else grant.granted_by
+        await self._write(caller, node, caller.user, None, owner_name=owner_name)
+
     async def _write(
-        self, caller: Caller, node: FileNode, recipient: User, role: str | None
+        self,
+        caller: Caller,
+        node: FileNode,
+        recipient: User,
+        role: str | None,
+        owner_name: str | None = None,
     ) -> Share:
-        """Set the recipient's role (None: revoke) with the change in the outbox."""
+        """Set the recipient's role (None: revoke) with the change in the outbox.
+        `owner_name`: the owner's username when the caller is not the owner (leaving)."""
         share_id = f"{node.id}:{recipient.id}"
         feed = self.feed
         for _ in range(5):
@@ -90,7 +108,7 @@ class SharingService:
                 node,
                 caller.user.username,
                 audience=[{"id": str(recipient.id), "new": [node.path, node.name], "old": None}],
-                owner=caller.user.username,
+                owner=owner_name or caller.user.username,
                 role=role,
                 username=recipient.username,
             )

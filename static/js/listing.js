@@ -40,6 +40,7 @@ async function patchListing() {
   if (!oldBody || !newBody || frame(current) !== frame(fresh)) {
     current.replaceWith(fresh);
     if (window.htmx) window.htmx.process(fresh);
+    updated();
     return;
   }
   const kept = new Map();
@@ -65,11 +66,21 @@ async function patchListing() {
   }
   while (cursor) { const next = cursor.nextSibling; cursor.remove(); cursor = next; }
   setTimeout(() => rows.forEach((tr) => tr.classList.remove("fresh")), 1500);
+  updated();
+}
+
+// Tell the page's other parts (selection, activity, storage meter) the rows were redrawn.
+function updated() {
+  document.dispatchEvent(new CustomEvent("listing:updated"));
 }
 
 // The listing without its rows: breadcrumbs, headers, notes. Same frame: patch rows only.
+// The parts the script changes in place (the selection bar, the activity panel) are not
+// part of the frame: replacing the listing for them would close the panel under the user.
 function frame(box) {
   const copy = box.cloneNode(true);
   copy.querySelector("tbody")?.replaceChildren();
+  copy.querySelector("#activity")?.remove();
+  copy.querySelector("#selection-bar")?.remove();
   return copy.outerHTML;
 }
