@@ -36,6 +36,7 @@ from app.dav.nextcloud import nextcloud_routes
 from app.db import connect
 from app.events.queue import JobQueue
 from app.events.routes import CredentialCheck, events_socket, read_events
+from app.files.archive_routes import ZIP_ROUTES
 from app.files.batch_routes import BATCH_BODY_MAX, BatchController, list_tree
 from app.files.blob_routes import blob_router
 from app.files.recovery import finish_interrupted_writes
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             TrashController,
             create_folder,
             upload_progress,
+            *ZIP_ROUTES,
             search,
             activity,
             ShareController,

@@ -19,6 +19,7 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from app.core.errors import CofferError
+from app.files.archive import archive_file_name, zip_response, zip_stream
 from app.files.reads import content_response, head_version_of
 from app.files.thumbnail_routes import thumbnail_response
 from app.files.thumbnails import ThumbnailService
@@ -100,6 +101,7 @@ async def link_page(
     else:
         children, truncated = await links.children(node)
         context["truncated"] = truncated
+        context["zip_url"] = f"{opened.base}/zip{_qs(relative)}"
         context["children"] = [
             {
                 "name": c.name,
@@ -184,6 +186,28 @@ async def link_download(
     return response
 
 
+@get("/s/{token:str}/zip")
+async def link_zip(
+    request: Request, token: str, links: LinkService, store: BlobStore, path: str | None = None
+) -> Response[Any]:
+    """The link's folder, or a folder `path` inside it, as a zip (downloads allowed only)."""
+    try:
+        opened = await links.open(token)
+        if not links.unlocked(opened, request.cookies.get(LINK_COOKIE, "")):
+            raise LinkProblem(401, "Password required", "Open the link and enter its password.")
+        node, _ = await links.target(opened, path)
+        if not opened.link.allow_download:
+            raise LinkProblem(403, "View only", "The owner has not allowed downloads.")
+    except LinkProblem as exc:
+        return problem_page(exc)
+    await links.counted(opened, "downloads")
+    return zip_response(
+        archive_file_name(None, [node]),
+        zip_stream(store, [node]),
+        **{"Referrer-Policy": "no-referrer"},
+    )
+
+
 @get("/s/{token:str}/preview")
 async def link_preview(
     request: Request, token: str, links: LinkService, store: BlobStore, path: str | None = None
@@ -236,6 +260,7 @@ def public_router() -> Router:
             unlock_link,
             link_download,
             link_preview,
+            link_zip,
             file_request_upload,
             link_thumbnail,
         ],

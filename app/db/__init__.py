@@ -20,6 +20,7 @@ from pymongo.monitoring import (
 
 from app.core.ratelimit import RateCounter
 from app.db.accounts import ApiToken, BrowserSession, User
+from app.db.archives import ZipTicket
 from app.db.dav import DavLock, DavProperties, DavUpload
 from app.db.events import Event, EventCounter
 from app.db.files import (
@@ -53,6 +54,7 @@ DOCUMENT_MODELS = [
     DavLock,
     DavProperties,
     DavUpload,
+    ZipTicket,
     Thumbnail,
 ]
 
