@@ -15,11 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/coffer-server run
 
-# Playwright drives Debian's chromium (its own browser download cannot work offline).
-e2e-deps:
+# Playwright drives Debian's chromium (its own browser download cannot work offline);
+# the accessibility tests inject axe-core, fetched from the npm registry and checked.
+e2e-deps: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@$(PY) -m e2e.axe >/dev/null
 
 # Clients nobody here wrote, which tests/test_dav.py runs against /dav/ and the Nextcloud
 # paths: the litmus compliance suite, rclone, the Nextcloud desktop client's nextcloudcmd.

@@ -9,6 +9,7 @@ the test is about.
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 import zipfile
 from collections.abc import Callable
@@ -269,3 +270,58 @@ def test_dark_theme_follows_the_system_setting(people: Callable[..., Person]) ->
     # Dark: every colour channel of the page background is low.
     channels = [int(c) for c in dark_bg.removeprefix("rgb(").rstrip(")").split(",")]
     assert max(channels) < 60, dark_bg
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (640, 480)) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_grid_view_shows_thumbnails_is_remembered_and_pages_through_images(
+    people: Callable[..., Person],
+) -> None:
+    alice = people(viewport={"width": 1200, "height": 800}).register()
+    put_files(
+        alice,
+        {
+            "/Photos/red.png": png((200, 0, 0)),
+            "/Photos/green.png": png((0, 160, 0)),
+            "/Photos/notes.txt": b"not an image",
+        },
+    )
+    page = alice.page
+    goto_files(page, "/Photos")
+    page.get_by_role("button", name="Grid").click()
+    expect(page.locator("table.files.grid")).to_be_visible()
+    thumbs = page.locator("img.thumb")
+    expect(thumbs).to_have_count(2)
+    # Made by the worker on first request: the page retries until each has decoded.
+    for n in range(2):
+        expect(thumbs.nth(n)).to_have_js_property("complete", True, timeout=30_000)
+        page.wait_for_function(
+            "(img) => img.naturalWidth > 0", arg=thumbs.nth(n).element_handle(), timeout=30_000
+        )
+    assert page.evaluate("document.querySelector('img.thumb').naturalWidth") == 256
+    shot(page, "grid")
+    # Remembered for the user: another browser of Alice's opens in grid view too.
+    page.reload()
+    expect(page.locator("table.files.grid")).to_be_visible()
+    expect(page.get_by_role("button", name="Grid")).to_have_attribute("aria-pressed", "true")
+    # The lightbox pages through the folder's images (not the text file), by button and key.
+    row(page, "green.png").locator("img.thumb").click()
+    box = page.locator("#lightbox")
+    expect(box).to_be_visible()
+    expect(box.locator("#lightbox-title")).to_have_text("green.png")
+    expect(box.locator("#lightbox-position")).to_have_text("1 of 2")
+    box.get_by_role("button", name="Next").click()
+    expect(box.locator("#lightbox-title")).to_have_text("red.png")
+    page.keyboard.press("ArrowRight")
+    expect(box.locator("#lightbox-title")).to_have_text("green.png")
+    page.wait_for_function("() => document.getElementById('lightbox-image').naturalWidth === 640")
+    box.get_by_role("button", name="Close").click()
+    expect(box).to_be_hidden()
+    page.get_by_role("button", name="List").click()
+    expect(page.locator("table.files.list")).to_be_visible()

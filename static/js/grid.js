@@ -45,7 +45,11 @@ function show(index) {
   if (!images.length) return;
   shown = (index + images.length) % images.length;
   const tr = images[shown];
-  document.getElementById("lightbox-image").src = `/preview/${tr.dataset.id}`;
+  // Browsers cannot show HEIC: its large thumbnail (a WebP) stands in for it.
+  const heic = /\.hei[cf]$/i.test(tr.dataset.name);
+  document.getElementById("lightbox-image").src = heic
+    ? `/api/file/${tr.dataset.id}/thumbnail?size=1024&v=${tr.dataset.image}`
+    : `/preview/${tr.dataset.id}`;
   document.getElementById("lightbox-image").alt = tr.dataset.name;
   document.getElementById("lightbox-title").textContent = tr.dataset.name;
   document.getElementById("lightbox-position").textContent = `${shown + 1} of ${images.length}`;
