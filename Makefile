@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(PY) bench/sync.py --workload tree
 	$(PY) bench/batch.py
 	$(PY) bench/dav.py
+	$(PY) bench/search.py
+	$(PY) bench/thumbnails.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app ui jobs client tests bench e2e conftest.py

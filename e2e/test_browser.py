@@ -59,7 +59,7 @@ def create_folder(page: Page, name: str) -> None:
 
 
 def open_folder(page: Page, name: str) -> None:
-    row(page, name).get_by_role("link", name=name).click()
+    row(page, name).get_by_role("link", name=name, exact=True).click()
     expect(page.locator("#listing")).to_have_attribute("data-path", f"/{name}")
 
 
@@ -113,7 +113,7 @@ def test_sharing_shows_up_live_and_changes_follow_without_reload(
     expect(row(b, "Team")).to_be_visible(timeout=3000)
     expect(b.locator(".toast")).to_contain_text(f"{alice.username} shared Team with you")
     shot(b, "shared-with-me")
-    row(b, "Team").get_by_role("link", name="Team").click()
+    row(b, "Team").get_by_role("link", name="Team", exact=True).click()
     expect(b.get_by_text("This folder is empty")).to_be_visible()
 
     open_folder(a, "Team")
@@ -342,7 +342,7 @@ def test_a_folder_of_many_small_files_uploads_in_batches_with_one_progress_row(
     open_folder(a, "Team")
 
     b.goto("/shared")
-    row(b, "Team").get_by_role("link", name="Team").click()
+    row(b, "Team").get_by_role("link", name="Team", exact=True).click()
     expect(b.get_by_text("This folder is empty")).to_be_visible()
     posts: list[str] = []
     b.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)

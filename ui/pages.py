@@ -33,6 +33,7 @@ from app.core import paths
 from app.core.crypto import PasswordHashing
 from app.core.errors import CofferError
 from app.core.http import cross_site
+from app.events.feed import ChangeFeed
 from app.events.hub import Hub
 from app.files.activity import folder_activity
 from app.files.history import HistoryService
@@ -203,11 +204,19 @@ async def logout_submit(request: Request, data: FormData, hub: Hub) -> Response[
 # ------------------------------------------------------------------ file pages
 
 
+async def _cursor(feed: ChangeFeed, caller: Caller) -> int:
+    """The caller's feed position, read *before* a page's state is: the page's script
+    follows the feed from here, so a change made while the page renders is not missed
+    (register = cursor first, then state)."""
+    return await feed.latest(caller.user_id)
+
+
 @get("/files")
 async def files_page(
     request: HTMXRequest,
     caller: Caller,
     tree: TreeService,
+    feed: ChangeFeed,
     path: str | None = None,
     id: str | None = None,
     sort: str = "name",
@@ -215,6 +224,7 @@ async def files_page(
 ) -> Template:
     sort = sort if sort in SORTS else "name"
     order = "desc" if order == "desc" else "asc"
+    cursor = await _cursor(feed, caller)
     try:
         folder_path = paths.normalize_path(path or "/") if id is None else None
         listed = await tree.list_folder(caller, folder_path, id, 1000, None)
@@ -232,6 +242,7 @@ async def files_page(
     where = shared_folder.path if shared_folder else folder_path or "/"
     context = {
         "title": "All files" if where == "/" else paths.split(where)[1],
+        "feed_cursor": cursor,
         "view": caller.user.view,
         "items": sort_rows([row(i) for i in listed.items], sort, order),
         "more": listed.cursor is not None,
@@ -252,12 +263,19 @@ async def search_page(
     request: HTMXRequest,
     caller: Caller,
     search: SearchService,
+    feed: ChangeFeed,
     q: str = "",
     cursor: str | None = None,
 ) -> Template:
     """Search results as a listing (live like any listing); the box in the header sends
     here without JavaScript, the box on this page updates the results as you type."""
-    context: dict[str, Any] = {"q": q, "search_query": q, "items": [], "cursor": None}
+    context: dict[str, Any] = {
+        "q": q,
+        "search_query": q,
+        "items": [],
+        "cursor": None,
+        "feed_cursor": await _cursor(feed, caller),
+    }
     if q.strip():
         try:
             found = await search.search(caller, q, 100, cursor)
@@ -287,16 +305,25 @@ async def activity_fragment(
 
 
 @get("/shared")
-async def shared_page(request: HTMXRequest, caller: Caller, sharing: SharingService) -> Template:
+async def shared_page(
+    request: HTMXRequest, caller: Caller, sharing: SharingService, feed: ChangeFeed
+) -> Template:
+    cursor = await _cursor(feed, caller)
     items = [row(i) for i in await sharing.shared_with_me(caller)]
-    return page(request, _fragment(request, "shared.html", "_shared.html"), {"items": items})
+    context = {"items": items, "feed_cursor": cursor}
+    return page(request, _fragment(request, "shared.html", "_shared.html"), context)
 
 
 @get("/trash")
 async def trash_page(
-    request: HTMXRequest, caller: Caller, history: HistoryService, settings: Settings
+    request: HTMXRequest,
+    caller: Caller,
+    history: HistoryService,
+    settings: Settings,
+    feed: ChangeFeed,
 ) -> Template:
     """What you deleted, newest first, with restore and delete-forever buttons."""
+    cursor = await _cursor(feed, caller)
     listed = await history.trash(caller, 1000, None)
     return page(
         request,
@@ -304,6 +331,7 @@ async def trash_page(
         {
             "items": [row(item, "deleted_at") for item in listed.items],
             "retention_days": settings.trash_retention_days,
+            "feed_cursor": cursor,
         },
     )
 

@@ -65,8 +65,11 @@ async function longPoll(forMs) {
 
 async function connect() {
   if (!listing()) return;  // only pages with a listing follow the feed
-  const body = await api("GET", "/api/file/events?cursor=latest");
-  feed.cursor = body.cursor;
+  // The server read the cursor before rendering the page's state: follow from there, so
+  // nothing that changed while the page loaded is missed.
+  const rendered = document.querySelector('meta[name="feed-cursor"]')?.content;
+  if (rendered) feed.cursor = Number(rendered);
+  else feed.cursor = (await api("GET", "/api/file/events?cursor=latest")).cursor;
   document.body.dataset.feed = "socket";
   openSocket();
 }
