@@ -39,15 +39,13 @@ cut and the client reports a failed download) rather than send a truncated membe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
 import struct
 import unicodedata
 import zipfile
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -64,8 +62,7 @@ from app.core.http import ByteRange, content_disposition
 from app.core.query import match
 from app.db.archives import ZipTicket
 from app.db.files import PAGE_SIZE, ChunkMapPage, FileNode, FileVersion
-from app.files.integrity import read_verified_chunk
-from app.files.reads import stream_content
+from app.files.reads import read_ahead, stream_content
 from app.files.scope import Caller
 from app.storage.base import BlobStore
 
@@ -377,7 +374,7 @@ async def _member(
         return
     chunks: AsyncIterator[bytes]
     if page is not None and version.chunk_count <= PAGE_SIZE:
-        chunks = _read_ahead(run.store, version.owner_id, page.chunks)
+        chunks = read_ahead(run.store, version.owner_id, page.chunks, READ_AHEAD)
     else:
         chunks = stream_content(run.store, version, ByteRange(0, version.size - 1))
     try:
@@ -420,23 +417,6 @@ async def _close(it: AsyncIterator[bytes]) -> None:
 async def _nothing() -> AsyncIterator[bytes]:
     for piece in ():
         yield piece
-
-
-async def _read_ahead(
-    store: BlobStore, owner: str, chunks: list[tuple[str, int]]
-) -> AsyncGenerator[bytes, None]:
-    """The chunks' verified bytes in order, a few reads in flight (small files)."""
-    tasks: deque[asyncio.Task[bytes]] = deque()
-    try:
-        for sha, size in chunks:
-            tasks.append(asyncio.create_task(read_verified_chunk(store, owner, sha, size)))
-            if len(tasks) >= READ_AHEAD:
-                yield await tasks.popleft()
-        while tasks:
-            yield await tasks.popleft()
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def zip_response(name: str, body: AsyncIterator[bytes], **headers: str) -> Stream:

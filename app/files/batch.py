@@ -23,7 +23,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +71,7 @@ from app.files.batch_schemas import (
     BatchUploadRequest,
 )
 from app.files.context import FilesContext
-from app.files.integrity import read_verified_chunk
+from app.files.reads import read_ahead
 from app.files.schemas import MoveRequest, UploadRequest
 from app.files.scope import (
     Caller,
@@ -86,7 +85,6 @@ from app.files.tree import FILES, TreeService, node_document
 from app.files.uploads import UploadService
 from app.files.verify import check_claim
 from app.protocol import FILE_CREATED, content_hash
-from app.storage.base import BlobStore
 
 
 def _error(exc: CofferError) -> BatchError:
@@ -641,7 +639,7 @@ class BatchService:
                 "chunks": chunks,
             }
             yield msgspec.json.encode(head) + b"\n"
-            async for data in _read_ahead(self.store, node.owner_id, chunks):
+            async for data in read_ahead(self.store, node.owner_id, chunks):
                 yield data
 
     def _check_count(self, n: int) -> None:
@@ -670,21 +668,3 @@ async def _place(
     if path is None:
         raise BadRequest("give path, or parent_id and name", code="invalid_path")
     return own_scope(caller), paths.normalize_path(path)
-
-
-async def _read_ahead(
-    store: BlobStore, owner: str, chunks: list[tuple[str, int]], ahead: int = 4
-) -> AsyncIterator[bytes]:
-    """The chunks' verified bytes in order, with up to `ahead` reads in flight."""
-    tasks: deque[asyncio.Task[bytes]] = deque()
-    todo = iter(chunks)
-    try:
-        for sha, size in todo:
-            tasks.append(asyncio.create_task(read_verified_chunk(store, owner, sha, size)))
-            if len(tasks) >= ahead:
-                yield await tasks.popleft()
-        while tasks:
-            yield await tasks.popleft()
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -276,3 +277,22 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
     yield first
     async for piece in rest:
         yield piece
+
+
+async def read_ahead(
+    store: BlobStore, owner: str, chunks: list[tuple[str, int]], ahead: int = 4
+) -> AsyncIterator[bytes]:
+    """The chunks' verified bytes in order, with up to `ahead` reads in flight (small
+    files one after another: batch downloads, zip archives)."""
+    tasks: deque[asyncio.Task[bytes]] = deque()
+    todo = iter(chunks)
+    try:
+        for sha, size in todo:
+            tasks.append(asyncio.create_task(read_verified_chunk(store, owner, sha, size)))
+            if len(tasks) >= ahead:
+                yield await tasks.popleft()
+        while tasks:
+            yield await tasks.popleft()
+    finally:
+        for task in tasks:
+            task.cancel()
