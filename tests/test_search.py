@@ -167,3 +167,29 @@ def test_coffer_find_prints_matches_with_paths(base_url: str, tmp_path: Path) ->
     assert device.run("find", "nothing-here").returncode == 1
     bad = device.run("find", " ")
     assert bad.returncode == 2 and "type something" in bad.stderr
+
+
+def test_nested_shares_are_searched_once_with_the_stronger_role(alice: User, bob: User) -> None:
+    proj = alice.http.post("/api/folder", json={"path": "/Proj"}).json()
+    sub = alice.http.post("/api/folder", json={"path": "/Proj/Sub"}).json()
+    alice.upload("/Proj/top-needle.txt", b"1")
+    alice.upload("/Proj/Sub/deep-needle.txt", b"2")
+    assert share(alice, proj["id"], bob.username, "viewer").status_code == 201
+    assert share(alice, sub["id"], bob.username, "editor").status_code == 201
+    assert wait_for(lambda: len(shared_items(bob)) == 2)
+    hits = {h["path"]: h for h in found(bob, "needle")}
+    assert set(hits) == {"/Proj/top-needle.txt", "/Proj/Sub/deep-needle.txt"}
+    assert hits["/Proj/top-needle.txt"]["role"] == "viewer"
+    deep = hits["/Proj/Sub/deep-needle.txt"]
+    assert deep["role"] == "editor"
+    assert bob.http.get(f"/api/file/{deep['id']}").json()["role"] == "editor"
+
+
+def test_a_forged_deeply_nested_cursor_is_a_400(alice: User) -> None:
+    import base64
+
+    forged = base64.urlsafe_b64encode(b"[" * 5000).decode()
+    r = alice.http.get("/api/search", params={"q": "a", "cursor": forged})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_cursor"
+    r = alice.http.get("/api/search", params={"q": "a", "cursor": "x" * 20000})
+    assert r.status_code == 400

@@ -25,20 +25,24 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
+from bson import ObjectId
 
+from app.acl.access import Access
 from app.core import paths
-from app.core.errors import BadRequest, CofferError
+from app.core.errors import BadRequest
 from app.core.query import match
+from app.db.accounts import User
 from app.db.files import FileNode, MaintenanceState
-from app.db.sharing import SharedWithMe
+from app.db.sharing import ROLE_RANK, Share, SharedWithMe
 from app.files.schemas import FileOut
-from app.files.scope import Caller, Scope, open_node, own_scope
+from app.files.scope import Caller, Scope, own_scope
 
 MAX_QUERY = 200
 MAX_LIMIT = 200
+MAX_CURSOR = 16384  # base64 of a source id and a path key (paths are at most 4,096 chars)
 OWN = ""  # the source key of the caller's own tree; shares use their root's file id
 BACKFILL_ID = "search_keys"
 
@@ -62,6 +66,9 @@ class Source:
     key: str  # OWN, or the share root's file id
     scope: Scope
     root: FileNode | None  # the shared item (None: the caller's own tree)
+    # Items shared with the caller inside this one, with their roles: a hit below one of
+    # them has the stronger of the two roles (viewer on /A, editor on /A/Sub).
+    inner: tuple[tuple[FileNode, str], ...] = ()
 
     def range(self) -> dict[str, str]:
         if self.root is None:
@@ -69,7 +76,13 @@ class Source:
         return paths.subtree_range(self.root.path_key)
 
     def hit(self, node: FileNode) -> SearchHit:
-        out = self.scope.out(node)
+        scope, best = self.scope, self.scope.access.role
+        for inner_root, role in self.inner:
+            if ROLE_RANK[role] > ROLE_RANK[best] and paths.within(node.path, inner_root.path):
+                best = role
+        if best != scope.access.role:
+            scope = scope.with_access(replace(scope.access, role=best))
+        out = scope.out(node)
         if self.root is not None and node.id == self.root.id:
             folder, folder_id = "", None  # "Shared with me"
         else:
@@ -96,12 +109,14 @@ def encode_cursor(source: str, after: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
+    if len(cursor) > MAX_CURSOR:
+        raise BadRequest("that cursor is not one this server gave out", code="bad_cursor")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         source, after = json.loads(base64.urlsafe_b64decode(padded))
         if isinstance(source, str) and isinstance(after, str):
             return source, after
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         pass
     raise BadRequest("that cursor is not one this server gave out", code="bad_cursor")
 
@@ -119,18 +134,46 @@ def nested(root: FileNode, others: list[FileNode]) -> bool:
 
 class SearchService:
     async def _sources(self, caller: Caller) -> list[Source]:
+        """The caller's tree, then each item shared with them (outermost only), in a
+        fixed handful of indexed reads however many shares there are: a live grant on the
+        item itself is what proves access (the ACL decides, not the derived list, which
+        may lag a revoke), so no ancestor walk is needed per share."""
         sources = [Source(OWN, own_scope(caller), None)]
-        grants = await SharedWithMe.find(match(recipient_id=caller.user_id)).to_list()
-        opened: list[tuple[Scope, FileNode]] = []
-        for grant in sorted(grants, key=lambda g: g.file_id):
-            try:  # the ACL decides, not the derived list (it may lag a revoke)
-                opened.append(await open_node(caller, grant.file_id))
-            except CofferError:
+        me = caller.user_id
+        rows = await SharedWithMe.find(match(recipient_id=me)).to_list()
+        if not rows:
+            return sources
+        grant_ids = [f"{r.file_id}:{me}" for r in rows]
+        grants = {
+            g.file_id: g
+            for g in await Share.find({"_id": {"$in": grant_ids}}).to_list()
+            if g.role is not None
+        }
+        node_ids = [ObjectId(f) for f in grants if ObjectId.is_valid(f)]
+        roots = [
+            n
+            for n in await FileNode.find({"_id": {"$in": node_ids}, "deleted_at": None}).to_list()
+            if n.committed
+        ]
+        owner_ids = [ObjectId(o) for o in {n.owner_id for n in roots}]
+        owners = {str(u.id): u for u in await User.find({"_id": {"$in": owner_ids}}).to_list()}
+        roots = [n for n in roots if n.owner_id in owners]
+        for root in sorted(roots, key=lambda n: str(n.id)):
+            if nested(root, roots):
                 continue
-        roots = [node for _, node in opened]
-        for scope, root in opened:
-            if not nested(root, roots):
-                sources.append(Source(str(root.id), scope, root))
+            role = str(grants[str(root.id)].role)
+            access = Access(
+                role=role, root_id=str(root.id), root_path=root.path, root_name=root.name
+            )
+            inner = tuple(
+                (o, str(grants[str(o.id)].role))
+                for o in roots
+                if o.id != root.id
+                and o.owner_id == root.owner_id
+                and paths.within(o.path_key, root.path_key)
+            )
+            scope = Scope(caller, owners[root.owner_id], access)
+            sources.append(Source(str(root.id), scope, root, inner))
         return sources
 
     async def search(
