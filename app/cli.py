@@ -167,13 +167,15 @@ def run_web() -> None:
 
 
 def run_worker() -> None:
-    from arq import run_worker as arq_run_worker
+    from arq.worker import get_kwargs
 
     from app.core.memory import limit_malloc_arenas
+    from jobs.outlast import OutlastingWorker
     from jobs.worker import worker_settings
 
     limit_malloc_arenas()
-    arq_run_worker(worker_settings(get_settings()))  # type: ignore[arg-type]
+    # arq's own run_worker, with a worker that survives Redis going away (jobs/outlast.py).
+    OutlastingWorker(**get_kwargs(worker_settings(get_settings()))).run()  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from arq.worker import Worker
 from app.files import thumbnails
 from app.files.imaging import Renderer
 from app.settings import Settings
+from jobs.outlast import OutlastingWorker
 
 
 async def make_thumbnail(ctx: dict[str, Any], version_id: str, box: int) -> str:
@@ -45,7 +46,7 @@ class Thumbnailer:
         pool = await create_pool(
             RedisSettings.from_dsn(settings.redis), default_queue_name=thumbnails.THUMBNAIL_QUEUE
         )
-        self.worker = Worker(
+        self.worker = OutlastingWorker(
             functions=[make_thumbnail],
             queue_name=thumbnails.THUMBNAIL_QUEUE,
             redis_pool=pool,
