@@ -100,8 +100,12 @@ def test_activity_lists_who_did_what_in_a_folder_newest_first(alice: User, bob: 
     assert all(not p.startswith("/Elsewhere") for _, p, _ in mine)
     body = activity(alice, path="/Team")
     assert body["folder"] == "/Team" and body["complete"] is True
-    # Bob sees the same folder by id, with its paths as he sees them, and nothing else.
+    # Bob sees the same folder by id, with its paths as he sees them, and nothing else:
+    # not his own folder that has the same name.
+    bob.upload("/Team/bobs-own.txt", b"his")
+    assert ("file.created", "/Team/bobs-own.txt", bob.username) in seen(bob, path="/Team")
     theirs = seen(bob, id=team["id"])
+    assert all(p != "/Team/bobs-own.txt" for _, p, _ in theirs)
     assert ("file.created", "/Team/from-bob.txt", bob.username) in theirs
     assert all(p.startswith("/Team") for _, p, _ in theirs)
     # Ids of folders one cannot see are 404; a file is not a folder.

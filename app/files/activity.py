@@ -19,7 +19,7 @@ from app.db.events import HOLE, Event
 from app.files.scope import Caller, open_folder
 from app.protocol import UPLOAD_STARTED
 
-SCAN = 2000
+SCAN = 1000
 HIDDEN = {HOLE, UPLOAD_STARTED}
 
 
@@ -39,8 +39,12 @@ class ActivityOut(msgspec.Struct):
     complete: bool  # False: older changes exist beyond what was read
 
 
-def touches(event: Event, folder: str) -> bool:
-    """The change happened in `folder` or below it (a move: on either side)."""
+def touches(event: Event, owner_id: str, folder: str) -> bool:
+    """The change happened in `folder` of `owner_id`'s tree or below it (a move: on either
+    side). The owner matters: a recipient sees a share at "/<name>", where a folder of
+    their own by that name may be too."""
+    if event.owner_id != owner_id:
+        return False
     if folder == "/":
         return True
     return any(
@@ -54,16 +58,12 @@ async def folder_activity(
 ) -> ActivityOut:
     if folder_id is not None:
         scope, node = await open_folder(caller, folder_id)
-        folder = scope.out(node).path
+        folder, owner_id = scope.out(node).path, node.owner_id
     else:
         folder = paths.normalize_path(raw_path if raw_path else "/")
+        owner_id = caller.user_id
     limit = max(1, min(limit, 200))
-    recent = (
-        await Event.find(match(recipient_id=caller.user_id))
-        .sort("-seq")
-        .limit(SCAN)
-        .to_list()
-    )
+    recent = await Event.find(match(recipient_id=caller.user_id)).sort("-seq").limit(SCAN).to_list()
     items = [
         ActivityItem(
             type=e.type,
@@ -75,6 +75,6 @@ async def folder_activity(
             at=iso(e.at),
         )
         for e in recent
-        if e.type not in HIDDEN and touches(e, folder)
+        if e.type not in HIDDEN and touches(e, owner_id, folder)
     ]
     return ActivityOut(folder=folder, items=items[:limit], complete=len(recent) < SCAN)
