@@ -11,7 +11,8 @@ import { toast } from "./toast.js";
 import { trashItems } from "./trash.js";
 
 function typing(target) {
-  return target.closest("input, textarea, select, [contenteditable], dialog[open]");
+  // A ticked checkbox keeps focus: the listing's keys still apply there.
+  return target.closest("input:not([type=checkbox]), textarea, select, [contenteditable], dialog[open]");
 }
 
 function current() {

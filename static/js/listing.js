@@ -38,6 +38,7 @@ async function patchListing() {
   const oldBody = current.querySelector("tbody");
   const newBody = fresh.querySelector("tbody");
   if (!oldBody || !newBody || frame(current) !== frame(fresh)) {
+    stampRows(fresh);
     current.replaceWith(fresh);
     if (window.htmx) window.htmx.process(fresh);
     updated();
@@ -45,9 +46,7 @@ async function patchListing() {
   }
   const kept = new Map();
   for (const tr of oldBody.children) {
-    if (!tr.dataset.id) continue;
-    tr.renderedAs ??= tr.outerHTML;  // rows from a full render have no highlight yet
-    kept.set(tr.dataset.id, tr);
+    if (tr.dataset.id && tr.renderedAs) kept.set(tr.dataset.id, tr);
   }
   const rows = Array.from(newBody.children).map((tr) => {
     const old = tr.dataset.id && kept.get(tr.dataset.id);
@@ -67,6 +66,19 @@ async function patchListing() {
   while (cursor) { const next = cursor.nextSibling; cursor.remove(); cursor = next; }
   setTimeout(() => rows.forEach((tr) => tr.classList.remove("fresh")), 1500);
   updated();
+}
+
+// Remember each row as the server rendered it, before other scripts add their state to it
+// (tabindex, selection): a refresh compares the server's new row with this, not with the
+// live DOM, so a row whose state changed but whose data did not stays the same node.
+export function stampRows(box = listing()) {
+  for (const tr of box?.querySelectorAll("tbody tr[data-id]") || []) tr.renderedAs = tr.outerHTML;
+}
+
+export function setUpListing() {
+  stampRows();
+  // Registered before any other module's afterSwap handler: stamps come first.
+  document.addEventListener("htmx:afterSwap", () => stampRows());
 }
 
 // Tell the page's other parts (selection, activity, storage meter) the rows were redrawn.

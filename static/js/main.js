@@ -11,6 +11,7 @@ import { setUpDrops } from "./drops.js";
 import { setUpNewFolder } from "./folders.js";
 import { setUpGrid } from "./grid.js";
 import { setUpKeyboard } from "./keyboard.js";
+import { setUpListing } from "./listing.js";
 import { startFeed } from "./live.js";
 import { setUpSelection } from "./selection.js";
 import { setUpShareDialog } from "./share-dialog.js";
@@ -18,6 +19,7 @@ import { setUpStorage } from "./storage.js";
 import { setUpVersionsDialog } from "./versions-dialog.js";
 
 function start() {
+  setUpListing();  // first: it records rows as rendered before others add their state
   setUpRowActions();
   setUpSelection();
   setUpKeyboard();

@@ -1,8 +1,9 @@
 // Moving items to the trash from the listing (row button, Delete key, bulk delete): no
-// confirmation, an "Undo" toast instead, which brings them back from the trash.
+// confirmation, an "Undo" toast instead, which brings them back from the trash (for the
+// owner; a share editor's deletions are the owner's to restore).
 
 import { api } from "./api.js";
-import { refreshListing } from "./listing.js";
+import { listing, refreshListing } from "./listing.js";
 import { toast } from "./toast.js";
 
 export async function trashItems(items) {
@@ -18,7 +19,10 @@ export async function trashItems(items) {
   refreshListing();
   if (!done.length) return;
   const what = done.length === 1 ? done[0].name : `${done.length} items`;
-  toast(`Moved ${what} to the trash`, { label: "Undo", run: () => restoreItems(done) });
+  // Only the owner can restore from the trash: an editor of a shared folder gets no Undo.
+  const undo = listing()?.dataset.role === "owner"
+    ? { label: "Undo", run: () => restoreItems(done) } : null;
+  toast(`Moved ${what} to the trash`, undo);
 }
 
 async function restoreItems(items) {
