@@ -395,3 +395,29 @@ def test_a_five_gib_archive_is_zip64_and_memory_stays_flat(
         target.unlink(missing_ok=True)
     # ~40 s here (the download ~23 s, reading it back twice the rest); generous for CI.
     assert time.monotonic() - started < 120
+
+
+def test_a_revoke_mid_stream_stops_the_archive_there(alice: User, bob: User) -> None:
+    team = folder(alice, "/Midway")
+    big = os.urandom(17 * 1024 * 1024)  # a group of its own: the next group is checked again
+    alice.upload("/Midway/a.bin", big, chunk_size=4 * 1024 * 1024)
+    alice.upload("/Midway/b.txt", b"before the revoke")
+    share(alice, team["id"], bob.username, "viewer")
+    received = io.BytesIO()
+    with bob.http.stream("GET", f"/api/file/{team['id']}/zip") as r:
+        assert r.status_code == 200
+        pieces = r.iter_bytes()
+        while received.tell() < 1024 * 1024:
+            received.write(next(pieces))
+        r_revoke = alice.http.delete(f"/api/file/{team['id']}/share/{bob.username}")
+        assert r_revoke.status_code == 204
+        alice.upload("/Midway/b.txt", b"NEW PRIVATE CONTENT AFTER REVOKE")
+        for piece in pieces:
+            received.write(piece)
+    archive = zipfile.ZipFile(io.BytesIO(received.getvalue()))
+    names = archive.namelist()
+    assert "Midway/b.txt" not in names
+    assert b"NEW PRIVATE" not in received.getvalue()
+    assert sha(archive.read("Midway/a.bin")) == sha(big)  # what was allowed is whole
+    note = archive.read("COFFER-ERRORS.txt").decode()
+    assert "Access to what was being archived ended" in note

@@ -18,6 +18,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
+from app.core import paths
 from app.core.errors import CofferError
 from app.files.archive import archive_file_name, zip_response, zip_stream
 from app.files.reads import content_response, head_version_of
@@ -201,9 +202,22 @@ async def link_zip(
     except LinkProblem as exc:
         return problem_page(exc)
     await links.counted(opened, "downloads")
+
+    async def link_still_open(root: FileNode) -> bool:
+        """Asked before each group of files: a link revoked, expired or turned view-only
+        while its zip streams stops the archive there."""
+        try:
+            again = await links.open(token)
+        except LinkProblem:
+            return False
+        inside = root.id == again.root.id or (
+            root.owner_id == again.root.owner_id and paths.within(root.path, again.root.path)
+        )
+        return again.link.allow_download and not again.link.upload_only and inside
+
     return zip_response(
         archive_file_name(None, [node]),
-        zip_stream(store, [node]),
+        zip_stream(store, [node], allowed=link_still_open),
         **{"Referrer-Policy": "no-referrer"},
     )
 

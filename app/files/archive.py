@@ -45,7 +45,7 @@ import secrets
 import struct
 import unicodedata
 import zipfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -78,6 +78,21 @@ GROUP_FILES = 100  # small files looked up together just before they are written
 GROUP_BYTES = 16 * 1024 * 1024
 READ_AHEAD = 4  # chunk reads in flight for a small file's chunks
 MAX_NOTES = 1000  # lines of COFFER-ERRORS.txt
+
+StillAllowed = Callable[[FileNode], Awaitable[bool]]
+
+
+def caller_may_read(caller: Caller) -> StillAllowed:
+    """The check for a signed-in caller: their access to the root, from the ACL now."""
+
+    async def check(root: FileNode) -> bool:
+        return root.owner_id == caller.user_id or (
+            await resolve_access(caller.user_id, root) is not None
+        )
+
+    return check
+
+
 MEDIA_TYPE = "application/zip"
 DEFAULT_NAME = "Coffer.zip"
 _DRIVE = re.compile(r"^([A-Za-z]):")
@@ -229,6 +244,11 @@ class _Run:
     """The state of one archive being written."""
 
     store: BlobStore
+    # Asked again before each group of files is read (with the root freshly loaded): may
+    # the archive still show what is under this root? A revoked share, a revoked link or a
+    # root moved to the trash while a long archive streams stops it there.
+    allowed: StillAllowed | None = None
+    stopped: bool = False
     writer: ZipWriter = field(default_factory=ZipWriter)
     names: ArchiveNames = field(default_factory=ArchiveNames)
     notes: list[str] = field(default_factory=list)
@@ -240,6 +260,22 @@ class _Run:
             self.notes.append(line)
         else:
             self.dropped += 1
+
+    async def may_go_on(self, root: FileNode) -> bool:
+        """Whether the group about to be read may be: access to `root` still holds."""
+        if self.stopped:
+            return False
+        fresh = await FileNode.get(root.id)
+        ok = fresh is not None and fresh.deleted_at is None
+        if ok and fresh is not None and self.allowed is not None:
+            ok = await self.allowed(fresh)
+        if not ok:
+            self.stopped = True
+            self.note(
+                "Access to what was being archived ended while the archive was made "
+                "(unshared, link revoked, or moved to the trash); the rest was left out."
+            )
+        return ok
 
     def room(self) -> bool:
         if self.writer.members < MAX_MEMBERS:
@@ -254,22 +290,26 @@ class _Run:
 
 
 async def zip_stream(
-    store: BlobStore, roots: list[FileNode], notes: Iterable[str] = ()
+    store: BlobStore,
+    roots: list[FileNode],
+    notes: Iterable[str] = (),
+    allowed: StillAllowed | None = None,
 ) -> AsyncIterator[bytes]:
     """The archive of `roots` (files and folders the caller may read), in that order,
-    each under its own name at the top; `notes` start COFFER-ERRORS.txt."""
-    run = _Run(store)
+    each under its own name at the top; `notes` start COFFER-ERRORS.txt. `allowed` is
+    asked again before each group of files (see `_Run.allowed`)."""
+    run = _Run(store, allowed=allowed)
     for line in notes:
         run.note(line)
     for root in roots:
-        if not run.room():
+        if not run.room() or run.stopped:
             break
         if root.kind == "folder":
             async for piece in _folder(run, root):
                 yield piece
         else:
             name = run.names.claim("", safe_segment(root.name))
-            async for piece in _files(run, [(name, root)]):
+            async for piece in _files(run, root, [(name, root)]):
                 yield piece
     if run.notes:
         if run.dropped:
@@ -305,10 +345,12 @@ async def _folder(run: _Run, root: FileNode) -> AsyncIterator[bytes]:
         group.append((name, node))
         group_bytes += node.size
         if len(group) >= GROUP_FILES or group_bytes >= GROUP_BYTES:
-            async for piece in _files(run, group):
+            async for piece in _files(run, root, group):
                 yield piece
             group, group_bytes = [], 0
-    async for piece in _files(run, group):
+        if run.stopped:
+            return
+    async for piece in _files(run, root, group):
         yield piece
 
 
@@ -331,10 +373,13 @@ async def _subtree(folder: FileNode) -> AsyncIterator[FileNode]:
         below = {**below, "$gt": page[-1].path_key}
 
 
-async def _files(run: _Run, group: list[tuple[str, FileNode]]) -> AsyncIterator[bytes]:
+async def _files(
+    run: _Run, root: FileNode, group: list[tuple[str, FileNode]]
+) -> AsyncIterator[bytes]:
     """Files as they are now: their nodes, head versions and (one-page) chunk maps are
-    read in three queries for the whole group, right before it is written."""
-    if not group:
+    read in three queries for the whole group, right before it is written, once access
+    to `root` is checked again. A file no longer under `root` (moved out) is left out."""
+    if not group or not await run.may_go_on(root):
         return
     ids = [node.id for _, node in group]
     fresh = {str(n.id): n for n in await FileNode.find({"_id": {"$in": ids}}).to_list()}
@@ -348,6 +393,12 @@ async def _files(run: _Run, group: list[tuple[str, FileNode]]) -> AsyncIterator[
         if not run.room():
             return
         node = fresh.get(str(walked.id))
+        if node is not None and not (
+            node.id == root.id
+            or (node.owner_id == root.owner_id and paths.within(node.path, root.path))
+        ):
+            run.note(f"{name}: moved out of what was being archived")
+            continue
         if node is None or node.deleted_at is not None or node.kind != "file":
             run.note(f"{name}: deleted or moved to the trash while the archive was being made")
             continue

@@ -21,6 +21,7 @@ from litestar.response import Stream
 from app.core.clock import iso
 from app.files.archive import (
     archive_file_name,
+    caller_may_read,
     create_ticket,
     open_ticket,
     ticket_url,
@@ -47,7 +48,8 @@ class ZipTicketOut(msgspec.Struct):
 async def zip_item(file_id: str, caller: Caller, store: BlobStore) -> Stream:
     """A folder (recursively) or a file, as a zip streamed while it is made."""
     _, node = await open_node(caller, file_id)
-    return zip_response(archive_file_name(None, [node]), zip_stream(store, [node]))
+    body = zip_stream(store, [node], allowed=caller_may_read(caller))
+    return zip_response(archive_file_name(None, [node]), body)
 
 
 @post("/api/zip", status_code=201, tags=["files"])
@@ -62,7 +64,7 @@ async def zip_selection(data: ZipRequest, caller: Caller) -> ZipTicketOut:
 @get("/api/zip/{ticket:str}", tags=["files"])
 async def zip_download(ticket: str, caller: Caller, store: BlobStore) -> Stream:
     name, nodes, notes = await open_ticket(caller, ticket)
-    return zip_response(name, zip_stream(store, nodes, notes))
+    return zip_response(name, zip_stream(store, nodes, notes, caller_may_read(caller)))
 
 
 ZIP_ROUTES = [zip_item, zip_selection, zip_download]
