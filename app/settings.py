@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     aws_access_key_id: str = Field("", validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
     aws_secret_access_key: str = Field("", validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
     aws_region: str = Field("us-east-1", validation_alias=AliasChoices("AWS_REGION"))
+    # Whether the S3 server refuses a PUT whose bytes do not match the SHA-256 signed into
+    # its URL (AWS S3 and SeaweedFS do, moto does not). If it does, a commit trusts the
+    # checksum the server stored instead of reading every chunk back to hash it. "auto":
+    # find out at start with a PUT of wrong bytes under a scratch key.
+    s3_verifies_checksums: Literal["auto", "true", "false"] = "auto"
     # fsync every stored chunk before acknowledging it (local store): durability over speed.
     fsync: bool = True
 
@@ -85,6 +90,8 @@ class Settings(BaseSettings):
     # window, counted before the body is read (the uploader's page waits and retries).
     file_request_uploads: int = 60
     file_request_window_seconds: int = 60
+    # Bytes one file-request link may take in all (0: no limit but the owner's quota).
+    file_request_total_bytes: int = 10 * 1024**3
     # argon2 runs on its own threads so a flood of logins cannot stall transfers; past
     # `workers + queue` callers at once, logins are refused with 503 + Retry-After.
     password_hash_workers: int = 2

@@ -349,3 +349,35 @@ def test_an_upload_cut_short_stores_no_file(alice: User, base_url: str) -> None:
     with visitor(base_url) as anon:
         assert send(anon, token, "half.bin", b"whole").status_code == 201
     assert set(names_in(alice, "/Cut")) == {"half.bin"}  # the name was never taken
+
+
+def test_long_names_keep_getting_numbers_past_ten(alice: User, base_url: str) -> None:
+    folder = make_folder(alice, "/Long")
+    token = file_request(alice, folder["id"])["token"]
+    name = "a" * 251 + ".txt"  # 255 bytes: numbering must shorten the stem
+    with visitor(base_url) as anon:
+        for i in range(12):
+            r = send(anon, token, name, b"%d" % i)
+            assert r.status_code == 201, (i, r.text)
+    items = names_in(alice, "/Long")
+    assert len(items) == 12 and all(len(n.encode()) <= 255 for n in items)
+    assert "a" * 246 + " (12).txt" in items
+
+
+def test_a_link_takes_at_most_its_total(alice: User, base_url: str, stack: Stack) -> None:
+    folder = make_folder(alice, "/Capped")
+    token = file_request(alice, folder["id"])["token"]
+    with visitor(base_url) as anon:
+        assert send(anon, token, "one.bin", b"x" * 1000).status_code == 201
+        with mongo(stack) as db:
+            link = db.coffer.share_links.find_one(
+                {"token_hash": hashlib.sha256(token.encode()).hexdigest()}
+            )
+            assert link["received_bytes"] == 1000  # counted at each commit
+            db.coffer.share_links.update_one(  # as if 10 GiB less 500 bytes had arrived
+                {"_id": link["_id"]}, {"$set": {"received_bytes": 10 * 1024**3 - 500}}
+            )
+        r = send(anon, token, "two.bin", b"y" * 501)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_full"
+        assert send(anon, token, "three.bin", b"z" * 500).status_code == 201
+    assert set(names_in(alice, "/Capped")) == {"one.bin", "three.bin"}

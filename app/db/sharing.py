@@ -78,6 +78,7 @@ class ShareLink(Document):
     revoked: bool = False
     views: int = 0
     downloads: int = 0
+    received_bytes: int = 0  # file requests: bytes of the files committed through the link
     created_at: datetime
 
     class Settings:

@@ -118,15 +118,17 @@ class ThumbnailService:
             raise no_thumbnail("this image is too large for a thumbnail")
         if node.damaged:
             raise no_thumbnail("this file's data is damaged")
+        if not node.hash_verified:
+            # Its content hash is still a claim: wait for the worker to check it (seconds).
+            # Checked before the cache: a claimed hash must never find another file's
+            # thumbnail (that would tell a share editor the owner has those bytes).
+            return Pending(queued=False)
         doc = await Thumbnail.get(thumbnail_id(node.owner_id, node.content_hash, box))
         if doc is not None:
             if doc.state != "ready":
                 raise no_thumbnail("this image could not be read")
             etag = etag_of(doc.content_hash, box)
             return Ready(doc.data, doc.media_type, etag, node.content_hash)
-        if not node.hash_verified:
-            # Its content hash is still a claim: wait for the worker to check it (seconds).
-            return Pending(queued=False)
         queued = await self.enqueue(
             JOB,
             node.head_version_id,

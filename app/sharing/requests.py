@@ -13,9 +13,12 @@
   node under the unique (owner, live_key) index, taking "name (2).ext", "name (3).ext", ...
   when it is taken, so two visitors sending "scan.pdf" at once get two files.
 - Limits, all checked before the body is read and again on the bytes: the link's
-  `max_bytes` per file (413), the server's largest file (413), the owner's quota (507).
-  There is no total per link: the owner's quota bounds it, and the throttle (files per
-  link and address per window, counted before the body is read) bounds the pace.
+  `max_bytes` per file (413), the server's largest file (413), the owner's quota (507),
+  and a total per link (`file_request_total_bytes`, 10 GiB by default; 413
+  `request_full`), so that a link on an account without a quota cannot fill the disk.
+  Concurrent uploads may pass the total by what they carry between them (counted after
+  each commit). The throttle (files per link and address per window, counted before the
+  body is read) bounds the pace.
 - The visitor is told only that the file was received: no stored name, no listing.
 - The typed name is untrusted text: control and format characters go, whitespace is
   collapsed, at most 100 characters; pages show it through autoescaping only.
@@ -23,7 +26,6 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from app.core.query import match
 from app.core.ratelimit import take_attempt
 from app.db.accounts import User
 from app.db.files import FileNode, FileVersion, UploadSession, delete_chunk_maps
+from app.db.sharing import ShareLink
 from app.files.accounting import check_quota
 from app.files.schemas import ChunkIn, UploadRequest
 from app.files.scope import Caller, Scope
@@ -208,6 +211,12 @@ class FileRequests:
             raise PayloadTooLarge(
                 f"files may be at most {settings.max_file_size} bytes", code="too_large"
             )
+        total = settings.file_request_total_bytes
+        if total and opened.link.received_bytes + size > total:
+            raise PayloadTooLarge(
+                "this file request has received all it may take; ask its owner for a new link",
+                code="request_full",
+            )
         owner = await User.get(PydanticObjectId(opened.link.owner_id))
         if owner is None:
             raise LinkGone("the shared folder is no longer available")
@@ -256,6 +265,9 @@ class FileRequests:
         except BaseException:
             await self._unreserve(scope, node)
             raise
+        await ShareLink.get_pymongo_collection().update_one(
+            {"_id": current.link.id}, {"$inc": {"received_bytes": req.size}}
+        )
 
     async def _reserve(self, scope: Scope, folder: FileNode, name: str) -> FileNode:
         """A pending (invisible) node at the first free one of `name`, "name (2)", ...:
@@ -274,22 +286,22 @@ class FileRequests:
 
     @staticmethod
     async def _next_number(scope: Scope, folder: FileNode, name: str) -> int:
-        """The lowest n >= 2 that no live "name (n).ext" in the folder has (one range read)."""
-        probe = numbered(name, 0)
-        head, _, tail = probe.rpartition(" (0)")
-        prefix = paths.path_key(f"{folder.path.rstrip('/')}/{head} (")
-        pattern = re.compile(re.escape(prefix) + r"(\d{1,9})\)" + re.escape(tail.casefold()) + "$")
-        taken = set()
+        """The lowest n >= 2 whose numbered name no live item in the folder has (one range
+        read over what every numbered name starts with: "name (" usually, a shorter stem
+        when the name is near the length limit and numbering shortens it)."""
+        where = folder.path.rstrip("/")
+        first, last = numbered(name, 2), numbered(name, 999_999_999)
+        pairs = enumerate(zip(first, last, strict=False))
+        same = next((i for i, (a, b) in pairs if a != b), min(len(first), len(last)))
+        shared = first[:same]
+        prefix = paths.path_key(f"{where}/{shared}")
         cursor = FileNode.get_pymongo_collection().find(
             match(owner_id=scope.owner_id, live_key={"$gte": prefix, "$lt": prefix + "\uffff"}),
             {"live_key": 1},
         )
-        async for doc in cursor:
-            found = pattern.match(doc["live_key"])
-            if found:
-                taken.add(int(found.group(1)))
+        taken = {doc["live_key"] async for doc in cursor}
         n = 2
-        while n in taken:
+        while paths.path_key(f"{where}/{numbered(name, n)}") in taken:
             n += 1
         return n
 
