@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import Stack
+from tests.stack import SeaweedFS, Stack, start_seaweedfs
 
 _names = itertools.count()
 
@@ -32,6 +32,16 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def base_url(stack: Stack) -> str:
     return stack.url()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 server (SeaweedFS) for the session; each test module its own bucket."""
+    proc = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 def unique_name(prefix: str = "user") -> str:

@@ -1,7 +1,16 @@
-"""The S3 blob store against a real S3-protocol server, and the `coffer-server run` launcher."""
+"""The S3 blob store against real S3 servers, and the `coffer-server run` launcher.
+
+The S3 tests run on SeaweedFS (`weed server -s3`, tests/stack.py `start_seaweedfs`): it
+checks signatures, expiry and the SHA-256 signed into a presigned PUT, like AWS S3. moto is
+kept for what SeaweedFS cannot be: a server that takes any bytes under a checksummed URL,
+the case where Coffer must read every staged chunk back and hash it (and where the probe at
+start must say so).
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import signal
 import socket
@@ -17,12 +26,33 @@ import boto3
 import httpx
 import psutil
 import pytest
+from pymongo import MongoClient
 
 from app.cli import free_port
+from app.settings import Settings
+from app.storage.base import chunk_key, staging_key
+from app.storage.s3 import PROBE_PREFIX, S3BlobStore
 from tests.conftest import User, content_hash, manifest
-from tests.stack import Proc, Stack, start_moto
+from tests.stack import Proc, SeaweedFS, Stack, start_moto
 
 CHUNK = 64 * 1024
+BUCKET = "coffer-test"
+DB = "coffer_s3"
+
+
+@pytest.fixture(scope="module")
+def bucket(seaweedfs: SeaweedFS) -> Any:
+    """The test bucket, read directly (to see what is really stored where)."""
+    return seaweedfs.client()
+
+
+@pytest.fixture(scope="module")
+def s3_web(stack: Stack, seaweedfs: SeaweedFS) -> Iterator[str]:
+    proc = stack.start_web("web-s3", **seaweedfs.s3_env(BUCKET), COFFER_DB_NAME=DB)
+    try:
+        yield stack.url("web-s3")
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -34,65 +64,67 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
         proc.stop()
 
 
-@pytest.fixture(scope="module")
-def bucket(moto: Proc) -> Any:
-    """The test bucket, read directly (to see what is really stored where)."""
-    return boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{moto.port}",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
+def moto_env(moto: Proc) -> dict[str, str]:
+    return {
+        "COFFER_BLOB_STORE": "s3",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{moto.port}",
+        "S3_BUCKET": BUCKET,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+    }
+
+
+def stored_record(stack: Stack, owner: str, sha: str) -> dict | None:
+    """The server's record of a chunk (the authority on whether uploads may count on it)."""
+    with MongoClient(stack.env["MONGODB_URL"]) as mongo:
+        return mongo[DB].chunks.find_one({"_id": f"{owner}:{sha}"})
+
+
+def absent(bucket: Any, key: str) -> bool:
+    return bucket.list_objects_v2(Bucket=BUCKET, Prefix=key).get("KeyCount", 0) == 0
+
+
+def put(m: dict, body: bytes, headers: dict | None = None) -> httpx.Response:
+    return httpx.put(m["url"], content=body, headers=m["headers"] if headers is None else headers)
+
+
+def commit(user: User, reg: dict) -> httpx.Response:
+    return user.http.post(
+        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
     )
 
 
-@pytest.fixture(scope="module")
-def s3_web(stack: Stack, moto: Proc) -> Iterator[str]:
-    proc = stack.start_web(
-        "web-s3",
-        COFFER_BLOB_STORE="s3",
-        S3_ENDPOINT_URL=f"http://127.0.0.1:{moto.port}",
-        S3_BUCKET="coffer-test",
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        AWS_REGION="us-east-1",
-        COFFER_DB_NAME="coffer_s3",
-    )
-    try:
-        yield stack.url("web-s3")
-    finally:
-        proc.stop()
-
-
-def test_s3_upload_download_and_verification(s3_web: str) -> None:
+def test_s3_upload_download_and_verification(s3_web: str, stack: Stack, bucket: Any) -> None:
     user = User(s3_web)
     data = os.urandom(4 * CHUNK + 99)
     reg = user.register("/s3/file.bin", data).json()
     assert len(reg["missing"]) == 5
     assert "X-Amz-Signature" in reg["missing"][0]["url"]  # presigned, straight to S3
 
-    # One chunk gets the wrong bytes: this S3 server takes them (moto checks no signed
-    # checksum), the commit's verification does not.
+    # One chunk gets the wrong bytes under its URL: the store itself refuses them
+    # (BadDigest: they do not match the SHA-256 signed into the URL), and nothing of them
+    # is kept or counted as stored.
+    bad = reg["missing"][2]
     for m in reg["missing"]:
         body = data[m["index"] * CHUNK :][: m["size"]]
-        headers = m["headers"]
-        if m["index"] == 2:
-            body, headers = os.urandom(m["size"]), {}
-        assert httpx.put(m["url"], content=body, headers=headers).status_code == 200
-    r = user.http.post(f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]})
+        if m is bad:
+            refused = put(m, os.urandom(m["size"]))
+            assert refused.status_code == 400 and "BadDigest" in refused.text
+        else:
+            assert put(m, body).status_code == 200
+    assert absent(bucket, staging_key(user.id, reg["upload_id"], bad["sha256"]))
+    r = commit(user, reg)
     assert r.status_code == 409 and [m["index"] for m in r.json()["error"]["missing"]] == [2]
-    # Resume: only the bad chunk is asked for again.
+    assert stored_record(stack, user.id, bad["sha256"]) is None
+    assert absent(bucket, chunk_key(user.id, bad["sha256"]))
+    # Resume: only the refused chunk is asked for again.
     again = user.register("/s3/file.bin", data).json()
     assert [m["index"] for m in again["missing"]] == [2]
-    httpx.put(
-        again["missing"][0]["url"],
-        content=data[2 * CHUNK : 3 * CHUNK],
-        headers=again["missing"][0]["headers"],
-    ).raise_for_status()
-    f = user.http.post(
-        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
-    ).json()
+    assert put(again["missing"][0], data[2 * CHUNK : 3 * CHUNK]).status_code == 200
+    f = commit(user, reg).json()
     assert f["content_hash"] == content_hash(data)
+    assert stored_record(stack, user.id, bad["sha256"])["state"] == "stored"
 
     assert user.http.get(f"/api/file/{f['id']}/content").content == data
     part = user.http.get(
@@ -103,12 +135,17 @@ def test_s3_upload_download_and_verification(s3_web: str) -> None:
     assert httpx.get(chunk["url"]).content == data[CHUNK : 2 * CHUNK]
     assert user.register("/s3/again.bin", data).json()["missing"] == []
     assert httpx.get(f"{s3_web}/readyz").json()["checks"]["blob_store"] == "ok"
+    # What the probe at start found, as the operator reads it in the log.
+    log = (stack.root / "logs" / "web-s3.log").read_text()
+    assert f"S3 bucket {BUCKET} enforces signed checksums" in log
+    # Nothing staged is left behind once committed.
+    assert absent(bucket, f"incoming/{user.id}/")
 
 
 def test_s3_an_editor_cannot_overwrite_the_owners_chunks(s3_web: str, bucket: Any) -> None:
     """The review's attack: an editor registers a chunk the owner already stores and PUTs
-    garbage to the URL it gets. No PUT URL names a stored chunk any more; staged bytes are
-    verified (and the wrong ones thrown away) before anything is copied into place."""
+    garbage to the URL it gets. No PUT URL names a stored chunk; the store refuses bytes
+    that are not the signed ones, and the length is signed too."""
     owner, editor = User(s3_web), User(s3_web)
     secret = os.urandom(CHUNK)
     private = owner.upload("/private/secret.bin", secret)
@@ -126,45 +163,203 @@ def test_s3_an_editor_cannot_overwrite_the_owners_chunks(s3_web: str, bucket: An
     assert "/incoming/" in target.path and "/chunks/" not in target.path
     signed = parse_qs(target.query)["X-Amz-SignedHeaders"][0].split(";")
     assert "content-length" in signed and "x-amz-checksum-sha256" in signed
-    assert httpx.put(m["url"], content=b"garbage " * 9).status_code == 200  # moto takes it
+    assert put(m, b"garbage " * 9).status_code == 403  # not the signed length
+    assert put(m, os.urandom(CHUNK)).status_code == 400  # the signed length, other bytes
+    assert put(m, os.urandom(CHUNK), {}).status_code == 403  # without the signed checksum
 
     def owner_copy_intact() -> None:
         got = owner.http.get(f"/api/file/{private['id']}/content")
         assert got.status_code == 200 and got.content == secret
 
     owner_copy_intact()
-    commit = editor.http.post(
-        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
-    )
-    assert commit.status_code == 409 and commit.json()["error"]["code"] == "missing_chunks"
+    r = commit(editor, reg)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "missing_chunks"
     owner_copy_intact()
-    staged = bucket.list_objects_v2(Bucket="coffer-test", Prefix=f"incoming/{owner.id}/")
-    assert staged.get("KeyCount", 0) == 0  # the garbage was thrown away
+    assert absent(bucket, f"incoming/{owner.id}/")
 
-    # 20 MB sent to a URL registered for 100 bytes: never stored, never counted.
+    # 20 MB sent to a URL registered for 100 bytes: refused, never stored, never counted.
     small = os.urandom(100)
     reg = editor.http.post(
         "/api/file", json={"parent_id": folder["id"], "name": "small.bin", **manifest(small)}
     ).json()
     used = owner.http.get("/api/me").json()["usage_bytes"]
-    httpx.put(reg["missing"][0]["url"], content=os.urandom(20 * 1024 * 1024))
-    commit = editor.http.post(
-        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
-    )
-    assert commit.status_code == 409
+    assert put(reg["missing"][0], os.urandom(20 * 1024 * 1024)).status_code == 403
+    r = commit(editor, reg)
+    assert r.status_code == 409
     assert owner.http.get("/api/me").json()["usage_bytes"] == used
-    staged = bucket.list_objects_v2(Bucket="coffer-test", Prefix=f"incoming/{owner.id}/")
-    assert staged.get("KeyCount", 0) == 0
+    assert absent(bucket, f"incoming/{owner.id}/")
 
     # Sent properly, the same upload works, and the owner's copy is untouched.
-    m = commit.json()["error"]["missing"][0]
-    assert httpx.put(m["url"], content=small, headers=m["headers"]).status_code == 200
-    done = editor.http.post(
-        f"/api/file/{reg['file_id']}/commit", json={"upload_id": reg["upload_id"]}
-    )
+    m = r.json()["error"]["missing"][0]
+    assert put(m, small).status_code == 200
+    done = commit(editor, reg)
     assert done.status_code == 200, done.text
     assert editor.http.get(f"/api/file/{reg['file_id']}/content").content == small
     owner_copy_intact()
+
+
+@pytest.fixture(scope="module")
+def short_web(stack: Stack, seaweedfs: SeaweedFS) -> Iterator[str]:
+    """Upload URLs that live 2 s (to see one expire)."""
+    proc = stack.start_web(
+        "web-s3-short", **seaweedfs.s3_env(BUCKET), COFFER_DB_NAME=DB, COFFER_URL_TTL_SECONDS="2"
+    )
+    try:
+        yield stack.url("web-s3-short")
+    finally:
+        proc.stop()
+
+
+def test_s3_presigned_urls_fail_at_the_store(
+    s3_web: str, short_web: str, stack: Stack, bucket: Any
+) -> None:
+    """Expired, pointed at another key, or replayed with other bytes: the S3 server itself
+    refuses the PUT, and nothing it refused is stored or registered."""
+    user = User(s3_web)
+    data = os.urandom(2 * CHUNK)
+    one, two = data[:CHUNK], data[CHUNK:]
+    reg = user.register("/urls/a.bin", data).json()
+    m1, _ = reg["missing"]
+
+    # For another key: the owner's stored-chunk key, or another upload's staging key.
+    for key in (chunk_key(user.id, m1["sha256"]), f"incoming/{user.id}/other/{m1['sha256']}"):
+        url = urlsplit(m1["url"])._replace(path=f"/{BUCKET}/{key}").geturl()
+        moved = httpx.put(url, content=one, headers=m1["headers"])
+        assert moved.status_code == 403 and "SignatureDoesNotMatch" in moved.text
+        assert absent(bucket, key)
+
+    # Replayed with other bytes after a good PUT: refused, the good bytes stay.
+    assert put(m1, one).status_code == 200
+    replay = put(m1, os.urandom(CHUNK))
+    assert replay.status_code == 400 and "BadDigest" in replay.text
+    staged = bucket.get_object(
+        Bucket=BUCKET, Key=staging_key(user.id, reg["upload_id"], m1["sha256"])
+    )
+    assert staged["Body"].read() == one
+
+    # Expired: a URL of the short-lived web instance (same database, same token), used
+    # after its 2 s.
+    late = httpx.Client(base_url=short_web, headers=user.http.headers)
+    lreg = late.post("/api/file", json={"path": "/urls/late.bin", **manifest(two)}).json()
+    [lm] = lreg["missing"]
+    time.sleep(2.5)
+    expired = put(lm, two)
+    assert expired.status_code == 403 and "expired" in expired.text.lower()
+    assert absent(bucket, staging_key(user.id, lreg["upload_id"], lm["sha256"]))
+    r = late.post(f"/api/file/{lreg['file_id']}/commit", json={"upload_id": lreg["upload_id"]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "missing_chunks"
+
+    # The first upload goes on: its good chunk counts, the other one is still wanted.
+    r = commit(user, reg)
+    assert r.status_code == 409 and [m["index"] for m in r.json()["error"]["missing"]] == [1]
+    assert stored_record(stack, user.id, m1["sha256"])["state"] == "stored"
+    assert put(r.json()["error"]["missing"][0], two).status_code == 200
+    f = commit(user, reg).json()
+    assert user.http.get(f"/api/file/{f['id']}/content").content == data
+
+
+def test_s3_bytes_the_store_did_not_verify_are_read_back(
+    s3_web: str, stack: Stack, bucket: Any
+) -> None:
+    """Bytes put at a staging key some other way (with the bucket's own credentials, no
+    signed checksum): the store vouches for no SHA-256, so the commit hashes them itself."""
+    user = User(s3_web)
+    data = os.urandom(CHUNK)
+    reg = user.register("/unverified.bin", data).json()
+    [m] = reg["missing"]
+    key = staging_key(user.id, reg["upload_id"], m["sha256"])
+    bucket.put_object(Bucket=BUCKET, Key=key, Body=os.urandom(CHUNK))
+    r = commit(user, reg)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "missing_chunks"
+    assert absent(bucket, key) and stored_record(stack, user.id, m["sha256"]) is None
+    # The right bytes the same way (no SHA-256 on record either): read back, and taken.
+    bucket.put_object(Bucket=BUCKET, Key=key, Body=data)
+    f = commit(user, reg).json()
+    assert user.http.get(f"/api/file/{f['id']}/content").content == data
+
+
+async def test_s3_a_store_that_takes_any_bytes_is_read_back(moto: Proc) -> None:
+    """moto takes bytes that do not match the signed checksum (SeaweedFS and AWS S3 do
+    not): the probe at start finds that out, and every staged chunk is hashed before it
+    is copied into place; wrong bytes are thrown away. (The same read-back through the
+    API: test_s3_bytes_the_store_did_not_verify_are_read_back.)"""
+    store = S3BlobStore(Settings(**moto_env(moto)))
+    await store.start()
+    await store.ensure_bucket()
+    await store.learn_checksums()
+    try:
+        assert store.verifies_checksums is False
+        data = os.urandom(CHUNK)
+        sha = hashlib.sha256(data).hexdigest()
+        target = await store.upload_url("", "owner1", sha, CHUNK, "upload1")
+        async with httpx.AsyncClient() as http:
+            wrong = await http.put(target.url, content=os.urandom(CHUNK), headers=target.headers)
+            assert wrong.status_code == 200  # moto takes it
+            assert await store.accept_upload("owner1", sha, CHUNK, "upload1") == "corrupt"
+            assert await store.stat("owner1", sha) is None
+            right = await http.put(target.url, content=data, headers=target.headers)
+            assert right.status_code == 200
+        assert await store.accept_upload("owner1", sha, CHUNK, "upload1") == "stored"
+        assert await store.read_all("owner1", sha) == data
+    finally:
+        await store.close()
+
+
+async def test_s3_store_learns_whether_the_server_enforces_checksums(
+    seaweedfs: SeaweedFS, moto: Proc
+) -> None:
+    """COFFER_S3_VERIFIES_CHECKSUMS: "auto" probes (SeaweedFS enforces, moto does not;
+    the probe leaves nothing behind); "true"/"false" force it. Forced "true" on a server
+    that does not enforce still never takes wrong bytes: moto reports no stored checksum,
+    so the staged chunk is read back."""
+
+    async def open_store(env: dict[str, str], mode: str) -> S3BlobStore:
+        store = S3BlobStore(Settings(**env, s3_verifies_checksums=mode))
+        await store.start()
+        await store.ensure_bucket()
+        await store.learn_checksums()
+        return store
+
+    weed_env = seaweedfs.s3_env("coffer-probe-test")
+    cases = [
+        (weed_env, "auto", True),
+        (moto_env(moto), "auto", False),
+        (weed_env, "false", False),
+        (moto_env(moto), "true", True),
+    ]
+    for env, mode, expected in cases:
+        store = await open_store(env, mode)
+        try:
+            assert store.verifies_checksums is expected, (env["S3_ENDPOINT_URL"], mode)
+        finally:
+            await store.close()
+    weed = seaweedfs.client()
+    left = weed.list_objects_v2(Bucket="coffer-probe-test", Prefix=PROBE_PREFIX)
+    assert left.get("KeyCount", 0) == 0
+
+    forced = await open_store(moto_env(moto), "true")
+    try:
+        data = os.urandom(1000)
+        sha = hashlib.sha256(data).hexdigest()
+        raw = boto3.client("s3", **_boto_args(moto_env(moto)))
+        key = staging_key("someone", "upload1", sha)
+        claimed = base64.b64encode(bytes.fromhex(sha)).decode()
+        raw.put_object(Bucket=BUCKET, Key=key, Body=os.urandom(1000), ChecksumSHA256=claimed)
+        assert await forced.accept_upload("someone", sha, 1000, "upload1") == "corrupt"
+        raw.put_object(Bucket=BUCKET, Key=key, Body=data, ChecksumSHA256=claimed)
+        assert await forced.accept_upload("someone", sha, 1000, "upload1") == "stored"
+        assert await forced.read_all("someone", sha) == data
+    finally:
+        await forced.close()
+
+
+def _boto_args(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "endpoint_url": env["S3_ENDPOINT_URL"],
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_REGION"],
+    }
 
 
 def _children(pid: int) -> list[psutil.Process]:

@@ -21,7 +21,7 @@ from pymongo import MongoClient
 
 from app.files.imaging import Renderer
 from tests.conftest import User, unique_name
-from tests.stack import Stack, start_moto
+from tests.stack import SeaweedFS, Stack
 from tests.test_faults import run_in_worker
 
 BIG_CHUNKS = 4 * 1024 * 1024
@@ -287,21 +287,10 @@ def test_thumbnails_of_content_no_file_has_are_removed(alice: User, stack: Stack
     assert thumbnail(alice, keep["id"]).status_code == 200
 
 
-def test_thumbnails_with_the_s3_store(tmp_path: Path) -> None:
-    """A deployment whose chunks are in S3 (a real S3-protocol server): the worker reads
+def test_thumbnails_with_the_s3_store(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
+    """A deployment whose chunks are in S3 (SeaweedFS, a real S3 server): the worker reads
     the image from the bucket and every web instance serves the cached thumbnail."""
-    moto = start_moto(tmp_path)
-    s3 = Stack(
-        tmp_path / "stack",
-        env={
-            "COFFER_BLOB_STORE": "s3",
-            "S3_ENDPOINT_URL": f"http://127.0.0.1:{moto.port}",
-            "S3_BUCKET": "coffer-thumbs",
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_REGION": "us-east-1",
-        },
-    )
+    s3 = Stack(tmp_path / "stack", env=seaweedfs.s3_env("coffer-thumbs"))
     try:
         s3.start_all()
         s3.start_web("web2")
@@ -315,4 +304,3 @@ def test_thumbnails_with_the_s3_store(tmp_path: Path) -> None:
         assert picture(other).size == (256, 171)
     finally:
         s3.stop_all()
-        moto.stop()

@@ -13,6 +13,7 @@ async def open_store(settings: Settings) -> BlobStore:
         store = S3BlobStore(settings)
         await store.start()
         await store.ensure_bucket()
+        await store.learn_checksums()
         return store
     return LocalBlobStore(
         settings.data_dir / "blobs",
