@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from bson import ObjectId
 
-from app.acl.audience import deliveries
+from app.acl.audience import deliveries, through_live_shares
 from app.acl.derived import derive_shared_with_me
 from app.core.crypto import PasswordHashing
 from app.db.files import FileNode
@@ -33,7 +33,7 @@ from app.storage.base import BlobStore
 
 
 def event_registry() -> EventRegistry:
-    registry = EventRegistry(deliveries=deliveries)
+    registry = EventRegistry(deliveries=deliveries, gate=through_live_shares)
     registry.add_source(OutboxSource(FILES, FileNode, doc_id=ObjectId))
     # Share changes go through the worker, which derives "Shared with me" before the
     # recipient hears of it (a client reacting to share.added then finds the item).

@@ -12,12 +12,15 @@ query is `audience_for`'s read of the owner's grants), and tested as decision ta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from beanie import PydanticObjectId
 
 from app.core import paths
+from app.core.clock import as_utc
 from app.core.paths import relative_path
+from app.db.events import Event
 from app.db.files import FileNode
 from app.db.outbox import EVENT_FIELDS, AudienceEntry, Change
 from app.db.sharing import ROLES, Share
@@ -106,10 +109,12 @@ def audience_in(
         _, new_name = paths.split(root_new)
         if paths.within(new_path, root_new) and _outer(entry["new"], root_new):
             entry["new"] = [root_new, new_name]
+            entry["new_root"] = grant_file
         if old_path is not None:
             _, old_name = paths.split(root_old)
             if paths.within(old_path, root_old) and _outer(entry["old"], root_old):
                 entry["old"] = [root_old, old_name]
+                entry["old_root"] = grant_file
         if (
             includes_descendants
             and grant_file != file_id
@@ -129,7 +134,8 @@ def deliveries(change: Change, recipient: str) -> list[tuple[str, dict[str, Any]
 
     The owner sees the change as made. A share recipient sees paths relative to their
     shared root; a move into their view is a creation for them, a move out a deletion;
-    trashing a folder above their root deletes their root for them.
+    trashing a folder above their root deletes their root for them. A recipient's events
+    name the shared items they come through (`via`, for `through_live_shares`).
     """
     base = {k: change.get(k) for k in EVENT_FIELDS}
     if recipient == change["owner_id"]:
@@ -137,6 +143,9 @@ def deliveries(change: Change, recipient: str) -> list[tuple[str, dict[str, Any]
     entry = next((e for e in change.get("audience", []) if e["id"] == recipient), None)
     if entry is None:
         return []
+    via = [r for r in (entry.get("new_root"), entry.get("old_root")) if r]
+    if via:
+        base["via"] = sorted(set(via))
     out = []
     new, old = entry.get("new"), entry.get("old")
     if new and (old or change.get("old_path") is None):
@@ -156,6 +165,7 @@ def deliveries(change: Change, recipient: str) -> list[tuple[str, dict[str, Any]
                 f"{change['id']}:{root_id}",
                 {
                     **base,
+                    "via": [root_id],
                     "file_id": root_id,
                     "path": "/" + root_name,
                     "old_path": None,
@@ -167,3 +177,44 @@ def deliveries(change: Change, recipient: str) -> list[tuple[str, dict[str, Any]
             )
         )
     return out
+
+
+async def through_live_shares(recipient: str, events: list[Event]) -> list[Event]:
+    """The events a recipient may still be shown: those that come through no share, or
+    through a share of theirs granted since before the change (one indexed query).
+
+    A change's audience is fixed when it is written, and its fan-out may land in a feed
+    after a revocation's share.removed (measured in bench/soak.py: a file created in a
+    shared folder two seconds before a revoke reached the feed after the share.removed,
+    so the recipient's devices brought the file back into a folder they had dropped).
+    Such an event can only become visible after the revoke, so hiding it at read time
+    closes the race exactly. Events that came before the revoke and are read after it are
+    hidden too: harmless, as the share.removed that follows drops the whole folder.
+    """
+    roots = {r for e in events if e.via for r in e.via}
+    if not roots:
+        return events
+    granted = {
+        g["file_id"]: _instant(g["created_at"])
+        for g in await Share.get_pymongo_collection()
+        .find(
+            {"user_id": {"$eq": recipient}, "role": {"$in": list(ROLES)}},
+            {"file_id": 1, "created_at": 1},
+        )
+        .to_list()
+    }
+
+    def shown(event: Event) -> bool:
+        if not event.via:
+            return True
+        return any(r in granted and granted[r] <= as_utc(event.at) for r in event.via)
+
+    return [e for e in events if shown(e)]
+
+
+def _instant(value: datetime | str) -> datetime:
+    """A stored time as an aware datetime: nx-27017 keeps a datetime that a top-level
+    `$set` wrote (a re-grant's `created_at`) as its string form."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return as_utc(value)

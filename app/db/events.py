@@ -35,6 +35,11 @@ class Event(Document):
     role: str | None = None  # share events: the role granted
     username: str | None = None  # share events: who the file was shared with
     upload_id: str | None = None  # upload.started: which upload
+    # A share recipient's event: the ids of the shared items they saw the change through.
+    # Readers show it only while one of those shares is still granted since before the
+    # change (see EventRegistry.gate): a change that reaches the feed after its
+    # share.removed must not bring the file back.
+    via: list[str] | None = None
     at: datetime
     # nx-27017 compares datetimes only to the whole second; `since` lookups use this.
     at_ms: int = 0

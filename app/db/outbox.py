@@ -16,13 +16,16 @@ class AudienceEntry(TypedDict, total=False):
     """How one recipient (besides the owner) sees a change.
 
     `new`/`old`: [root_path, root_name] of the shared item the node is seen through after
-    and before the change (None: not visible to them then). `roots`: shared items *below*
-    a trashed or restored folder, [root_id, root_name, kind] each.
+    and before the change (None: not visible to them then), `new_root`/`old_root` that
+    item's id. `roots`: shared items *below* a trashed or restored folder, [root_id,
+    root_name, kind] each.
     """
 
     id: str
     new: list[str] | None
     old: list[str] | None
+    new_root: str
+    old_root: str
     roots: list[list[str]]
 
 

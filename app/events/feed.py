@@ -31,6 +31,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app import protocol
 from app.core.clock import epoch_ms, iso, now
+from app.core.failpoints import failpoint
 from app.core.query import match
 from app.db.events import HOLE, Event, EventCounter
 from app.db.outbox import EVENT_FIELDS, Change
@@ -122,6 +123,7 @@ async def append_events(recipient: str, deliveries: list[tuple[str, dict[str, An
             "change_id": delivery_id,
             "at_ms": epoch_ms(fields["at"]),
             **{k: fields.get(k) for k in EVENT_FIELDS},
+            "via": fields.get("via"),
         }
         for i, (delivery_id, fields) in enumerate(deliveries)
     ]
@@ -253,6 +255,7 @@ class ChangeFeed:
             return False
 
     async def _flush_later(self, source: str, doc_id: str, change: Change) -> bool:
+        await failpoint("fanout.later")  # tests: a fan-out that lands late
         try:
             await self.flush(source, doc_id, change, first_time=True)
             return True
@@ -369,7 +372,7 @@ class ChangeFeed:
             gap = len(run) < min(len(docs), limit)
             if run or not gap:
                 new_cursor = run[-1].seq if run else cursor
-                visible = [e for e in run if e.type != HOLE]
+                visible = await self.registry.gate(recipient, [e for e in run if e.type != HOLE])
                 return visible, new_cursor, gap or len(docs) > limit
             # The very next seq is missing while later ones exist: its writer is between
             # taking the seq and inserting. Give it a moment, then fill the hole.

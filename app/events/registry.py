@@ -13,10 +13,17 @@ from typing import Any
 
 from beanie import Document
 
+from app.db.events import Event
 from app.db.outbox import EVENT_FIELDS, Change
 
 # The events (delivery id, fields) one recipient gets for a change.
 Deliveries = Callable[[Change, str], list[tuple[str, dict[str, Any]]]]
+# Of a page of a recipient's events about to be shown, the ones they may still see.
+Gate = Callable[[str, list[Event]], Awaitable[list[Event]]]
+
+
+async def show_all(recipient: str, events: list[Event]) -> list[Event]:
+    return events
 
 
 def owner_only(change: Change, recipient: str) -> list[tuple[str, dict[str, Any]]]:
@@ -44,6 +51,8 @@ class OutboxSource:
 class EventRegistry:
     sources: dict[str, OutboxSource] = field(default_factory=dict)
     deliveries: Deliveries = owner_only
+    # Run on every page read from a feed (sharing hides events of revoked shares).
+    gate: Gate = show_all
 
     def add_source(self, source: OutboxSource) -> None:
         self.sources[source.name] = source
