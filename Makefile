@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/dav.py
 	$(PY) bench/search.py
 	$(PY) bench/thumbnails.py
+	$(PY) bench/s3_commit.py
 
 # Load, soak and faults (bench/soak.py): 200 simulated devices against 3 web instances and
 # 2 workers for 3 minutes, a web instance and a worker killed and Redis stopped meanwhile.

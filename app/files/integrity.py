@@ -1,9 +1,10 @@
 """Chunk integrity: what the store holds, what went bad, which files it hurts, and healing.
 
 A chunk record (`StoredChunk`) is the authority on whether an upload may count on a chunk:
-- `stored`: present and verified (on write for the local store, by hashing it in the
-  bucket for S3). Every read re-verifies; a mismatch marks it `corrupt`, an absent blob
-  `missing`, and the scrub finds the same slowly in the background.
+- `stored`: present and verified (on write for the local store; for S3 by the server's
+  check of the signed checksum on PUT, or by hashing it in the bucket where the server does
+  not check: app/storage/s3.py). Every read re-verifies; a mismatch marks it `corrupt`, an
+  absent blob `missing`, and the scrub finds the same slowly in the background.
 - A bad chunk flags every version that uses it (and the file, when it is the head) as
   `damaged`. The next PUT of the same bytes, by any client that still has them (an
   upload asks for every chunk that is not `stored`), turns it back to `stored` and clears

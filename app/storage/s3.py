@@ -214,7 +214,9 @@ class S3BlobStore:
                 CopySourceIfMatch=etag,
             )
         except ClientError as exc:
-            if _code(exc) not in ("PreconditionFailed", "412", *_ABSENT):
+            if _code(exc) in _ABSENT:
+                return "missing"  # taken meanwhile by a concurrent commit of this upload
+            if _code(exc) not in ("PreconditionFailed", "412"):
                 raise
             await self._client.delete_object(Bucket=self.bucket, Key=staged)
             return "corrupt"
