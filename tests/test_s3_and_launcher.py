@@ -200,9 +200,9 @@ def test_s3_an_editor_cannot_overwrite_the_owners_chunks(s3_web: str, bucket: An
 
 @pytest.fixture(scope="module")
 def short_web(stack: Stack, seaweedfs: SeaweedFS) -> Iterator[str]:
-    """Upload URLs that live 2 s (to see one expire)."""
+    """Upload URLs that live 1 s (to see one expire)."""
     proc = stack.start_web(
-        "web-s3-short", **seaweedfs.s3_env(BUCKET), COFFER_DB_NAME=DB, COFFER_URL_TTL_SECONDS="2"
+        "web-s3-short", **seaweedfs.s3_env(BUCKET), COFFER_DB_NAME=DB, COFFER_URL_TTL_SECONDS="1"
     )
     try:
         yield stack.url("web-s3-short")
@@ -238,11 +238,11 @@ def test_s3_presigned_urls_fail_at_the_store(
     assert staged["Body"].read() == one
 
     # Expired: a URL of the short-lived web instance (same database, same token), used
-    # after its 2 s.
+    # after its 1 s.
     late = httpx.Client(base_url=short_web, headers=user.http.headers)
     lreg = late.post("/api/file", json={"path": "/urls/late.bin", **manifest(two)}).json()
     [lm] = lreg["missing"]
-    time.sleep(2.5)
+    time.sleep(2)
     expired = put(lm, two)
     assert expired.status_code == 403 and "expired" in expired.text.lower()
     assert absent(bucket, staging_key(user.id, lreg["upload_id"], lm["sha256"]))
