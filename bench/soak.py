@@ -241,7 +241,7 @@ def final_checks(soak: Soak, stack: Stack, settle_s: float) -> dict:
 
     # Delivery: the whole feed re-read from each device's start equals what it received.
     db = MongoClient(stack.env["MONGODB_URL"]).get_database("coffer")
-    lost, duplicated, unexplained, holes, hidden = [], [], [], 0, 0
+    lost, duplicated, unexplained, holes, hidden, hidden_now = [], [], [], 0, 0, 0
     account_ids: dict[int, str] = {}
     for device in soak.devices:
         model = device.model
@@ -249,6 +249,7 @@ def final_checks(soak: Soak, stack: Stack, settle_s: float) -> dict:
         if device.account.index not in account_ids:
             me = http.call("GET", "GET /api/me", "/api/me", record=False).json()
             account_ids[device.account.index] = me["id"]
+        recipient = account_ids[device.account.index]
         seqs, cursor = [], model.start_cursor
         while True:
             body = http.call(
@@ -264,10 +265,16 @@ def final_checks(soak: Soak, stack: Stack, settle_s: float) -> dict:
                 break
         if model.order_errors:
             duplicated.append(f"device {device.index}: {model.order_errors[:3]}")
-        if seqs != model.seqs:
-            missing = sorted(set(seqs) - set(model.seqs))
+        missing = sorted(set(seqs) - set(model.seqs))
+        if missing:
             lost.append(f"device {device.index}: never received {missing[:5]}")
-        recipient = account_ids[device.account.index]
+        # Received live, hidden on this re-read: only events of a share revoked since.
+        for seq in sorted(set(model.seqs) - set(seqs)):
+            doc = db.events.find_one({"recipient_id": recipient, "seq": seq})
+            if doc is not None and doc.get("via") and not live_share(db, recipient, doc):
+                hidden_now += 1
+            else:
+                unexplained.append(f"device {device.index}: re-read lacks seq {seq}")
         for seq in model.gaps:
             doc = db.events.find_one({"recipient_id": recipient, "seq": seq})
             if doc is not None and doc.get("type") == HOLE:
@@ -281,6 +288,7 @@ def final_checks(soak: Soak, stack: Stack, settle_s: float) -> dict:
     report["events_duplicated"] = duplicated[:10]
     report["holes_filled"] = holes
     report["hidden_after_revoke"] = hidden
+    report["shown_then_revoked"] = hidden_now
     report["gaps_unexplained"] = unexplained[:10]
 
     # No committed upload lost: the last committed bytes of every live file, whole.
@@ -411,16 +419,20 @@ def build_report(
         }
     total = sum(r["count"] for n, r in routes.items() if n != LONG_POLL)
     memory = {}
-    for (name, pid), points in sorted(rss.items()):
+    labels = series_labels(rss)
+    for (name, pid), points in sorted(rss.items(), key=lambda kv: labels[kv[0]]):
         if name not in (*web_names, *worker_names) or len(points) < 3:
             continue
-        steady = [(t, v) for t, v in points if t >= points[0][0] + 20] or points
-        key = name if all(n != name or p == pid for n, p in rss) else f"{name} (pid {pid})"
+        # The second half of the run: after warm-up, and after the web instance's restart
+        # moved a third of the load onto the others (a step, not a leak).
+        steady = [(t, v) for t, v in points if t >= elapsed / 2]  # none: killed before
+        key = labels[(name, pid)]
         memory[key] = {
-            "first_mib": round(steady[0][1], 1),
-            "last_mib": round(steady[-1][1], 1),
-            "max_mib": round(max(v for _, v in steady), 1),
-            "slope_mib_per_min": round(slope_per_min(steady), 2),
+            "first_mib": round(points[0][1], 1),
+            "half_mib": round(steady[0][1], 1) if steady else None,
+            "last_mib": round(points[-1][1], 1),
+            "max_mib": round(max(v for _, v in points), 1),
+            "slope_mib_per_min_2nd_half": round(slope_per_min(steady), 2) if steady else None,
         }
     statuses = Counter()
     for counts in tally.statuses.values():
@@ -474,6 +486,18 @@ def build_report(
     return report
 
 
+def series_labels(rss: dict) -> dict[tuple[str, int], str]:
+    """Each sampled process by its name; a restarted one's later life "<name> restarted"."""
+    labels = {}
+    by_name: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for (name, pid), points in rss.items():
+        by_name[name].append((points[0][0], pid))
+    for name, lives in by_name.items():
+        for i, (_, pid) in enumerate(sorted(lives)):
+            labels[(name, pid)] = name if i == 0 else f"{name} restarted"
+    return labels
+
+
 def write_chart(path, args, soak, elapsed, rss, fault_log) -> None:
     bucket = 5.0
     t_start = min((t for t, *_ in soak.tally.timeline), default=0.0)
@@ -485,7 +509,7 @@ def write_chart(path, args, soak, elapsed, rss, fault_log) -> None:
         b = int((t - t_start) // bucket)
         per_bucket[b].append(ms)
         errors[b] += failed
-    buckets = sorted(per_bucket)
+    buckets = [b for b in sorted(per_bucket) if (b + 1) * bucket <= elapsed]  # whole ones
     throughput = [(b * bucket + bucket / 2, len(per_bucket[b]) / bucket) for b in buckets]
     failures = [(b * bucket + bucket / 2, errors[b] / bucket) for b in buckets]
 
@@ -495,11 +519,12 @@ def write_chart(path, args, soak, elapsed, rss, fault_log) -> None:
 
     p50 = [(b * bucket + bucket / 2, pct(per_bucket[b], 0.5)) for b in buckets]
     p99 = [(b * bucket + bucket / 2, pct(per_bucket[b], 0.99)) for b in buckets]
-    memory = [
-        (name if sum(1 for n, _ in rss if n == name) == 1 else f"{name} {pid}", points)
-        for (name, pid), points in sorted(rss.items())
+    labels = series_labels(rss)
+    memory = sorted(
+        (labels[(name, pid)], points)
+        for (name, pid), points in rss.items()
         if name not in ("mongo", "redis")
-    ]
+    )
     memory.append(("mongo (nx-27017)", next((p for (n, _), p in rss.items() if n == "mongo"), [])))
     svg = render(
         f"Coffer soak: {len(soak.devices)} devices, {args.web} web, {args.workers} workers, "

@@ -55,13 +55,13 @@ def _panel(
             f'<text x="{x(t):.1f}" y="{y0 + PANEL_H + 14}" font-size="11" '
             f'text-anchor="middle">{t}s</text>'
         )
-    for t, label in faults:
+    for n, (t, label) in enumerate(faults):
         out.append(
             f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{y0}" y2="{y0 + PANEL_H}" '
             'stroke="#aaa" stroke-dasharray="4 3"/>'
         )
         out.append(
-            f'<text x="{x(t) + 3:.1f}" y="{y0 + 11}" font-size="9" fill="#666">'
+            f'<text x="{x(t) + 3:.1f}" y="{y0 + 11 + 11 * (n % 2)}" font-size="9" fill="#666">'
             f"{escape(label)}</text>"
         )
     for i, (name, pts) in enumerate(series):

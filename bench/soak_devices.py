@@ -267,7 +267,7 @@ class DeviceUser(User):
             f"/api/file/{rec.id}/content",
             headers=headers,
             ok=(200, 206),
-            fine=(404,),
+            fine=(404, 416),
         )
         t1 = time.monotonic()
         if r.status_code in (200, 206) and (r.status_code == 206) != bool(headers):

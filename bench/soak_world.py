@@ -155,6 +155,10 @@ class World:
             if reader != rec.owner and revoke is not None and revoke <= end:
                 return None
             return f"download of {rec.id} answered 404 while it existed"
+        if status == 416:  # the range lies beyond the end of a (shorter) version it had
+            if any(size <= first for _, size in allowed):
+                return None
+            return f"download of {rec.id} bytes {first}-{last}: 416 though no version was short"
         if status not in (200, 206):
             return None  # judged by the status check
         for seed, size in allowed:
