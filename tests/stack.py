@@ -2,6 +2,12 @@
 
 Each starts on a free port with its data in a temporary directory and is stopped by
 process id. Nothing here is a mock.
+
+Which MongoDB-protocol server a Stack uses is `COFFER_TEST_MONGO` (see `mongo_target`):
+`nx` (the default: the embedded nx-27017, what `coffer-server run` starts) or `replset`
+(a replica set with MongoDB's own semantics: the `MONGODB_URL` of the environment if set,
+else a `mongod` on PATH, else SecantusDB from PyPI, a GPL-2.0-only test dependency that
+runs as its own process and is never imported).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +91,8 @@ class Stack:
     root: Path
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
+    # "nx" or "replset" (see `mongo_target`); empty: what COFFER_TEST_MONGO says.
+    mongo: str = ""
 
     def __post_init__(self) -> None:
         embedded.make_private_dirs(self.root, ("mongo", "redis", "blobs", "logs", "run"))
@@ -106,7 +115,22 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def start_mongo(self) -> Proc:
+    @property
+    def embedded_mongo(self) -> bool:
+        """True when this stack's database is the embedded nx-27017 (backup/restore, quirks)."""
+        return (self.mongo or mongo_target()) == "nx"
+
+    def start_mongo(self) -> Proc | None:
+        """The database of `mongo_target()`; None when it is an external `MONGODB_URL`."""
+        if not self.embedded_mongo:
+            external = os.environ.get("MONGODB_URL", "")
+            if external:
+                self.env["MONGODB_URL"] = external
+                return None
+            proc, url = start_replica_set(self.root / "mongo", self.root / "logs")
+            self.procs["mongo"] = proc
+            self.env["MONGODB_URL"] = url
+            return proc
         sock = embedded.mongo_socket_path(self.root)
         proc = self._proc("mongo", embedded.mongo_command(self.root, sock), None)
         proc.socket = sock
@@ -177,6 +201,66 @@ def start_moto(root: Path) -> Proc:
         port,
     )
     return proc.start()
+
+
+def mongo_target() -> str:
+    """`COFFER_TEST_MONGO`: "nx" (default) or "replset"; anything else is a mistake."""
+    target = os.environ.get("COFFER_TEST_MONGO", "nx") or "nx"
+    if target not in ("nx", "replset"):
+        raise SystemExit(f"COFFER_TEST_MONGO={target!r}: expected 'nx' or 'replset'")
+    return target
+
+
+def start_replica_set(data: Path, logs: Path) -> tuple[Proc, str]:
+    """A single-node replica set on a free port: a real `mongod` if one is on PATH, else
+    SecantusDB (WiredTiger; presents itself as the primary of replica set "secantus").
+    Returns the process and its URL (with `replicaSet=`, so the driver discovers it as a
+    replica set: transactions and change streams behave as in production)."""
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    mongod = shutil.which("mongod")
+    if mongod:
+        (data / "mongod").mkdir(exist_ok=True)
+        cmd = [
+            mongod,
+            "--replSet=rs0",
+            "--bind_ip=127.0.0.1",
+            f"--port={port}",
+            f"--dbpath={data / 'mongod'}",
+            "--quiet",
+        ]
+        proc = Proc("mongo", cmd, dict(os.environ), logs / "mongo.log", port).start()
+        _initiate(port)
+        return proc, f"mongodb://127.0.0.1:{port}/?replicaSet=rs0"
+    cmd = [
+        str(Path(sys.executable).with_name("secantusd-py")),
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--storage-path={data / 'secantus'}",
+        # Its default WiredTiger cache is 1 GiB; tests and benchmarks need far less.
+        "--cache-size=256M",
+        "--log-level=WARNING",
+    ]
+    proc = Proc("mongo", cmd, dict(os.environ), logs / "mongo.log", port).start()
+    return proc, f"mongodb://127.0.0.1:{port}/?replicaSet=secantus"
+
+
+def _initiate(port: int) -> None:
+    """Make a fresh `mongod --replSet` the primary of its one-member set."""
+    from pymongo import MongoClient
+    from pymongo.errors import OperationFailure
+
+    with MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true") as client:
+        with contextlib.suppress(OperationFailure):  # already initiated (a restart)
+            client.admin.command(
+                "replSetInitiate",
+                {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]},
+            )
+        deadline = time.monotonic() + 60
+        while not client.admin.command("hello").get("isWritablePrimary"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("mongod did not become primary within 60 s")
+            time.sleep(0.1)
 
 
 @dataclass

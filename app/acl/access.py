@@ -62,11 +62,9 @@ async def ancestor_nodes(node: FileNode) -> list[FileNode]:
     """The live folders above a live node, outermost first."""
     keys = [paths.path_key(p) for p in paths.ancestors(node.path)]
     # One indexed lookup per level: `$in` on live_key would read every file of the owner.
+    # A path as live_key is a live node (the trash's are "trash:<id>"): no deleted_at test.
     found = await asyncio.gather(
-        *(
-            FileNode.find_one(match(owner_id=node.owner_id, live_key=key, deleted_at=None))
-            for key in keys
-        )
+        *(FileNode.find_one(match(owner_id=node.owner_id, live_key=key)) for key in keys)
     )
     return [n for n in found if n is not None]
 

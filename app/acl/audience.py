@@ -20,6 +20,7 @@ from beanie import PydanticObjectId
 from app.core import paths
 from app.core.clock import as_utc
 from app.core.paths import relative_path
+from app.core.query import match
 from app.db.events import Event
 from app.db.files import FileNode
 from app.db.outbox import EVENT_FIELDS, AudienceEntry, Change
@@ -43,7 +44,7 @@ async def owner_shares(owner_id: str) -> OwnerShares:
     grants = await (
         Share.get_pymongo_collection()
         .find(
-            {"owner_id": {"$eq": owner_id}, "role": {"$in": list(ROLES)}},
+            match(owner_id=owner_id, role={"$in": list(ROLES)}),
             {"file_id": 1, "user_id": 1},
         )
         .to_list()
@@ -198,7 +199,7 @@ async def through_live_shares(recipient: str, events: list[Event]) -> list[Event
         g["file_id"]: _instant(g["created_at"])
         for g in await Share.get_pymongo_collection()
         .find(
-            {"user_id": {"$eq": recipient}, "role": {"$in": list(ROLES)}},
+            match(user_id=recipient, role={"$in": list(ROLES)}),
             {"file_id": 1, "created_at": 1},
         )
         .to_list()

@@ -11,6 +11,7 @@ from collections import Counter
 
 from beanie import init_beanie
 from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
 from pymongo.monitoring import (
     CommandFailedEvent,
     CommandListener,
@@ -18,6 +19,7 @@ from pymongo.monitoring import (
     CommandSucceededEvent,
 )
 
+from app.core.query import use_explicit_eq
 from app.core.ratelimit import RateCounter
 from app.db.accounts import ApiToken, BrowserSession, User
 from app.db.archives import ZipTicket
@@ -33,6 +35,7 @@ from app.db.files import (
 )
 from app.db.sharing import Share, SharedWithMe, ShareLink
 from app.db.thumbnails import Thumbnail
+from app.db.trace import listeners as trace_listeners
 from app.settings import Settings
 
 DOCUMENT_MODELS = [
@@ -83,7 +86,20 @@ async def connect(settings: Settings) -> AsyncMongoClient:
         settings.mongo_url,
         serverSelectionTimeoutMS=5000,
         tz_aware=True,
-        event_listeners=[COMMANDS],
+        # COFFER_TRACE_QUERIES (tests only) adds a recorder of every query's shape.
+        event_listeners=[COMMANDS, *trace_listeners()],
     )
     await init_beanie(database=client[settings.db_name], document_models=DOCUMENT_MODELS)
+    use_explicit_eq(await is_nx_27017(client))
     return client
+
+
+async def is_nx_27017(client: AsyncMongoClient) -> bool:
+    """Whether the server is the embedded nx-27017, whose index use needs `$eq` filters
+    (app/core/query.py). It names itself in serverStatus; a server that refuses the
+    command (MongoDB without the clusterMonitor role) is not nx-27017."""
+    try:
+        status = await client.admin.command("serverStatus")
+    except OperationFailure:
+        return False
+    return status.get("process") == "nx_27017"

@@ -97,14 +97,24 @@ class FileNode(Document):
         name = "files"
         indexes = [
             IndexModel([("owner_id", ASCENDING), ("live_key", ASCENDING)], unique=True),
+            # A folder's live listing: every equality of its filter, then the sort key
+            # (a server that plans only filters an index covers needs all of them).
             IndexModel(
-                [("owner_id", ASCENDING), ("parent_id", ASCENDING), ("name_key", ASCENDING)]
+                [
+                    ("owner_id", ASCENDING),
+                    ("parent_id", ASCENDING),
+                    ("deleted_at", ASCENDING),
+                    ("committed", ASCENDING),
+                    ("name_key", ASCENDING),
+                ]
             ),
             IndexModel([("owner_id", ASCENDING), ("path_key", ASCENDING)]),
-            IndexModel([("outbox_pending", ASCENDING)]),
+            IndexModel([("outbox_pending", ASCENDING), ("outbox.at", ASCENDING)]),
             IndexModel(
                 [("owner_id", ASCENDING), ("trash_root", ASCENDING), ("deleted_ms", ASCENDING)]
             ),
+            # Trash retention, across owners.
+            IndexModel([("trash_root", ASCENDING), ("deleted_ms", ASCENDING)]),
             IndexModel([("trash_root_id", ASCENDING)]),
             # Crash recovery finds half-done writes by these (see finish_interrupted_writes).
             IndexModel([("commit_tail.version_id", ASCENDING)]),
@@ -136,8 +146,10 @@ class FileVersion(Document):
         name = "file_versions"
         indexes = [
             IndexModel([("file_id", ASCENDING), ("version", DESCENDING)]),
+            # A file's committed versions (history, restore).
+            IndexModel([("file_id", ASCENDING), ("state", ASCENDING), ("version", DESCENDING)]),
             IndexModel([("owner_id", ASCENDING)]),
-            IndexModel([("hash_verified", ASCENDING)]),
+            IndexModel([("hash_verified", ASCENDING), ("state", ASCENDING)]),
         ]
 
 
@@ -196,7 +208,8 @@ class StoredChunk(Document):
     class Settings:
         name = "chunks"
         indexes = [
-            IndexModel([("owner_id", ASCENDING), ("state", ASCENDING)]),
+            # Garbage collection: an owner's chunks in one state, unused since a time.
+            IndexModel([("owner_id", ASCENDING), ("state", ASCENDING), ("used_ms", ASCENDING)]),
             IndexModel([("owner_id", ASCENDING), ("sha256", ASCENDING)]),
         ]
 

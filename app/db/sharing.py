@@ -44,8 +44,8 @@ class Share(Document):
         indexes = [
             IndexModel([("owner_id", ASCENDING), ("role", ASCENDING)]),
             IndexModel([("file_id", ASCENDING)]),
-            IndexModel([("user_id", ASCENDING)]),
-            IndexModel([("outbox_pending", ASCENDING)]),
+            IndexModel([("user_id", ASCENDING), ("role", ASCENDING)]),
+            IndexModel([("outbox_pending", ASCENDING), ("outbox.at", ASCENDING)]),
         ]
 
 
@@ -85,5 +85,5 @@ class ShareLink(Document):
         name = "share_links"
         indexes = [
             IndexModel([("token_hash", ASCENDING)], unique=True),
-            IndexModel([("file_id", ASCENDING)]),
+            IndexModel([("file_id", ASCENDING), ("revoked", ASCENDING)]),
         ]

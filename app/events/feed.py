@@ -96,16 +96,31 @@ async def append_event(
             return seq
         except DuplicateKeyError:
             if await Event.find_one(match(recipient_id=recipient, change_id=delivery_id)):
-                return None  # a concurrent fan-out delivered it
+                # A concurrent fan-out delivered it. Fill the seq we took now rather than
+                # leave readers to wait out a hole (overlapping sweeps made hundreds).
+                await fill_seq(recipient, seq)
+                return None
             # A reader filled our seq as a hole while we were slow: take the next one.
             continue
+
+
+async def fill_seq(recipient: str, seq: int) -> bool:
+    """Put a HOLE at `seq`, a seq its taker will never use; False if it is taken."""
+    try:
+        await Event(
+            recipient_id=recipient, seq=seq, change_id=f"hole:{seq}", type=HOLE, at=now()
+        ).insert()
+    except DuplicateKeyError:
+        return False
+    return True
 
 
 async def append_events(recipient: str, deliveries: list[tuple[str, dict[str, Any]]]) -> int:
     """Append many first-time deliveries to one recipient's feed in two writes: one `$inc`
     takes a run of seqs, one insert adds the events (for a batch of changes). A copy the
-    unique (recipient, delivery) index refuses (a race with the sweeper) leaves a seq
-    hole, which readers fill; returns how many were added."""
+    unique (recipient, delivery) index refuses (a race with the sweeper) has its seq filled
+    with a HOLE at once; an event whose seq a reader already filled as a hole (this writer
+    was slow) is appended again with a new seq. Returns how many were added."""
     if not deliveries:
         return 0
     counter = await EventCounter.get_pymongo_collection().find_one_and_update(
@@ -130,7 +145,15 @@ async def append_events(recipient: str, deliveries: list[tuple[str, dict[str, An
     try:
         await Event.get_pymongo_collection().insert_many(docs, ordered=False)
     except BulkWriteError as exc:
-        return len(docs) - len(exc.details.get("writeErrors", []))
+        failed = [e["index"] for e in exc.details.get("writeErrors", [])]
+        added = len(docs) - len(failed)
+        for i in failed:
+            delivery_id, fields = deliveries[i]
+            if await Event.find_one(match(recipient_id=recipient, change_id=delivery_id)):
+                await fill_seq(recipient, first + i)
+            elif await append_event(recipient, delivery_id, fields) is not None:
+                added += 1
+        return added
     return len(docs)
 
 
@@ -160,6 +183,7 @@ class ChangeFeed:
         # Fan-outs this process runs after answering the writer, by "<source>:<doc id>":
         # the change id and the task, which answers whether it delivered everything.
         self._background: dict[str, tuple[str, asyncio.Task[bool]]] = {}
+        self._sweeping = False
 
     async def changed(self, source: str, doc_id: str, change: Change) -> None:
         """Called right after the write that stored `change` in a document's outbox.
@@ -313,16 +337,27 @@ class ChangeFeed:
         await self.flush(source, str(node.id), node.outbox)
 
     async def sweep(self, older_than: float = 2.0) -> int:
-        """Fan out every change left marked longer than `older_than` seconds."""
-        threshold = now() - timedelta(seconds=older_than)
-        count = 0
-        for source in self.registry.sources.values():
-            async for doc in source.model.find(
-                match({"outbox.at": {"$lt": threshold}}, outbox_pending=True)
-            ):
-                await self.flush_node(doc)
-                count += 1
-        return count
+        """Fan out every change left marked longer than `older_than` seconds.
+
+        One sweep at a time in a process: the worker starts one every 2 s, and sweeps that
+        overlap deliver the same changes twice over (harmless, but every loser's seq is a
+        wasted write)."""
+        if self._sweeping:
+            return 0
+        self._sweeping = True
+        try:
+            threshold = now() - timedelta(seconds=older_than)
+            count = 0
+            for source in self.registry.sources.values():
+                # Equality first, then the range: the (outbox_pending, outbox.at) index.
+                async for doc in source.model.find(
+                    match(outbox_pending=True, **{"outbox.at": {"$lt": threshold}})
+                ):
+                    await self.flush_node(doc)
+                    count += 1
+            return count
+        finally:
+            self._sweeping = False
 
     # ------------------------------------------------------------- reading
 
@@ -384,12 +419,7 @@ class ChangeFeed:
                 await asyncio.sleep(0.01)
 
     async def _fill_hole(self, recipient: str, seq: int) -> None:
-        try:
-            await Event(
-                recipient_id=recipient, seq=seq, change_id=f"hole:{seq}", type=HOLE, at=now()
-            ).insert()
+        if await fill_seq(recipient, seq):  # else the writer made it after all
             log.warning(
                 "filled event seq hole %d for %s (a writer died mid-append)", seq, recipient
             )
-        except DuplicateKeyError:
-            pass  # the writer made it after all

@@ -18,6 +18,7 @@ from bson import ObjectId
 
 from app.core.clock import now_ms
 from app.core.errors import InsufficientStorage
+from app.core.query import match
 from app.db.accounts import User
 from app.db.files import FileNode, FileVersion
 from app.files.scope import Scope
@@ -95,7 +96,7 @@ async def settle_claims(older_than_seconds: float) -> int:
     settled = 0
     stale = now_ms() - int(older_than_seconds * 1000)
     users = User.get_pymongo_collection()
-    async for user in users.find({"has_claims": {"$eq": True}}, {"claims": 1, "claims_rev": 1}):
+    async for user in users.find(match(has_claims=True), {"claims": 1, "claims_rev": 1}):
         claims = user.get("claims") or {}
         for claim, body in claims.items():
             if body.get("at", 0) > stale:

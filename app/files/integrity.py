@@ -229,7 +229,7 @@ async def _set_damaged(version_ids: list[str], damaged: bool) -> None:
         )
         if doc is not None:
             await FileNode.get_pymongo_collection().update_one(
-                {"_id": PydanticObjectId(doc["file_id"]), "head_version_id": {"$eq": vid}},
+                match({"_id": PydanticObjectId(doc["file_id"]), "head_version_id": vid}),
                 {"$set": {"damaged": damaged}},
             )
 

@@ -62,9 +62,9 @@ async def finish_pending_op(folder: FileNode) -> None:
     if op["op"] == "move":
         old_key = paths.path_key(op["from"])
         prefix_len = len(op["from"])
-        query = match(
-            owner_id=folder.owner_id, path_key=paths.subtree_range(old_key), deleted_at=None
-        )
+        # The live descendants: live_key is the path key of a live node ("trash:<id>" in
+        # the trash), so its range is exactly them, in the unique (owner_id, live_key) index.
+        query = match(owner_id=folder.owner_id, live_key=paths.subtree_range(old_key))
         batch: list[UpdateOne] = []
         async for doc in col.find(query, {"path": 1}):
             new_path = op["to"] + doc["path"][prefix_len:]
@@ -81,11 +81,8 @@ async def finish_pending_op(folder: FileNode) -> None:
         if batch:
             await col.bulk_write(batch, ordered=False)
     elif op["op"] == "trash":
-        query = match(
-            owner_id=folder.owner_id,
-            path_key=paths.subtree_range(folder.path_key),
-            deleted_at=None,
-        )
+        # The live descendants, by live_key as for a move.
+        query = match(owner_id=folder.owner_id, live_key=paths.subtree_range(folder.path_key))
         freed = 0
         batch = []
         async for doc in col.find(query, {"kind": 1, "size": 1, "committed": 1}):

@@ -150,19 +150,24 @@ class UploadService:
         if node is None:
             node = await self._create_pending_file(scope, path)
 
+        # The fields of the (owner_id, file_id, content_hash) index only; who and whether
+        # committed are checked here, among the few sessions of this content (a server that
+        # plans only filters an index covers would otherwise read every session). So is
+        # expiry: a datetime in a filter makes the embedded server read every session.
         sessions = await UploadSession.find(
-            match(
-                owner_id=scope.owner_id,
-                file_id=str(node.id),
-                content_hash=file_hash,
-                uploader_id=scope.caller.user_id,
-                committed=False,
-            )
+            match(owner_id=scope.owner_id, file_id=str(node.id), content_hash=file_hash)
         ).to_list()
-        # Expiry is checked here, not in the filter: a datetime in a filter makes the
-        # embedded server read every session.
         t = now()
-        session = next((s for s in sessions if as_utc(s.expires_at) > t), None)
+        session = next(
+            (
+                s
+                for s in sessions
+                if s.uploader_id == scope.caller.user_id
+                and not s.committed
+                and as_utc(s.expires_at) > t
+            ),
+            None,
+        )
         resumed = session is not None
         if session is None:
             session = await self._new_session(
