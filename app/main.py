@@ -27,6 +27,7 @@ from app.auth import service as auth_service
 from app.auth.middleware import IdentityMiddleware, refuse_forged_requests, require_user
 from app.auth.routes import AuthController, DeviceController, me, set_preferences
 from app.core import failpoints
+from app.core.admission import admission
 from app.core.crypto import PasswordHashing
 from app.core.encoding import decompressing_bodies
 from app.core.errors import exception_handlers
@@ -196,6 +197,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=TemplateConfig(directory=TEMPLATE_DIR, engine=JinjaTemplateEngine),
         middleware=[
             *([WIRE.middleware] if settings.metrics else []),
+            admission(settings.max_inflight_requests, settings.inflight_wait_seconds),
             decompressing_bodies(MAX_JSON_BODY),
             SecurityHeadersMiddleware(page_policy(_bucket_origin(settings))),
             IdentityMiddleware(settings),

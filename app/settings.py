@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # `workers + queue` callers at once, logins are refused with 503 + Retry-After.
     password_hash_workers: int = 2
     password_hash_queue: int = 16
+    # Admission control (app/core/admission.py): HTTP requests one web instance works on
+    # at once (0: no limit), and how long one more may wait for a place before 503.
+    max_inflight_requests: int = 256
+    inflight_wait_seconds: float = 10.0
     # Tests only: "name=seconds,..." makes the server pause at those failpoints
     # (see app/failpoints.py) so a fault test can kill it at an exact step.
     failpoints: str = ""

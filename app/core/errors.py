@@ -13,6 +13,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Send
+from pymongo.errors import ConnectionFailure
 
 from app.core.crypto import PasswordHashingBusy
 
@@ -177,6 +178,18 @@ def _unexpected(_: Request, exc: Exception) -> Response:
     )
 
 
+def _database_down(_: Request, exc: ConnectionFailure) -> Response:
+    # MongoDB unreachable (server selection timed out, connection dropped): the request
+    # may be retried; say so instead of a 500.
+    log.warning("database unavailable: %s", exc)
+    return Response(
+        error_body("database_unavailable", "the database cannot be reached; try again shortly"),
+        status_code=503,
+        media_type=MediaType.JSON,
+        headers={"Retry-After": "5"},
+    )
+
+
 def _busy(_: Request, exc: PasswordHashingBusy) -> Response:
     return Response(
         error_body("busy", "too many sign-ins at once; try again in a moment"),
@@ -189,6 +202,7 @@ def _busy(_: Request, exc: PasswordHashingBusy) -> Response:
 exception_handlers: dict[type[Exception] | int, Any] = {
     CofferError: _coffer_error,
     PasswordHashingBusy: _busy,
+    ConnectionFailure: _database_down,
     ValidationException: _validation_error,
     HTTPException: _http_error,
     Exception: _unexpected,

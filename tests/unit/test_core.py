@@ -132,3 +132,20 @@ def test_filters_use_explicit_equality_the_embedded_server_can_index() -> None:
         "outbox.at": {"$lt": 5},
         "outbox_pending": {"$eq": True},
     }
+
+
+def test_which_requests_are_idle_by_design() -> None:
+    from app.core.admission import idle_by_design
+
+    table = [
+        ({"path": "/api/file/events", "query_string": b"cursor=3&wait=25"}, True),
+        ({"path": "/api/file/events", "query_string": b"cursor=3&wait=0"}, False),
+        ({"path": "/api/file/events", "query_string": b"cursor=3"}, False),
+        ({"path": "/api/file/events", "query_string": b"wait=abc"}, False),
+        ({"path": "/healthz", "query_string": b""}, True),
+        ({"path": "/readyz", "query_string": b""}, True),
+        ({"path": "/api/file", "query_string": b"wait=25"}, False),
+        ({"path": "/files", "query_string": b""}, False),
+    ]
+    for scope, idle in table:
+        assert idle_by_design(scope) is idle, scope
