@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app import protocol
@@ -261,15 +261,19 @@ class ChangeFeed:
             for recipient, deliveries in per_recipient.items():
                 if await append_events(recipient, deliveries):
                     await self.hub.notify(recipient)
-            ids = [registered.doc_id(doc_id) for doc_id, _ in changes]
-            change_ids = [change["id"] for _, change in changes]
-            for start in range(0, len(ids), 1000):
-                await registered.model.get_pymongo_collection().update_many(
-                    {
-                        "_id": {"$in": ids[start : start + 1000]},
-                        "outbox.id": {"$in": change_ids[start : start + 1000]},
-                    },
+            # One exact (document, change) pair per write, in bulk: `$in` of ids with `$in`
+            # of change ids is a cross product that SecantusDB checks pair by pair (3.2 s
+            # for 1,000 documents, 0.5 s this way; nx-27017 takes 0.09-0.1 s either way).
+            clears = [
+                UpdateOne(
+                    {"_id": registered.doc_id(doc_id), "outbox.id": change["id"]},
                     {"$set": {"outbox_pending": False}},
+                )
+                for doc_id, change in changes
+            ]
+            for start in range(0, len(clears), 1000):
+                await registered.model.get_pymongo_collection().bulk_write(
+                    clears[start : start + 1000], ordered=False
                 )
             return True
         except Exception as exc:  # the sweeper retries whatever is still marked
