@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import traceback
 from pathlib import Path
@@ -36,13 +37,15 @@ _FILTERS: dict[str, tuple[str, str | None]] = {
     "findAndModify": ("query", "sort"),
 }
 _APP = str(Path(__file__).resolve().parents[2])
+_ID_IN_NAME = re.compile(r"\b[0-9a-f]{24}\b")
 
 
 def shape(value: Any) -> Any:
     """`value` with every leaf replaced by its type name; lists by the shape of their
-    first element (a `$in` of 1 or 1,000 ids is one shape)."""
+    first element (a `$in` of 1 or 1,000 ids is one shape); an id inside a field name
+    ("claims.<id>.at") by `*`."""
     if isinstance(value, dict):
-        return {k: shape(v) for k, v in value.items()}
+        return {_ID_IN_NAME.sub("*", k): shape(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [shape(value[0])] if value else []
     return type(value).__name__
