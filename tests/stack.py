@@ -242,7 +242,11 @@ def start_replica_set(data: Path, logs: Path) -> tuple[Proc, str]:
         "--log-level=WARNING",
     ]
     proc = Proc("mongo", cmd, dict(os.environ), logs / "mongo.log", port).start()
-    return proc, f"mongodb://127.0.0.1:{port}/?replicaSet=secantus"
+    # retryWrites=false: SecantusDB 0.7 keeps the replies of the last 10,000 retryable
+    # writes and sorts them all on every write once full (milliseconds per write, measured
+    # with py-spy); Coffer's writes are idempotent or compare-and-set, and a single node has
+    # no failover for a retry to ride out.
+    return proc, f"mongodb://127.0.0.1:{port}/?replicaSet=secantus&retryWrites=false"
 
 
 def _initiate(port: int) -> None:
