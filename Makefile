@@ -44,7 +44,7 @@ test: $(STAMP) e2e-deps dav-deps
 # Left out there: the 1,000 one-by-one uploads before the folder-move crash (90 s on
 # SecantusDB; the move's recovery queries run in test_query_plans.py on the same server).
 REPLSET_TESTS := tests/test_files.py tests/test_batch.py tests/test_events.py \
-  tests/test_sharing.py tests/test_authz.py tests/test_faults.py
+  tests/test_sharing.py tests/test_authz.py tests/test_faults.py tests/test_feed_races.py
 test-replset: $(STAMP)
 	COFFER_TEST_MONGO=replset $(VENV)/bin/pytest -q $(REPLSET_TESTS) \
 	  --deselect tests/test_faults.py::test_kill9_web_mid_move_of_a_folder_of_1000_files
