@@ -31,6 +31,7 @@ def test_register_login_me_logout(base_url: str) -> None:
             "username": name,
             "usage_bytes": 0,
             "quota_bytes": None,
+            "view": "list",
         }
 
         # Cookie-authenticated unsafe requests need the CSRF token.
