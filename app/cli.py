@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -174,6 +175,11 @@ def run_worker() -> None:
     from jobs.worker import worker_settings
 
     limit_malloc_arenas()
+    # Timestamps and Coffer's own notices; arq's line per job (a sweep every 2 s) stays off.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("coffer").setLevel(logging.INFO)
     # arq's own run_worker, with a worker that survives Redis going away (jobs/outlast.py).
     OutlastingWorker(**get_kwargs(worker_settings(get_settings()))).run()  # type: ignore[arg-type]
 

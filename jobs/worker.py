@@ -44,6 +44,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["tree"] = TreeService(FilesContext(settings, ctx["store"], ctx["feed"]))
     ctx["thumbnailer"] = Thumbnailer(ctx)  # its own arq queue (jobs/thumbnails.py)
     await ctx["thumbnailer"].start()
+    log.info("worker ready")
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

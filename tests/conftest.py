@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,22 @@ def stack() -> Iterator[Stack]:
             yield s
         finally:
             s.stop_all()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test that used a stack reports the end of each of its processes' logs:
+    CI keeps nothing else of a run, and a flaky failure must be explainable from that."""
+    report = yield
+    stack = getattr(item, "funcargs", {}).get("stack")
+    if report.failed and isinstance(stack, Stack):
+        for log in sorted((stack.root / "logs").glob("*.log")):
+            with contextlib.suppress(OSError):
+                tail = log.read_bytes()[-4000:].decode(errors="replace")
+                report.sections.append((f"log tail: {log.name}", tail))
+    return report
 
 
 @pytest.fixture(scope="session")

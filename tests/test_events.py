@@ -378,8 +378,11 @@ def test_worker_down_then_up_delivers_everything(alice: User, bob: User, stack: 
             )
     finally:
         worker.start()
+    # Generous: a worker's start (imports, connecting, the index check) on a loaded 2-core
+    # machine with the replica-set server next to it; the wait ends as soon as they arrive.
     assert _wait_until(
-        lambda: len([e for e in feed(bob, 0)["events"] if e["type"] == "share.added"]) == 3
+        lambda: len([e for e in feed(bob, 0)["events"] if e["type"] == "share.added"]) == 3,
+        timeout=45,
     )
     shared = bob.http.get("/api/shared").json()["items"]
     assert sorted(i["path"] for i in shared) == [f"/no-worker-{i}" for i in range(3)]

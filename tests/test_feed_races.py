@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from beanie import Document, init_beanie
 from bson import ObjectId
+from pymongo import AsyncMongoClient
 
 from app.db import connect
 from app.db.events import HOLE, Event, EventCounter
 from app.db.outbox import EVENT_FIELDS
 from app.events.feed import ChangeFeed, append_event, append_events
 from app.events.hub import Hub
-from app.events.registry import EventRegistry
+from app.events.registry import EventRegistry, OutboxSource
 from app.settings import Settings
 from tests.stack import Stack
 
@@ -84,3 +86,47 @@ async def test_a_batch_event_whose_seq_a_reader_filled_is_appended_again(db: Non
     events, seconds = await timed_read(recipient, 0)
     assert [e.path for e in events] == ["/first", "/b2", "/b1"]
     assert seconds < 1
+
+
+class OutboxProbe(Document):
+    """A collection of its own with an outbox, so the test's sweeps touch nothing else."""
+
+    id: str
+    outbox: dict | None = None
+    outbox_pending: bool = False
+
+    class Settings:
+        name = "test_outbox_probe"
+
+
+async def test_a_change_that_cannot_be_delivered_does_not_hold_back_the_others(
+    db: None, stack: Stack
+) -> None:
+    """The sweeper delivers every change it can, whatever one of them does: a sweep that
+    ended at its first failing document left every change after it undelivered for as
+    long as that one kept failing."""
+    client = AsyncMongoClient(stack.env["MONGODB_URL"], tz_aware=True)
+    await init_beanie(database=client["coffer"], document_models=[OutboxProbe])
+    owner = str(ObjectId())
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    names = ["poison", "good-1", "good-2"]
+    for name in names:
+        change = {**fields(f"/{name}"), "id": f"{owner}-{name}", "owner_id": owner, "at": at}
+        await OutboxProbe(id=f"{owner}-{name}", outbox=change, outbox_pending=True).insert()
+
+    async def before_fanout(doc_id: str) -> None:
+        if doc_id.endswith("poison"):
+            raise RuntimeError("this one cannot be delivered now")
+
+    registry = EventRegistry()
+    registry.add_source(OutboxSource("probe", OutboxProbe, before_fanout=before_fanout))
+    feed = ChangeFeed(Hub(None), registry)
+    try:
+        assert await feed.sweep(older_than=0) == 2
+        delivered = await Event.find({"recipient_id": owner}).to_list()
+        assert sorted(e.path for e in delivered) == ["/good-1", "/good-2"]
+        pending = OutboxProbe.find({"_id": {"$regex": f"^{owner}"}, "outbox_pending": True})
+        assert [p.id for p in await pending.to_list()] == [f"{owner}-poison"]
+    finally:
+        await OutboxProbe.find({"_id": {"$regex": f"^{owner}"}}).delete()
+        await client.close()

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
 from app import protocol
 from app.core.clock import epoch_ms, iso, now
@@ -357,8 +357,16 @@ class ChangeFeed:
                 async for doc in source.model.find(
                     match(outbox_pending=True, **{"outbox.at": {"$lt": threshold}})
                 ):
-                    await self.flush_node(doc)
-                    count += 1
+                    # One change that cannot be delivered now (a write conflict, a server
+                    # hiccup) must not hold back every change after it: the next sweep
+                    # tries it again.
+                    try:
+                        await self.flush_node(doc)
+                        count += 1
+                    except ConnectionFailure:
+                        raise  # the database is gone: so is the rest of this sweep
+                    except Exception as exc:
+                        log.warning("sweep: fan-out of %s %s failed: %s", source.name, doc.id, exc)
             return count
         finally:
             self._sweeping = False
