@@ -120,6 +120,9 @@ class Settings(BaseSettings):
 
     min_chunk_size: int = 64 * KIB
     max_chunk_size: int = 16 * MIB
+    # At most this many bytes of delta bases read per upload register (an edit touches a
+    # few chunks; a client naming a base for every chunk gets deltas for the first ones).
+    delta_base_budget: int = 64 * MIB
     max_chunks: int = 16384
     max_file_size: int = 64 * GIB
 

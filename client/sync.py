@@ -1046,9 +1046,15 @@ class Syncer:
         st = path.stat()
         if local_hash is None or chunks is None:
             local_hash, chunks = await asyncio.to_thread(file_hashes, path)
+        synced = self.state.get(rel)
         try:
             f = await self.transfers.upload(
-                rel, self.remote.target(rel), base_version, local_hash, chunks
+                rel,
+                self.remote.target(rel),
+                base_version,
+                local_hash,
+                chunks,
+                previous=synced.chunks if synced is not None else None,
             )
         except ApiError as exc:
             if exc.code in ("conflict", "exists") and await self._upload_refused(

@@ -1,8 +1,11 @@
 """Moving file bytes between the local disk and the server, verified.
 
 Uploads: the file's chunk list is registered and only the chunks the server lacks are
-sent, several at once, each re-hashed as it is read (a file that changes meanwhile is not
-sent half old, half new). Memory stays at about `parallel` chunks whatever the file size.
+sent, several at once (the server hashes each; a file that changes meanwhile is refused,
+never stored half old, half new). A changed chunk of an edited file goes up as a delta
+against the chunk it replaced when the server offers that (app/protocol/delta.py): only
+the pieces that changed travel. Memory stays at about `parallel` chunks whatever the
+file size.
 
 Downloads are assembled in a temporary file from chunks already on disk (any synced file,
 by hash) plus the missing ones fetched in parallel; with nothing to reuse the file is
@@ -24,6 +27,7 @@ from typing import Any
 
 from rich.progress import Progress
 
+from app.protocol import delta
 from client.api import CofferClient
 from client.errors import (
     ApiError,
@@ -82,17 +86,25 @@ async def upload_file(
     base_version: int | None = None,
     hashed: tuple[str, Chunks] | None = None,
     progress: Advance | None = None,
+    previous: Chunks | None = None,
 ) -> dict[str, Any]:
     """Upload `local` to `remote` (a path in our tree, or {"parent_id","name"}); returns
     the committed file object. `hashed`: its content hash and chunks, if already known.
     With `base_version`, the server refuses (409 conflict) if its head is no longer that
-    version. LocalFileChanged: the file's bytes changed while it was being read."""
+    version. `previous`: the chunks of the version this one replaces, as last synced: each
+    changed chunk names the one at its place as its base, and goes up as a delta against
+    it when the server offers that. LocalFileChanged: the file's bytes changed while it was
+    being read."""
     local_hash, chunks = hashed or await asyncio.to_thread(file_hashes, local)
     size = sum(s for _, s in chunks)
+    bases = delta_bases(chunks, previous or [])
     body: dict[str, Any] = {
         **({"path": remote} if isinstance(remote, str) else remote),
         "size": size,
-        "chunks": [{"sha256": sha, "size": s} for sha, s in chunks],
+        "chunks": [
+            {"sha256": sha, "size": s, **({"bases": bases[i]} if i in bases else {})}
+            for i, (sha, s) in enumerate(chunks)
+        ],
         "content_hash": local_hash,
     }
     if base_version is not None:
@@ -115,6 +127,37 @@ async def upload_file(
     raise UploadIncomplete("chunks kept going missing")
 
 
+def delta_bases(chunks: Chunks, previous: Chunks) -> dict[int, list[str]]:
+    """For each chunk the previous version does not have: the previous version's chunks
+    its byte range overlaps (its likely bases, in order; the MAX_BASES that overlap most),
+    by index. An overwrite keeps the cut points around it and an insert shifts the rest a
+    little, so the chunks at the same place hold most of the new chunk's bytes; an edit
+    also moves the next cut points, so a new chunk can span two old ones."""
+    old = {sha for sha, _ in previous}
+    bases: dict[int, list[str]] = {}
+    j, old_start = 0, 0
+    start = 0
+    for i, (sha, size) in enumerate(chunks):
+        end = start + size
+        # Skip previous chunks that end before this one starts.
+        while j < len(previous) and old_start + previous[j][1] <= start:
+            old_start += previous[j][1]
+            j += 1
+        if sha not in old:
+            overlapping: list[tuple[int, int, str]] = []  # (overlap, position, sha)
+            k, k_start = j, old_start
+            while k < len(previous) and k_start < end:
+                k_end = k_start + previous[k][1]
+                overlapping.append((min(end, k_end) - max(start, k_start), k, previous[k][0]))
+                k_start = k_end
+                k += 1
+            most = sorted(overlapping, reverse=True)[: delta.MAX_BASES]
+            if most:
+                bases[i] = [base for _, _, base in sorted(most, key=lambda o: o[1])]
+        start = end
+    return bases
+
+
 async def _put_chunks(
     api: CofferClient,
     local: Path,
@@ -132,20 +175,26 @@ async def _put_chunks(
             while not queue.empty():
                 m = queue.get_nowait()
                 data = await asyncio.to_thread(os.pread, fd, m["size"], offsets[m["index"]])
+                base = m.get("base")
+                # Against a base the URL takes a delta body only (all bytes, if need be).
+                body = await asyncio.to_thread(delta.encode, data, base["pieces"]) if base else None
+                headers, encodings = m.get("headers") or {}, m.get("encodings") or ()
                 try:
-                    await api.put_chunk(
-                        m["url"], data, m.get("headers") or {}, m.get("encodings") or ()
-                    )
+                    await api.put_chunk(m["url"], body[0] if body else data, headers, encodings)
                 except ApiError as exc:
                     # The store checks every chunk's hash (Coffer's, or S3 with the checksum
                     # signed into the URL), so the bytes are hashed here only when it refused
                     # them: one SHA-256 pass less on every upload.
-                    if (
-                        exc.status == 400
-                        and await asyncio.to_thread(sha256_hex, data) != m["sha256"]
-                    ):
+                    if exc.status != 400:
+                        raise
+                    if await asyncio.to_thread(sha256_hex, data) != m["sha256"]:
                         raise LocalFileChanged(local) from exc
-                    raise
+                    if not (body and body[1]):
+                        raise
+                    # A piece matched the base by its short hash but not its bytes (or the
+                    # base changed): send every byte, still as a delta body.
+                    everything, _ = await asyncio.to_thread(delta.encode, data, [])
+                    await api.put_chunk(m["url"], everything, headers, encodings)
                 if progress:
                     progress(len(data))
         finally:
@@ -437,6 +486,7 @@ class Transfers:
         base_version: int | None,
         local_hash: str,
         chunks: Chunks,
+        previous: Chunks | None = None,
     ) -> dict[str, Any]:
         with self.bar(f"↑ {rel}", sum(size for _, size in chunks)) as advance:
             return await upload_file(
@@ -446,6 +496,7 @@ class Transfers:
                 base_version=base_version,
                 hashed=(local_hash, chunks),
                 progress=advance,
+                previous=previous,
             )
 
     async def download(self, rel: str, file_id: str, size: int) -> tuple[Chunks, dict[str, Any]]:

@@ -248,9 +248,11 @@ def test_two_devices_converge_on_creates_edits_renames_moves_and_deletes(
 def test_a_change_uploads_only_changed_chunks_and_downloads_only_missing_ones(
     devices: tuple[Device, Device, User],
 ) -> None:
-    """Chunks are content-defined: an overwrite sends the chunks around it, and bytes
-    inserted near the start shift the cut points with them, so the rest of the file is
-    still the same chunks (with fixed 4 MiB chunks every later chunk would change)."""
+    """Chunks are content-defined: an overwrite changes only the chunks around it, and
+    bytes inserted near the start shift the cut points with them, so the rest of the file
+    is still the same chunks (with fixed 4 MiB chunks every later chunk would change). The
+    changed chunks go up as deltas against the ones they replace; the other device
+    downloads the changed chunks whole."""
     a, b, _ = devices
     data = bytearray(os.urandom(16 * MIB))
     (a.folder / "video.raw").write_bytes(data)
@@ -273,7 +275,10 @@ def test_a_change_uploads_only_changed_chunks_and_downloads_only_missing_ones(
     assert MIB <= changed <= MIB + 2 * 4 * MIB  # at worst a 4 MiB chunk more at each end
     (a.folder / "video.raw").write_bytes(edited)
     sent = a.sync_once()
-    assert sent["uploaded"] == ["video.raw"] and sent["bytes_sent"] == changed
+    # Each changed chunk went up as a delta against the chunks it replaced: about the
+    # changed MiB (random: nothing to compress), not the whole chunks around it.
+    assert sent["uploaded"] == ["video.raw"]
+    assert MIB <= sent["bytes_sent"] <= 1.25 * MIB < changed
     got = b.sync_once()
     assert got["downloaded"] == ["video.raw"] and got["bytes_received"] == changed
     assert (b.folder / "video.raw").read_bytes() == bytes(edited)
@@ -282,7 +287,7 @@ def test_a_change_uploads_only_changed_chunks_and_downloads_only_missing_ones(
     changed = new_bytes(bytes(edited), shifted)
     assert changed <= 2 * 4 * MIB + 100  # the chunk it falls in, at worst the next: not the file
     (a.folder / "video.raw").write_bytes(shifted)
-    assert a.sync_once()["bytes_sent"] == changed
+    assert 100 <= a.sync_once()["bytes_sent"] <= 256 * 1024  # the pieces around the insert
     assert b.sync_once()["bytes_received"] == changed
     assert (b.folder / "video.raw").read_bytes() == shifted
 

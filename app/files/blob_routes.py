@@ -1,5 +1,5 @@
-"""The blob surface: the local store's signed chunk URLs (PUT streams a chunk in, GET
-serves one).
+"""The blob surface: the local store's signed chunk URLs (PUT streams a chunk in, or
+rebuilds it from a delta against a stored chunk; GET serves one).
 
 These routes need no session or token: the HMAC signature in the URL is the authorization,
 bound to the owner, chunk hash, size, expiry and (for reads) the owner's URL epoch. Only
@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 
 from beanie import PydanticObjectId
 from litestar import Request, Response, Router, get, put
 
 from app.core.encoding import ZSTD, accepts_zstd, decompressed
-from app.core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
+from app.core.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from app.core.failpoints import failpoint
 from app.db.accounts import User
 from app.files.integrity import read_verified_chunk, record_stored_chunk
-from app.protocol import compress_if_worth_it
+from app.protocol import compress_if_worth_it, delta
 from app.settings import Settings
 from app.storage.base import BlobStore
 from app.storage.local import LocalBlobStore
@@ -38,9 +46,14 @@ def _check(
     exp: int,
     sig: str,
     epoch: int = 0,
+    delta_base: str | None = None,
 ) -> None:
-    if not (OWNER_RE.fullmatch(owner) and SHA_RE.fullmatch(sha)) or not verify_blob_signature(
-        settings.resolved_secret_key(), op, owner, sha, size, exp, sig, epoch
+    if (
+        not (OWNER_RE.fullmatch(owner) and SHA_RE.fullmatch(sha))
+        or (delta_base is not None and not _delta_bases(delta_base))
+        or not verify_blob_signature(
+            settings.resolved_secret_key(), op, owner, sha, size, exp, sig, epoch, delta_base
+        )
     ):
         raise Forbidden(
             "invalid or expired chunk URL; register the upload again", code="bad_signature"
@@ -56,27 +69,71 @@ async def put_chunk(
     sig: str,
     settings: Settings,
     store: BlobStore,
+    base: str | None = None,
 ) -> dict[str, object]:
-    _check(settings, "put", owner, sha, size, exp, sig)
+    """Store one chunk: its bytes, or (a URL signed with `base`) a delta body against that
+    stored chunk, either of them zstd-compressed or not."""
+    _check(settings, "put", owner, sha, size, exp, sig, delta_base=base)
     await failpoint("chunk.put")
     if not isinstance(store, LocalBlobStore):
         raise NotFound("this server stores chunks in S3; use the presigned URL")
+    # The body's own size limit: the chunk, or the largest delta that can make it.
+    limit = size if base is None else delta.max_body_size(size)
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding == ZSTD:
-        body = decompressed(request.stream(), size)  # capped at the registered size
+        body = decompressed(request.stream(), limit)  # capped: a bomb stops at the limit
     elif coding not in ("", "identity"):
         raise UnsupportedMediaType(
             f"{coding} bodies: send zstd or none", code="unsupported_encoding"
         )
     else:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) != size:
-            error = PayloadTooLarge if int(declared) > size else BadRequest
-            raise error(f"chunk has {declared} bytes, {size} were registered", code="size_mismatch")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(
+                f"the body has {declared} bytes, at most {limit} can make this chunk",
+                code="size_mismatch",
+            )
+        if declared is not None and declared.isdigit() and base is None and int(declared) < size:
+            raise BadRequest(
+                f"chunk has {declared} bytes, {size} were registered", code="size_mismatch"
+            )
         body = request.stream()
+    if base is not None:
+        body = _rebuilt(body, await _delta_base(store, owner, base), size)
     await store.write(owner, sha, size, body)
     await record_stored_chunk(owner, sha, size, verified=True)
     return {"sha256": sha, "size": size}
+
+
+def _delta_bases(base: str) -> list[str]:
+    """The chunks a delta URL's `base` names ("sha,sha,..."), or [] if malformed."""
+    shas = base.split(",")
+    if len(shas) > delta.MAX_BASES or not all(SHA_RE.fullmatch(s) for s in shas):
+        return []
+    return shas
+
+
+async def _delta_base(store: LocalBlobStore, owner: str, base: str) -> bytes:
+    """The stored chunks a delta builds on, joined (not verified here: what the delta
+    makes is, like every chunk)."""
+    try:
+        return b"".join([await store.read_all(owner, sha) for sha in _delta_bases(base)])
+    except FileNotFoundError:
+        raise Conflict(
+            "the chunk this delta builds on is gone; register the upload again",
+            code="base_missing",
+        ) from None
+
+
+async def _rebuilt(body: AsyncIterator[bytes], base: bytes, size: int) -> AsyncIterator[bytes]:
+    rebuilder = delta.Rebuilder(base, size)
+    try:
+        async for piece in body:
+            for out in rebuilder.feed(piece):
+                yield bytes(out)
+        rebuilder.finish()
+    except delta.DeltaError as exc:
+        raise BadRequest(f"bad delta body: {exc}", code="bad_delta") from None
 
 
 async def get_chunk(

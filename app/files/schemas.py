@@ -8,6 +8,11 @@ import msgspec
 class ChunkIn(msgspec.Struct):
     sha256: str
     size: int
+    # Chunks of the file's current version this one probably shares bytes with (those at
+    # its place, in order, at most MAX_DELTA_BASES): if the chunk is missing, the server
+    # may answer with their pieces, and the chunk goes up as a delta against them
+    # (app/protocol/delta.py).
+    bases: list[str] | None = None
 
 
 class UploadRequest(msgspec.Struct):
@@ -26,6 +31,16 @@ class UploadRequest(msgspec.Struct):
     content_hash: str | None = None
 
 
+class DeltaBase(msgspec.Struct):
+    """What a missing chunk may be sent against: these stored chunks one after the other
+    (`size` bytes in all), cut into pieces, (8-byte BLAKE2b hex, size) in order. The
+    chunk's URL then takes a delta body, never the plain bytes."""
+
+    sha256s: list[str]
+    size: int
+    pieces: list[tuple[str, int]]
+
+
 class MissingChunk(msgspec.Struct):
     index: int
     sha256: str
@@ -36,6 +51,7 @@ class MissingChunk(msgspec.Struct):
     # Content codings the URL accepts for the body ("zstd" for Coffer's own store; none
     # for a presigned S3 URL, which stores the body as sent).
     encodings: list[str] = msgspec.field(default_factory=list)
+    base: DeltaBase | None = None
 
 
 class UploadOut(msgspec.Struct):

@@ -44,7 +44,14 @@ from app.files.accounting import charge, check_quota, release
 from app.files.context import FilesContext
 from app.files.integrity import record_stored_chunk, record_stored_chunks, touch_chunks
 from app.files.recovery import finish_commit, finish_commit_tail
-from app.files.schemas import ChunkIn, FileOut, MissingChunk, UploadOut, UploadRequest
+from app.files.schemas import (
+    ChunkIn,
+    DeltaBase,
+    FileOut,
+    MissingChunk,
+    UploadOut,
+    UploadRequest,
+)
 from app.files.scope import Caller, Scope, node_by_path, open_node, reload, target_path
 from app.files.tree import FILES, TreeService, audience_of, change_of, new_node
 from app.files.verify import check_claim, settle_hash_at_commit, version_chunks
@@ -55,6 +62,7 @@ from app.protocol import (
     UPLOAD_STARTED,
     blocks_aligned,
     content_hash,
+    delta,
 )
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -91,6 +99,14 @@ class UploadService:
             sha = c.sha256.lower() if isinstance(c.sha256, str) else ""
             if not SHA256_RE.fullmatch(sha):
                 raise BadRequest(f"chunk {i}: sha256 must be 64 hex digits", code="invalid_chunk")
+            if c.bases is not None and not (
+                len(c.bases) <= delta.MAX_BASES
+                and all(isinstance(b, str) and SHA256_RE.fullmatch(b.lower()) for b in c.bases)
+            ):
+                raise BadRequest(
+                    f"chunk {i}: bases must be at most {delta.MAX_BASES} SHA-256 hex digests",
+                    code="invalid_chunk",
+                )
             lo = 1 if i == last else s.min_chunk_size
             if not lo <= c.size <= s.max_chunk_size:
                 raise BadRequest(
@@ -199,8 +215,44 @@ class UploadService:
         return UploadOut(
             file_id=str(node.id),
             upload_id=str(session.id),
-            missing=await self.upload_targets(scope, missing, str(session.id)),
+            missing=await self.upload_targets(
+                scope, missing, str(session.id), await self._delta_bases(scope, node, req, missing)
+            ),
         )
+
+    async def _delta_bases(
+        self, scope: Scope, node: FileNode, req: UploadRequest, missing: list[Wanted]
+    ) -> dict[int, DeltaBase]:
+        """For missing chunks whose uploader named bases: the bases' pieces, by the chunk's
+        index, so the chunk can go up as a delta (app/protocol/delta.py). Only chunks of
+        the file's current version are ever bases: bytes the caller, who may write this
+        file, may read anyway; a chunk of any other file would let an editor probe what
+        else the owner stores. Bounded per register (`delta_base_budget` bytes read)."""
+        wanted = {
+            i: [b.lower() for b in bases] for i, _, _ in missing if (bases := req.chunks[i].bases)
+        }
+        if not (wanted and self.store.accepts_deltas and node.committed and node.head_version_id):
+            return {}
+        head = await FileVersion.get(PydanticObjectId(node.head_version_id))
+        if head is None or head.state != "committed":
+            return {}
+        current = {sha for sha, _ in await version_chunks(head)}
+        offered: dict[int, DeltaBase] = {}
+        budget = self.settings.delta_base_budget
+        for i, shas in wanted.items():
+            if budget <= 0:
+                break
+            if not all(sha in current for sha in shas):
+                continue
+            # Read, cut and dropped chunk by chunk: memory is one chunk's bases at a time.
+            try:
+                joined = b"".join([await self.store.read_all(scope.owner_id, s) for s in shas])
+            except FileNotFoundError:
+                continue
+            budget -= len(joined)
+            cut = await asyncio.to_thread(delta.pieces, joined)
+            offered[i] = DeltaBase(sha256s=shas, size=len(joined), pieces=cut)
+        return offered
 
     async def _announce(
         self,
@@ -390,12 +442,24 @@ class UploadService:
         return missing
 
     async def upload_targets(
-        self, scope: Scope, missing: list[Wanted], upload_id: str
+        self,
+        scope: Scope,
+        missing: list[Wanted],
+        upload_id: str,
+        bases: dict[int, DeltaBase] | None = None,
     ) -> list[MissingChunk]:
+        bases = bases or {}
         targets = await asyncio.gather(
             *(
-                self.store.upload_url(scope.caller.base_url, scope.owner_id, sha, size, upload_id)
-                for _, sha, size in missing
+                self.store.upload_url(
+                    scope.caller.base_url,
+                    scope.owner_id,
+                    sha,
+                    size,
+                    upload_id,
+                    delta_base=",".join(bases[i].sha256s) if i in bases else None,
+                )
+                for i, sha, size in missing
             )
         )
         return [
@@ -406,6 +470,7 @@ class UploadService:
                 url=t.url,
                 headers=t.headers,
                 encodings=[ZSTD] if self.store.verifies_on_write else [],
+                base=bases.get(i),
             )
             for (i, sha, size), t in zip(missing, targets, strict=True)
         ]

@@ -22,11 +22,21 @@ class BlobStore(Protocol):
     # Otherwise clients PUT into a staging key of their upload, and `accept_upload` checks
     # the bytes before they are copied into place: no client ever writes a stored chunk.
     verifies_on_write: bool
+    # True when its chunk PUT URLs can take a delta body against a stored chunk
+    # (app/protocol/delta.py): the server rebuilds the chunk, so only Coffer's own store.
+    accepts_deltas: bool
 
     async def upload_url(
-        self, base_url: str, owner: str, sha256: str, size: int, upload_id: str
+        self,
+        base_url: str,
+        owner: str,
+        sha256: str,
+        size: int,
+        upload_id: str,
+        delta_base: str | None = None,
     ) -> UploadTarget:
-        """A short-lived URL the client PUTs exactly these bytes to."""
+        """A short-lived URL the client PUTs exactly these bytes to; with `delta_base`
+        (only where `accepts_deltas`), a delta against that stored chunk instead."""
         ...
 
     async def download_url(

@@ -43,6 +43,7 @@ def sync_filesystem(path: Path) -> None:
 
 class LocalBlobStore:
     verifies_on_write = True
+    accepts_deltas = True
 
     def __init__(
         self,
@@ -64,12 +65,25 @@ class LocalBlobStore:
         return self.root / chunk_key(owner, sha256)
 
     async def upload_url(
-        self, base_url: str, owner: str, sha256: str, size: int, upload_id: str
+        self,
+        base_url: str,
+        owner: str,
+        sha256: str,
+        size: int,
+        upload_id: str,
+        delta_base: str | None = None,
     ) -> UploadTarget:
         # The PUT route hashes while it writes, so a PUT can never store wrong bytes under
         # a hash: no staging is needed here.
         url = signed_blob_url(
-            base_url, self.secret_key, "put", owner, sha256, size, self.upload_ttl
+            base_url,
+            self.secret_key,
+            "put",
+            owner,
+            sha256,
+            size,
+            self.upload_ttl,
+            delta_base=delta_base,
         )
         return UploadTarget(url)
 

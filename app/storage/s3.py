@@ -57,6 +57,7 @@ _ABSENT = ("404", "NoSuchKey", "NotFound")
 
 class S3BlobStore:
     verifies_on_write = False
+    accepts_deltas = False  # clients PUT straight into the bucket: nothing to rebuild with
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -167,8 +168,16 @@ class S3BlobStore:
             raise
 
     async def upload_url(
-        self, base_url: str, owner: str, sha256: str, size: int, upload_id: str
+        self,
+        base_url: str,
+        owner: str,
+        sha256: str,
+        size: int,
+        upload_id: str,
+        delta_base: str | None = None,
     ) -> UploadTarget:
+        if delta_base is not None:
+            raise ValueError("S3 takes chunks as they are, not deltas")
         checksum = _checksum(sha256)
         url = await self._presigned_put(
             staging_key(owner, upload_id, sha256), size, checksum, self.settings.url_ttl_seconds
