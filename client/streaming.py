@@ -6,7 +6,10 @@ list, with a read URL for every chunk the server already holds) and writes the c
 can get, verified, into a temporary file in `.coffer/tmp/`. Nothing appears under the real
 name: when the commit's `file.created` / `file.updated` arrives, the download takes the
 temporary file if it holds that version (same content hash) and renames it into place;
-whatever is still missing then is fetched first. The file's content hash is computed while
+whatever is still missing then is fetched first. Chunks this device already holds (any
+synced file, by hash: most of a file another device is editing) are copied from the local
+file instead of fetched, at once, before the uploader has sent anything. The file's
+content hash is computed while
 the chunks arrive (each 4 MiB block as soon as the chunks covering it are written, read
 back from the page cache), and a finished prefetch is fsynced in the background: by the
 time the commit is announced, usually only the rename is left. An upload that is
@@ -21,7 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from app.protocol import BLOCK_SIZE, content_hash
 from client.api import CofferClient
@@ -29,6 +32,15 @@ from client.errors import ApiError
 from client.hashing import Chunks, sha256_hex
 
 Log = Callable[[str], None]
+
+
+class ChunkReuse(Protocol):
+    """Chunks of synced local files by hash (client.transfer.LocalChunks)."""
+
+    def source(self, sha: str) -> Any | None: ...
+
+    def copy(self, source: Any, sha: str, size: int, fd: int, dst_offset: int) -> bool: ...
+
 
 POLL_SECONDS = 0.15  # how often an upload still going is looked at again
 STALL_SECONDS = 300.0  # an upload that makes no progress this long is given up
@@ -51,6 +63,7 @@ class Prefetch:
     # The content hash of `tmp` once it holds every chunk and is durable (fsynced).
     durable_hash: str | None = None
     size: int = 0  # the file's, once the chunk list is known
+    copied: int = 0  # chunks copied from local files rather than fetched
 
     @property
     def complete(self) -> bool:
@@ -72,10 +85,13 @@ class Prefetch:
 class Prefetcher:
     """The prefetches of one synced folder, by file id."""
 
-    def __init__(self, api: CofferClient, tmp_dir: Path, log: Log) -> None:
+    def __init__(
+        self, api: CofferClient, tmp_dir: Path, log: Log, reuse: ChunkReuse | None = None
+    ) -> None:
         self.api = api
         self.tmp_dir = tmp_dir
         self.log = log
+        self.reuse = reuse
         self.running: dict[str, Prefetch] = {}
 
     def start(self, file_id: str, upload_id: str, content_hash: str | None, rel: str) -> None:
@@ -126,7 +142,10 @@ class Prefetcher:
             await self._fetch_while_uploading(job)
             if job.complete:
                 await self._make_durable(job)
-                self.log(f"prefetched {rel} while it was being uploaded")
+                self.log(
+                    f"prefetched {rel} while it was being uploaded"
+                    f" ({job.copied} of {len(job.chunks)} chunks copied from local files)"
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a hint that did not work out: the download does it
@@ -142,7 +161,9 @@ class Prefetcher:
         try:
             while not job.complete:
                 ready, state = await self._poll(job)
-                await _lay_out(job, fd, offsets)
+                if not offsets:
+                    await _lay_out(job, fd, offsets)
+                    await self._copy_local(job, fd, offsets)
                 todo = [(i, url) for i, url in ready if i not in job.have]
                 if todo:
                     await self._fetch(job, fd, todo, offsets)
@@ -210,11 +231,24 @@ class Prefetcher:
         head, listed = await self.api.manifest(job.file_id)
         if head.get("content_hash") != job.content_hash:
             return  # replaced meanwhile: nothing of ours to finish
-        todo = [(c["index"], c["url"]) for c in listed if c["index"] not in job.have]
         if not job.chunks:
             job.chunks = [(c["sha256"], c["size"]) for c in listed]
             await _lay_out(job, fd, offsets)
+            await self._copy_local(job, fd, offsets)
+        todo = [(c["index"], c["url"]) for c in listed if c["index"] not in job.have]
         await self._fetch(job, fd, todo, offsets)
+
+    async def _copy_local(self, job: Prefetch, fd: int, offsets: list[int]) -> None:
+        """Copy in every chunk of the upload a synced local file holds (the unchanged
+        bulk of a file being edited elsewhere), without waiting for the uploader."""
+        if self.reuse is None or not offsets:
+            return
+        for index, (sha, size) in enumerate(job.chunks):
+            if index in job.have or (source := self.reuse.source(sha)) is None:
+                continue
+            if await asyncio.to_thread(self.reuse.copy, source, sha, size, fd, offsets[index]):
+                job.copied += 1
+                await self._wrote(job, fd, index, offsets)
 
     async def _fetch(
         self, job: Prefetch, fd: int, todo: list[tuple[int, str]], offsets: list[int]
@@ -228,11 +262,16 @@ class Prefetcher:
                 if len(data) != size or await asyncio.to_thread(sha256_hex, data) != sha:
                     raise ValueError(f"chunk {index} does not match its hash")
                 await asyncio.to_thread(os.pwrite, fd, data, offsets[index])
-                job.have.add(index)
-                for block in job.written(offsets[index], size):
-                    job.blocks[block] = await asyncio.to_thread(_hash_block, fd, block, job.size)
+                await self._wrote(job, fd, index, offsets)
 
         await asyncio.gather(*(worker() for _ in range(max(1, self.api.parallel))))
+
+    @staticmethod
+    async def _wrote(job: Prefetch, fd: int, index: int, offsets: list[int]) -> None:
+        """Chunk `index` is in `tmp`: note it, and hash the blocks it completed."""
+        job.have.add(index)
+        for block in job.written(offsets[index], job.chunks[index][1]):
+            job.blocks[block] = await asyncio.to_thread(_hash_block, fd, block, job.size)
 
 
 async def _lay_out(job: Prefetch, fd: int, offsets: list[int]) -> None:

@@ -146,7 +146,9 @@ class Syncer:
         self.remote = Remote(api, remote_root, self.state, self.ignore)
         self.transfers = Transfers(api, self.root, self.state, log=log, progress=progress)
         self.bulk = Bulk(api, self.root, self.state.dir / "tmp", log)
-        self.prefetch = Prefetcher(api, self.state.dir / "tmp", log)
+        self.prefetch = Prefetcher(
+            api, self.state.dir / "tmp", log, reuse=self.transfers.local_chunks
+        )
         self.ignore.excluded = self.excludes
         self.log = log
         self.report = Report()
@@ -822,15 +824,26 @@ class Syncer:
         return True
 
     def _start_prefetch(self, rel: str, event: FeedEvent) -> None:
-        """Another device began uploading a large file: fetch it as it arrives (not when
-        we are the uploader, or hold a file of that size there: most likely the same)."""
+        """Another device began uploading a large file: fetch it as it arrives. A file we
+        hold there is followed only when it is as last synced and other bytes are coming
+        (an edit made elsewhere: its unchanged chunks are copied from our copy at once);
+        one changed here means we are most likely the uploader, or it is a conflict for
+        the full pass."""
         if not (event.file_id and event.upload_id) or not self._in_synced_folder(rel):
             return
         try:
-            if os.stat(self.local(rel), follow_symlinks=False).st_size == event.size:
-                return
+            st = os.stat(self.local(rel), follow_symlinks=False)
         except FileNotFoundError:
-            pass
+            st = None
+        if st is not None:
+            entry = self.state.get(rel)
+            if (
+                entry is None
+                or entry.kind != Kind.FILE
+                or (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns)
+                or entry.content_hash == event.content_hash
+            ):
+                return
         self.prefetch.start(event.file_id, event.upload_id, event.content_hash, rel)
 
     def _apply_remote_rename(self, rel: str, event: FeedEvent, entry: Entry | None) -> bool:

@@ -5,6 +5,7 @@ is killed mid-stream, not when the sender abandons the upload."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -65,6 +66,25 @@ def test_a_large_file_is_fetched_while_it_is_uploaded(slow_commits: Stack, tmp_p
         wait_for(lambda: (b.folder / "video.raw").exists(), timeout=30, logs=logs)
         assert (b.folder / "video.raw").read_bytes() == data
         assert "fetched while it was uploaded" in log_b.read_text()
+        assert streams(b) == []
+
+        # 1 MiB overwritten in place on A: B copies the unchanged chunks from its own copy
+        # at once and fetches only the changed ones, all before A's commit is announced.
+        edited = bytearray(data)
+        edited[20 * MIB : 21 * MIB] = os.urandom(MIB)
+        with open(a.folder / "video.raw", "r+b") as f:
+            f.seek(20 * MIB)
+            f.write(edited[20 * MIB : 21 * MIB])
+        prefetched = "prefetched video.raw"
+        wait_for(lambda: log_b.read_text().count(prefetched) == 2, timeout=30, logs=logs)
+        assert log_a.read_text().count("uploaded video.raw") == 1  # the commit is held up
+        line = [x for x in log_b.read_text().splitlines() if "prefetched video.raw" in x][-1]
+        copied, total = (int(n) for n in re.findall(r"\((\d+) of (\d+) chunks", line)[0])
+        assert total >= 30 and copied >= total - 4, line  # a 1 MiB edit touches a few chunks
+        assert (b.folder / "video.raw").read_bytes() == data  # nothing moved before commit
+        wait_for(
+            lambda: (b.folder / "video.raw").read_bytes() == bytes(edited), timeout=30, logs=logs
+        )
         assert streams(b) == []
 
         # The receiver is killed mid-stream: after a restart it has the file, and no
