@@ -99,34 +99,76 @@ class OutboxProbe(Document):
         name = "test_outbox_probe"
 
 
-async def test_a_change_that_cannot_be_delivered_does_not_hold_back_the_others(
-    db: None, stack: Stack
-) -> None:
-    """The sweeper delivers every change it can, whatever one of them does: a sweep that
-    ended at its first failing document left every change after it undelivered for as
-    long as that one kept failing."""
+@pytest.fixture
+async def probe(db: None, stack: Stack) -> AsyncIterator[str]:
+    """An owner id whose outbox documents live in the probe collection (removed after)."""
     client = AsyncMongoClient(stack.env["MONGODB_URL"], tz_aware=True)
     await init_beanie(database=client["coffer"], document_models=[OutboxProbe])
     owner = str(ObjectId())
+    try:
+        yield owner
+    finally:
+        await OutboxProbe.find({"_id": {"$regex": f"^{owner}"}}).delete()
+        await client.close()
+
+
+async def left_marked(owner: str, names: list[str], **change: object) -> None:
+    """Documents whose writer stored a change a minute ago and never delivered it."""
     at = datetime.now(UTC) - timedelta(minutes=1)
-    names = ["poison", "good-1", "good-2"]
     for name in names:
-        change = {**fields(f"/{name}"), "id": f"{owner}-{name}", "owner_id": owner, "at": at}
-        await OutboxProbe(id=f"{owner}-{name}", outbox=change, outbox_pending=True).insert()
+        outbox = {**fields(f"/{name}"), "id": f"{owner}-{name}", "owner_id": owner, "at": at}
+        outbox.update(change if name == "poison" else {})
+        await OutboxProbe(id=f"{owner}-{name}", outbox=outbox, outbox_pending=True).insert()
+
+
+async def still_marked(owner: str) -> list[str]:
+    pending = OutboxProbe.find({"_id": {"$regex": f"^{owner}"}, "outbox_pending": True})
+    return [p.id for p in await pending.to_list()]
+
+
+@pytest.mark.parametrize("hook", [True, False], ids=["one by one", "in bulk"])
+async def test_a_change_that_cannot_be_delivered_does_not_hold_back_the_others(
+    probe: str, hook: bool
+) -> None:
+    """The sweeper delivers every change it can, whatever one of them does: a sweep that
+    ended at its first failing document left every change after it undelivered for as
+    long as that one kept failing. Sources with a hook go one by one; others in bulk,
+    falling back to one by one when the bulk write fails."""
+    owner = probe
+    names = ["poison", "good-1", "good-2"]
+    # The poison: its hook fails, or (in bulk) its change names a recipient list that
+    # cannot be read.
+    await left_marked(owner, names, **({} if hook else {"audience": "not a list"}))
 
     async def before_fanout(doc_id: str) -> None:
         if doc_id.endswith("poison"):
             raise RuntimeError("this one cannot be delivered now")
 
     registry = EventRegistry()
-    registry.add_source(OutboxSource("probe", OutboxProbe, before_fanout=before_fanout))
-    feed = ChangeFeed(Hub(None), registry)
-    try:
-        assert await feed.sweep(older_than=0) == 2
-        delivered = await Event.find({"recipient_id": owner}).to_list()
-        assert sorted(e.path for e in delivered) == ["/good-1", "/good-2"]
-        pending = OutboxProbe.find({"_id": {"$regex": f"^{owner}"}, "outbox_pending": True})
-        assert [p.id for p in await pending.to_list()] == [f"{owner}-poison"]
-    finally:
-        await OutboxProbe.find({"_id": {"$regex": f"^{owner}"}}).delete()
-        await client.close()
+    registry.add_source(
+        OutboxSource("probe", OutboxProbe, before_fanout=before_fanout if hook else None)
+    )
+    assert await ChangeFeed(Hub(None), registry).sweep(older_than=0) == 2
+    delivered = await Event.find({"recipient_id": owner}).to_list()
+    assert sorted(e.path for e in delivered) == ["/good-1", "/good-2"]
+    assert await still_marked(owner) == [f"{owner}-poison"]
+
+
+async def test_a_bulk_sweep_of_changes_already_delivered_takes_no_seq(probe: str) -> None:
+    """A slow writer delivered its changes but had not cleared the markers yet: the
+    sweeper finds them delivered (one read), clears the markers and appends nothing."""
+    owner = probe
+    names = [f"f{i}" for i in range(50)]
+    await left_marked(owner, names)
+    registry = EventRegistry()
+    registry.add_source(OutboxSource("probe", OutboxProbe))
+    # The writer delivered the first 40.
+    for name in names[:40]:
+        await append_event(owner, f"{owner}-{name}", fields(f"/{name}"))
+    assert await ChangeFeed(Hub(None), registry).sweep(older_than=0, batch=16) == 50
+    delivered = await Event.find({"recipient_id": owner}).sort("+seq").to_list()
+    assert [e.seq for e in delivered] == list(range(1, 51)), "no seq wasted, no hole"
+    assert sorted(e.change_id for e in delivered) == sorted(f"{owner}-{n}" for n in names)
+    assert await still_marked(owner) == []
+    # A second sweep finds nothing left.
+    assert await ChangeFeed(Hub(None), registry).sweep(older_than=0) == 0
