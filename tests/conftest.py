@@ -124,7 +124,7 @@ def manifest(data: bytes, chunk_size: int = 64 * 1024) -> dict:
 
 
 def content_hash(data: bytes) -> str:
-    """The file's content hash, computed here independently of app/protocol.py: SHA-256
+    """The file's content hash, computed here independently of app/protocol: SHA-256
     over the SHA-256 digests of its 4 MiB blocks, whatever chunks it was sent in."""
     h = hashlib.sha256()
     for i in range(0, len(data), 4 * 1024 * 1024):

@@ -25,7 +25,7 @@ class UploadRequest(msgspec.Struct):
     name: str | None = None
     file_id: str | None = None
     base_version: int | None = None
-    # The file's content hash as the uploader computed it (app/protocol.py). Optional when
+    # The file's content hash as the uploader computed it (app/protocol). Optional when
     # the chunks are the 4 MiB blocks (the server derives it) or the file is at most
     # `verify_hash_at_commit_max` bytes (the server hashes it at commit).
     content_hash: str | None = None

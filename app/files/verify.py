@@ -1,6 +1,6 @@
 """Content hashes the server can stand behind.
 
-A file's content hash (app/protocol.py) is over its 4 MiB blocks, whatever chunks its
+A file's content hash (app/protocol) is over its 4 MiB blocks, whatever chunks its
 upload used. When the chunks are the blocks, the hash follows from the chunk digests the
 server checks on every PUT: nothing to verify. Otherwise (content-defined chunks, small
 chunks) the uploader claims a hash, and the server hashes the stored bytes itself:

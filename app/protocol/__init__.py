@@ -1,8 +1,8 @@
 """The wire protocol shared by the server and every client: hashes, chunk limits, events.
 
-This is the one module of `app` that the sync client imports (an import-linter contract
+This is the one package of `app` that the sync client imports (an import-linter contract
 keeps it so): nothing here may import anything else of the app, or anything the client
-does not install.
+does not install. `delta.py`: the delta chunk format edits are sent in.
 """
 
 from __future__ import annotations
