@@ -94,6 +94,7 @@ class Watch:
         self.path = path
         self.seen: tuple[int, int, int] | None = None
         self.hashed: str | None = None
+        self.changed_at = 0.0  # when the poller first saw the file as it is now
 
     def holds(self, expect: str) -> bool:
         try:
@@ -102,8 +103,17 @@ class Watch:
             return False
         identity = (st.st_ino, st.st_size, st.st_mtime_ns)
         if identity != self.seen:
+            self.changed_at = time.monotonic()
             self.seen, self.hashed = identity, digest(self.path)
         return self.hashed == expect
+
+    def arrival(self, expect: str) -> float:
+        """Seconds until the file became these bytes: the moment the poller first saw it
+        so (both syncers rename a finished file into place), not the moment it finished
+        hashing 256 MiB to be sure."""
+        start = time.monotonic()
+        wait_until(lambda: self.holds(expect))
+        return self.changed_at - start
 
 
 def copy_stdlib(dest: Path) -> int:
@@ -187,15 +197,22 @@ def main() -> None:
             print(f"{time.time():.3f} big file in", file=sys.stderr)
             os.replace(big_src, a / "big.bin")
             big_on_b = Watch(b / "big.bin")
-            big_seconds = wait_until(lambda: big_on_b.holds(big_hash))
+            big_seconds = big_on_b.arrival(big_hash)
 
-            # 1 MiB overwritten across a 4 MiB boundary in the middle, in place.
+            # 1 MiB overwritten across a 4 MiB boundary in the middle, in place. The
+            # expected bytes are hashed first, on a copy: the clock starts at the write.
+            at, patch = args.size_mib // 2 * MIB - MIB // 2, os.urandom(MIB)
+            shutil.copyfile(a / "big.bin", scratch / "edited.bin")
+            with open(scratch / "edited.bin", "r+b") as fh:
+                fh.seek(at)
+                fh.write(patch)
+            changed = digest(scratch / "edited.bin")
+            (scratch / "edited.bin").unlink()
             sent_before = wire_bytes(url)
             with open(a / "big.bin", "r+b") as fh:
-                fh.seek(args.size_mib // 2 * MIB - MIB // 2)
-                fh.write(os.urandom(MIB))
-            changed = digest(a / "big.bin")
-            edit_seconds = wait_until(lambda: big_on_b.holds(changed))
+                fh.seek(at)
+                fh.write(patch)
+            edit_seconds = big_on_b.arrival(changed)
             edit_sent = wire_bytes(url) - sent_before
 
             # 100 bytes inserted near the start (every later byte shifts), saved the safe
@@ -208,7 +225,7 @@ def main() -> None:
                 shutil.copyfileobj(src, out, 16 * MIB)
             inserted = digest(staged)
             os.replace(staged, a / "big.bin")
-            insert_seconds = wait_until(lambda: big_on_b.holds(inserted))
+            insert_seconds = big_on_b.arrival(inserted)
             insert_sent = wire_bytes(url) - sent_before
 
             deletes = []
