@@ -164,6 +164,8 @@ class Prefetcher:
                 if not offsets:
                     await _lay_out(job, fd, offsets)
                     await self._copy_local(job, fd, offsets)
+                    if offsets and job.copied:
+                        continue  # that took a while: look at the upload again at once
                 todo = [(i, url) for i, url in ready if i not in job.have]
                 if todo:
                     await self._fetch(job, fd, todo, offsets)
@@ -240,15 +242,34 @@ class Prefetcher:
 
     async def _copy_local(self, job: Prefetch, fd: int, offsets: list[int]) -> None:
         """Copy in every chunk of the upload a synced local file holds (the unchanged
-        bulk of a file being edited elsewhere), without waiting for the uploader."""
+        bulk of a file being edited elsewhere), without waiting for the uploader: the
+        copies in one worker thread (kernel copies), then the blocks they completed hashed
+        two at a time (the critical path of an edit on the receiving side)."""
         if self.reuse is None or not offsets:
             return
-        for index, (sha, size) in enumerate(job.chunks):
-            if index in job.have or (source := self.reuse.source(sha)) is None:
-                continue
-            if await asyncio.to_thread(self.reuse.copy, source, sha, size, fd, offsets[index]):
-                job.copied += 1
-                await self._wrote(job, fd, index, offsets)
+        reuse = self.reuse
+        # Looked up here: the state database's connection stays on the loop's thread.
+        sources = [
+            (index, source, sha, size)
+            for index, (sha, size) in enumerate(job.chunks)
+            if index not in job.have and (source := reuse.source(sha)) is not None
+        ]
+
+        def copy_all() -> list[int]:
+            return [
+                index
+                for index, source, sha, size in sources
+                if reuse.copy(source, sha, size, fd, offsets[index])
+            ]
+
+        blocks: list[int] = []
+        for index in await asyncio.to_thread(copy_all):
+            job.copied += 1
+            blocks += self._wrote(job, index, offsets)
+        if blocks:
+            # The copies go to disk while their blocks are hashed (two cores): when the
+            # changed chunks arrive, making the file durable is only their fsync.
+            await asyncio.gather(asyncio.to_thread(os.fsync, fd), _hash_blocks(job, fd, blocks))
 
     async def _fetch(
         self, job: Prefetch, fd: int, todo: list[tuple[int, str]], offsets: list[int]
@@ -262,16 +283,15 @@ class Prefetcher:
                 if len(data) != size or await asyncio.to_thread(sha256_hex, data) != sha:
                     raise ValueError(f"chunk {index} does not match its hash")
                 await asyncio.to_thread(os.pwrite, fd, data, offsets[index])
-                await self._wrote(job, fd, index, offsets)
+                await _hash_blocks(job, fd, self._wrote(job, index, offsets))
 
         await asyncio.gather(*(worker() for _ in range(max(1, self.api.parallel))))
 
     @staticmethod
-    async def _wrote(job: Prefetch, fd: int, index: int, offsets: list[int]) -> None:
-        """Chunk `index` is in `tmp`: note it, and hash the blocks it completed."""
+    def _wrote(job: Prefetch, index: int, offsets: list[int]) -> list[int]:
+        """Chunk `index` is in `tmp`: note it; the blocks it completed, to hash."""
         job.have.add(index)
-        for block in job.written(offsets[index], job.chunks[index][1]):
-            job.blocks[block] = await asyncio.to_thread(_hash_block, fd, block, job.size)
+        return job.written(offsets[index], job.chunks[index][1])
 
 
 async def _lay_out(job: Prefetch, fd: int, offsets: list[int]) -> None:
@@ -284,6 +304,17 @@ async def _lay_out(job: Prefetch, fd: int, offsets: list[int]) -> None:
         pos += size
     job.size = pos
     await asyncio.to_thread(os.ftruncate, fd, pos)
+
+
+async def _hash_blocks(job: Prefetch, fd: int, blocks: list[int], parallel: int = 2) -> None:
+    """Hash these whole blocks of `tmp`, `parallel` at a time (SHA-256 releases the GIL;
+    memory: that many 4 MiB blocks)."""
+    for start in range(0, len(blocks), parallel):
+        group = blocks[start : start + parallel]
+        digests = await asyncio.gather(
+            *(asyncio.to_thread(_hash_block, fd, block, job.size) for block in group)
+        )
+        job.blocks.update(zip(group, digests, strict=True))
 
 
 def _hash_block(fd: int, block: int, total: int) -> str:

@@ -253,6 +253,31 @@ class LocalChunks:
             os.close(src)
 
 
+def replace_into_place(tmp: Path, target: Path) -> None:
+    """Rename `tmp` over `target`. The old file's blocks are freed when its last reference
+    goes, inside the rename unless something still holds it (65-80 ms for 256 MiB on
+    ext4, the bulk of what is left of an edit once the new copy is ready): so the old file
+    is held open across the rename and let go in a worker thread."""
+    try:
+        old = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        old = None
+    try:
+        os.replace(tmp, target)
+    finally:
+        if old is not None:
+            _release_later(old)
+
+
+def _release_later(fd: int) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        os.close(fd)
+        return
+    loop.run_in_executor(None, os.close, fd)
+
+
 async def fetch(
     api: CofferClient,
     file_id: str,
@@ -291,7 +316,7 @@ async def fetch(
                 raise DownloadCorrupt("downloaded file does not match its hash")
         finally:
             os.close(fd)
-        os.replace(tmp, target)
+        replace_into_place(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)  # noqa: ASYNC240 - one local unlink, on the way out
         raise
@@ -474,7 +499,7 @@ class Transfers:
                 finally:
                     os.close(fd)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
+            replace_into_place(tmp, target)
             return True
         finally:
             tmp.unlink(missing_ok=True)  # noqa: ASYNC240 - gone already when moved
