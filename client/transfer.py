@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -258,10 +259,11 @@ def replace_into_place(tmp: Path, target: Path) -> None:
     goes, inside the rename unless something still holds it (65-80 ms for 256 MiB on
     ext4, the bulk of what is left of an edit once the new copy is ready): so the old file
     is held open across the rename and let go in a worker thread."""
-    try:
-        old = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        old = None
+    old = None
+    with contextlib.suppress(OSError):
+        # Only a regular file (opening a FIFO would wait for a writer).
+        if stat.S_ISREG(os.lstat(target).st_mode):
+            old = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         os.replace(tmp, target)
     finally:
@@ -490,10 +492,17 @@ class Transfers:
         and fsynced it."""
         target = self.root / rel
         try:
-            if durable_hash != content_hash:
+            if durable_hash is not None and durable_hash != content_hash:
+                # Its blocks, as written, are not that version: some chunk copied from a
+                # local file was not what the state said (changed under us). Never take it.
+                return False
+            if durable_hash is None:
+                # Not hashed while it came: hash it now, from its bytes (chunks may have
+                # been copied from local files unread, so the chunk list proves nothing).
                 fd = await asyncio.to_thread(os.open, tmp, os.O_RDWR)
                 try:
-                    if not await _matches(fd, chunks, {"content_hash": content_hash}):
+                    size = sum(s for _, s in chunks)
+                    if await asyncio.to_thread(content_hash_of_fd, fd, size) != content_hash:
                         return False
                     await asyncio.to_thread(os.fsync, fd)
                 finally:

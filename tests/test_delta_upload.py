@@ -225,7 +225,7 @@ def test_only_a_chunk_of_the_files_current_version_is_offered_as_a_base(
 def test_a_malformed_base_is_a_clear_400(alice: User) -> None:
     data = rand(100, 9)
     body = {**manifest(data), "path": "/x.bin"}
-    for bases in (["not-a-hash"], ["0" * 64] * 5, "0" * 64):
+    for bases in (["not-a-hash"], ["0" * 64] * 5, "0" * 64, ["0" * 64, "0" * 64]):
         body["chunks"][0]["bases"] = bases
         r = alice.http.post("/api/file", json=body)
         assert r.status_code == 400, r.text

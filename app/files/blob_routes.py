@@ -108,24 +108,32 @@ async def put_chunk(
 def _delta_bases(base: str) -> list[str]:
     """The chunks a delta URL's `base` names ("sha,sha,..."), or [] if malformed."""
     shas = base.split(",")
-    if len(shas) > delta.MAX_BASES or not all(SHA_RE.fullmatch(s) for s in shas):
+    if (
+        len(shas) > delta.MAX_BASES
+        or len(set(shas)) != len(shas)
+        or not all(SHA_RE.fullmatch(s) for s in shas)
+    ):
         return []
     return shas
 
 
-async def _delta_base(store: LocalBlobStore, owner: str, base: str) -> bytes:
+async def _delta_base(store: LocalBlobStore, owner: str, base: str) -> bytearray:
     """The stored chunks a delta builds on, joined (not verified here: what the delta
-    makes is, like every chunk)."""
+    makes is, like every chunk). Their total was bounded when the register offered them
+    (`delta.max_bases_size`) and the URL is signed with them."""
+    joined = bytearray()
     try:
-        return b"".join([await store.read_all(owner, sha) for sha in _delta_bases(base)])
+        for sha in _delta_bases(base):
+            joined += await store.read_all(owner, sha)
     except FileNotFoundError:
         raise Conflict(
             "the chunk this delta builds on is gone; register the upload again",
             code="base_missing",
         ) from None
+    return joined
 
 
-async def _rebuilt(body: AsyncIterator[bytes], base: bytes, size: int) -> AsyncIterator[bytes]:
+async def _rebuilt(body: AsyncIterator[bytes], base: bytearray, size: int) -> AsyncIterator[bytes]:
     rebuilder = delta.Rebuilder(base, size)
     try:
         async for piece in body:
@@ -174,7 +182,8 @@ def blob_router(settings: Settings) -> Router:
             put(
                 path,
                 status_code=201,
-                request_max_body_size=settings.max_chunk_size,
+                # A delta of the largest chunk may be a little larger than the chunk.
+                request_max_body_size=delta.max_body_size(settings.max_chunk_size),
                 tags=["storage"],
             )(put_chunk),
             get(path, tags=["storage"])(get_chunk),

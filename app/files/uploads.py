@@ -102,9 +102,11 @@ class UploadService:
             if c.bases is not None and not (
                 len(c.bases) <= delta.MAX_BASES
                 and all(isinstance(b, str) and SHA256_RE.fullmatch(b.lower()) for b in c.bases)
+                and len({b.lower() for b in c.bases}) == len(c.bases)
             ):
                 raise BadRequest(
-                    f"chunk {i}: bases must be at most {delta.MAX_BASES} SHA-256 hex digests",
+                    f"chunk {i}: bases must be at most {delta.MAX_BASES} different SHA-256"
+                    " hex digests",
                     code="invalid_chunk",
                 )
             lo = 1 if i == last else s.min_chunk_size
@@ -236,20 +238,23 @@ class UploadService:
         head = await FileVersion.get(PydanticObjectId(node.head_version_id))
         if head is None or head.state != "committed":
             return {}
-        current = {sha for sha, _ in await version_chunks(head)}
+        current = dict(await version_chunks(head))  # sha256 -> size
         offered: dict[int, DeltaBase] = {}
         budget = self.settings.delta_base_budget
         for i, shas in wanted.items():
-            if budget <= 0:
-                break
             if not all(sha in current for sha in shas):
                 continue
+            total = sum(current[sha] for sha in shas)
+            if total > budget or total > delta.max_bases_size(req.chunks[i].size):
+                continue
+            budget -= total
             # Read, cut and dropped chunk by chunk: memory is one chunk's bases at a time.
             try:
-                joined = b"".join([await self.store.read_all(scope.owner_id, s) for s in shas])
+                joined = bytearray()
+                for sha in shas:
+                    joined += await self.store.read_all(scope.owner_id, sha)
             except FileNotFoundError:
                 continue
-            budget -= len(joined)
             cut = await asyncio.to_thread(delta.pieces, joined)
             offered[i] = DeltaBase(sha256s=shas, size=len(joined), pieces=cut)
         return offered

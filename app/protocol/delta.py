@@ -71,6 +71,20 @@ def max_body_size(size: int) -> int:
     return size + _DATA.size * (size // PIECE_MIN + 2)
 
 
+def max_records(size: int) -> int:
+    """The most records `encode` writes for a chunk of `size` bytes: runs alternate between
+    COPY and DATA and each holds at least one piece (all but a chunk's last are at least
+    PIECE_MIN). A body with more is refused: a zstd body of a few KiB could otherwise carry
+    millions of one-byte records, seconds of CPU."""
+    return 2 * (size // PIECE_MIN) + 8
+
+
+def max_bases_size(size: int) -> int:
+    """The most bytes of bases a chunk of `size` bytes may be built on (what its range
+    overlapped is at most itself plus an old chunk at each end); more is not offered."""
+    return 3 * size + 8 * 1024 * KIB
+
+
 def encode(data: bytes | memoryview, base: Sequence[tuple[str, int]]) -> tuple[bytes, int]:
     """The delta body of `data` against a base with these pieces, and how many of its bytes
     are copied from the base."""
@@ -120,13 +134,14 @@ class Rebuilder:
     body ended on a record boundary with exactly `size` bytes made. Memory: the base (one
     chunk, bounded by the chunk size limit) and at most one record header."""
 
-    def __init__(self, base: bytes, size: int) -> None:
+    def __init__(self, base: bytes | bytearray, size: int) -> None:
         self.base = base
         self.size = size
         self.made = 0
         self._header = bytearray()
         self._need = 0  # the size of the record header being read
         self._data_left = 0
+        self._records_left = max_records(size)
 
     def feed(self, piece: bytes | memoryview) -> Iterator[bytes | memoryview]:
         view = memoryview(piece)
@@ -141,6 +156,9 @@ class Rebuilder:
                 kind = bytes(view[:1])
                 if kind not in (COPY, DATA):
                     raise DeltaError(f"unknown delta record {kind!r}")
+                self._records_left -= 1
+                if self._records_left < 0:
+                    raise DeltaError("more records than any delta of this chunk has")
                 self._need = _COPY.size if kind == COPY else _DATA.size
             take = view[: self._need - len(self._header)]
             self._header += take

@@ -101,6 +101,9 @@ BASE = b"0123456789"
         (copy(0, 10), 4, "more than the 4 bytes"),
         (data(b"ab"), 4, "makes 2 bytes, 4 were registered"),
         (b"", 1, "makes 0 bytes"),
+        # More records than any delta of the chunk has: a tiny zstd body could carry
+        # millions of one-byte records.
+        (data(b"a") * 20, 20, "more records than"),
     ],
 )
 def test_a_bad_delta_body_is_refused(body: bytes, size: int, error: str | None) -> None:

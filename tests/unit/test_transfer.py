@@ -6,6 +6,8 @@ temporary."""
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +19,7 @@ from app.protocol import ContentHasher
 from client.api import CofferClient, TransferStats
 from client.errors import DownloadCorrupt, DownloadIncomplete
 from client.state import Entry, SyncState
-from client.transfer import LocalChunks, fetch
+from client.transfer import LocalChunks, Transfers, fetch, replace_into_place
 
 CHUNK = 64 * 1024
 
@@ -174,3 +176,60 @@ def test_bulk_work_shows_files_done_bytes_and_rate(tmp_path: Path) -> None:
         advance(10)
         files_done(1)
         assert progress.tasks == []
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo", "symlink", "missing"])
+def test_a_finished_download_replaces_whatever_is_at_its_name_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """The old file is held open across the rename (its blocks are freed afterwards, not
+    inside it); a FIFO or a symlink there is replaced without being opened (opening a FIFO
+    would wait for a writer forever)."""
+    target, tmp = tmp_path / "name", tmp_path / "new.part"
+    tmp.write_bytes(b"new bytes")
+    if kind == "file":
+        target.write_bytes(b"old" * 1000)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        target.symlink_to(tmp_path / "elsewhere")
+    started = time.monotonic()
+    replace_into_place(tmp, target)
+    assert time.monotonic() - started < 5
+    assert target.is_file() and not target.is_symlink()
+    assert target.read_bytes() == b"new bytes" and not tmp.exists()
+
+
+@pytest.mark.parametrize(
+    ("durable", "expect_taken"),
+    [("right", True), ("wrong", False), (None, True), ("none-and-bytes-wrong", False)],
+)
+async def test_a_prefetched_file_is_taken_only_if_its_own_bytes_have_the_hash(
+    tmp_path: Path, durable: str | None, expect_taken: bool
+) -> None:
+    """Chunks of a prefetch may be copied from local files without being read (their size
+    and mtime vouch for them); the blocks hashed as they were written are the proof, and
+    when they disagree with the commit the file is never taken, whatever its chunk list
+    says. Without such a proof the file is hashed from its bytes."""
+    root = tmp_path / "root"
+    root.mkdir()
+    state = SyncState(root)
+    transfers = Transfers(None, root, state)  # type: ignore[arg-type]  # no API needed
+    data = b"version two" * 1000
+    good = content_hash_of(data)
+    tmp = state.dir / "tmp" / "stream-x.part"
+    tmp.write_bytes(data if durable != "none-and-bytes-wrong" else b"X" + data[1:])
+    (root / "f.bin").write_bytes(b"version one")
+    chunks = [(hashlib.sha256(data).hexdigest(), len(data))]  # aligned: one block
+    durable_hash = {"right": good, "wrong": "0" * 64}.get(durable or "")
+    taken = await transfers.finish_prefetched("f.bin", tmp, chunks, good, durable_hash)
+    assert taken is expect_taken
+    assert (root / "f.bin").read_bytes() == (data if expect_taken else b"version one")
+    assert not tmp.exists()
+    state.close()
+
+
+def content_hash_of(data: bytes) -> str:
+    hasher = ContentHasher()
+    hasher.update(data)
+    return hasher.hexdigest()
