@@ -188,27 +188,22 @@ def test_only_a_chunk_of_the_files_current_version_is_offered_as_a_base(
     )
     assert r.status_code == 201
     old_middle = hashlib.sha256(OLD[MIB : 2 * MIB]).hexdigest()
-    r = bob.http.post(
-        "/api/file",
-        json={
+
+    def bob_registers(bases: list[str]) -> httpx.Response:
+        body = {
             "file_id": doc["id"],
             "size": len(NEW),
-            "chunks": chunk_list(NEW, SIZES, {1: [secret_sha]}),
+            "chunks": chunk_list(NEW, SIZES, {1: bases}),
             "content_hash": content_hash(NEW),
-        },
-    )
-    assert r.status_code == 201, r.text
+        }
+        r = bob.http.post("/api/file", json=body)
+        assert r.status_code == 201, r.text
+        return r
+
+    r = bob_registers([secret_sha])
     # (An editor sends every chunk: dedup never tells them what the owner holds.)
     assert [m["base"] for m in r.json()["missing"]] == [None, None, None]
-    r = bob.http.post(
-        "/api/file",
-        json={
-            "file_id": doc["id"],
-            "size": len(NEW),
-            "chunks": chunk_list(NEW, SIZES, {1: [old_middle]}),
-            "content_hash": content_hash(NEW),
-        },
-    )
+    r = bob_registers([old_middle])
     for missing in r.json()["missing"]:
         start = missing["index"] * MIB
         if missing["index"] == 1:
