@@ -7,12 +7,14 @@ import hashlib
 import itertools
 import os
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.db import connect
+from app.settings import Settings
 from tests.stack import SeaweedFS, Stack, start_seaweedfs
 
 _names = itertools.count()
@@ -44,6 +46,15 @@ def pytest_runtest_makereport(
                 tail = log.read_bytes()[-4000:].decode(errors="replace")
                 report.sections.append((f"log tail: {log.name}", tail))
     return report
+
+
+@pytest.fixture(scope="module")
+async def db(stack: Stack) -> AsyncIterator[None]:
+    """The app's database models bound to the session stack's MongoDB, for tests that
+    read or write documents directly."""
+    client = await connect(Settings(mongodb_url=stack.env["MONGODB_URL"]))
+    yield
+    await client.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,23 +9,19 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
 from bson import ObjectId
 from pymongo import MongoClient, ReturnDocument
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from app.db import connect
 from app.db.events import Event, EventCounter
 from app.db.outbox import EVENT_FIELDS
 from app.events.feed import ChangeFeed, append_event
 from app.events.hub import Hub
 from app.events.registry import EventRegistry
-from app.settings import Settings
 from tests.conftest import User, content_hash
 from tests.stack import Stack
 
@@ -103,13 +99,6 @@ def test_since_timestamp_and_bad_cursors(alice: User) -> None:
 def test_users_only_see_their_own_events(alice: User, bob: User) -> None:
     alice.http.post("/api/folder", json={"path": "/alice-only"})
     assert all(e["path"] != "/alice-only" for e in feed(bob)["events"])
-
-
-@pytest.fixture(scope="module")
-async def db(stack: Stack) -> AsyncIterator[None]:
-    client = await connect(Settings(mongodb_url=stack.env["MONGODB_URL"]))
-    yield
-    await client.close()
 
 
 def change(i: int) -> dict:

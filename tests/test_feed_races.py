@@ -17,21 +17,12 @@ from beanie import Document, init_beanie
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 
-from app.db import connect
 from app.db.events import HOLE, Event, EventCounter
 from app.db.outbox import EVENT_FIELDS
 from app.events.feed import ChangeFeed, append_event, append_events
 from app.events.hub import Hub
 from app.events.registry import EventRegistry, OutboxSource
-from app.settings import Settings
 from tests.stack import Stack
-
-
-@pytest.fixture(scope="module")
-async def db(stack: Stack) -> AsyncIterator[None]:
-    client = await connect(Settings(mongodb_url=stack.env["MONGODB_URL"]))
-    yield
-    await client.close()
 
 
 def fields(path: str) -> dict:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from app.db import connect
 from app.files.maintenance.retention import empty_trash, thin_versions
-from app.settings import Settings
 from tests.conftest import User, content_hash
 from tests.stack import Stack
 
@@ -158,13 +154,6 @@ def test_trash_pages_newest_first(alice: User) -> None:
             break
     assert seen == ids[::-1]
     assert alice.http.get("/api/trash", params={"cursor": "nonsense"}).status_code == 400
-
-
-@pytest.fixture(scope="module")
-async def db(stack: Stack) -> AsyncIterator[None]:
-    client = await connect(Settings(mongodb_url=stack.env["MONGODB_URL"]))
-    yield
-    await client.close()
 
 
 async def test_old_versions_are_thinned_but_the_last_ten_kept(

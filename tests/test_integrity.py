@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,23 +17,14 @@ import pytest
 from pymongo import MongoClient
 
 from app.core.clock import now_ms
-from app.db import connect
 from app.db.files import MaintenanceState
 from app.files.maintenance.gc import GarbageCollector
 from app.files.maintenance.scrub import scrub
-from app.settings import Settings
 from app.storage.local import LocalBlobStore
 from tests.conftest import User, manifest
 from tests.stack import Stack
 
 CHUNK = 64 * 1024
-
-
-@pytest.fixture(scope="module")
-async def db(stack: Stack) -> AsyncIterator[None]:
-    client = await connect(Settings(mongodb_url=stack.env["MONGODB_URL"]))
-    yield
-    await client.close()
 
 
 @pytest.fixture(scope="module")
