@@ -251,12 +251,7 @@ class ChangeFeed:
         """Deliver a batch to everyone but the owners, in bulk, then clear the markers
         (only of documents whose outbox still holds this batch's change)."""
         try:
-            per_recipient: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-            for _, change in changes:
-                for recipient in recipients_for(change)[1:]:
-                    per_recipient.setdefault(recipient, []).extend(
-                        self.registry.deliveries(change, recipient)
-                    )
+            per_recipient = self._deliveries_by_recipient(changes, owners=False)
             for recipient, deliveries in per_recipient.items():
                 if await append_events(recipient, deliveries):
                     await self.hub.notify(recipient)
@@ -267,6 +262,19 @@ class ChangeFeed:
                 "fan-out of a batch of %d failed, left to the sweeper: %s", len(changes), exc
             )
             return False
+
+    def _deliveries_by_recipient(
+        self, changes: list[tuple[str, Change]], *, owners: bool
+    ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """The events each recipient gets for these changes, in order; the owners' too when
+        `owners` (recipients_for lists the owner first)."""
+        per_recipient: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for _, change in changes:
+            for recipient in recipients_for(change)[0 if owners else 1 :]:
+                per_recipient.setdefault(recipient, []).extend(
+                    self.registry.deliveries(change, recipient)
+                )
+        return per_recipient
 
     async def _clear_markers(self, source: str, changes: list[tuple[str, Change]]) -> None:
         """Clear the outbox markers of documents that still hold these changes."""
@@ -292,12 +300,7 @@ class ChangeFeed:
         indexed read per recipient, appended in one write; then the markers. Changes
         whose writer is merely slow are mostly delivered already: then this costs a read
         per recipient and the clear, never a seq."""
-        per_recipient: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for _, change in changes:
-            for recipient in recipients_for(change):
-                per_recipient.setdefault(recipient, []).extend(
-                    self.registry.deliveries(change, recipient)
-                )
+        per_recipient = self._deliveries_by_recipient(changes, owners=True)
         for recipient, deliveries in per_recipient.items():
             ids = [delivery_id for delivery_id, _ in deliveries]
             have = {
@@ -404,22 +407,23 @@ class ChangeFeed:
                             count += await self._sweep_many(source.name, pending)
                             pending = []
                         continue
-                    count += await self._sweep_one(doc)
+                    count += await self._sweep_one(doc.id, self.flush_node(doc))
                 count += await self._sweep_many(source.name, pending)
             return count
         finally:
             self._sweeping = False
 
-    async def _sweep_one(self, doc: Any) -> int:
-        # One change that cannot be delivered now (a write conflict, a server hiccup) must
-        # not hold back every change after it: the next sweep tries it again.
+    async def _sweep_one(self, what: object, delivery: Awaitable[None]) -> int:
+        """1 if `delivery` (of one change) went through, else 0. One change that cannot be
+        delivered now (a write conflict, a server hiccup) must not hold back every change
+        after it: the next sweep tries it again."""
         try:
-            await self.flush_node(doc)
+            await delivery
             return 1
         except ConnectionFailure:
             raise  # the database is gone: so is the rest of this sweep
         except Exception as exc:
-            log.warning("sweep: fan-out of %s failed: %s", doc.id, exc)
+            log.warning("sweep: fan-out of %s failed: %s", what, exc)
             return 0
 
     async def _sweep_many(self, source: str, changes: list[tuple[str, Change]]) -> int:
@@ -432,16 +436,12 @@ class ChangeFeed:
             raise
         except Exception as exc:  # one by one, so one bad change holds back no other
             log.warning("sweep: bulk fan-out of %d failed (%s); one by one", len(changes), exc)
-            delivered = 0
-            for doc_id, change in changes:
-                try:
-                    await self.flush(source, doc_id, change)
-                    delivered += 1
-                except ConnectionFailure:
-                    raise
-                except Exception as one:
-                    log.warning("sweep: fan-out of %s failed: %s", doc_id, one)
-            return delivered
+            return sum(
+                [
+                    await self._sweep_one(doc_id, self.flush(source, doc_id, change))
+                    for doc_id, change in changes
+                ]
+            )
 
     # ------------------------------------------------------------- reading
 

@@ -26,7 +26,7 @@ from app.core.errors import (
 )
 from app.core.failpoints import failpoint
 from app.db.accounts import User
-from app.files.integrity import read_verified_chunk, record_stored_chunk
+from app.files.integrity import read_joined, read_verified_chunk, record_stored_chunk
 from app.protocol import compress_if_worth_it, delta
 from app.settings import Settings
 from app.storage.base import BlobStore
@@ -108,29 +108,20 @@ async def put_chunk(
 def _delta_bases(base: str) -> list[str]:
     """The chunks a delta URL's `base` names ("sha,sha,..."), or [] if malformed."""
     shas = base.split(",")
-    if (
-        len(shas) > delta.MAX_BASES
-        or len(set(shas)) != len(shas)
-        or not all(SHA_RE.fullmatch(s) for s in shas)
-    ):
-        return []
-    return shas
+    return shas if delta.valid_bases(shas) else []
 
 
 async def _delta_base(store: LocalBlobStore, owner: str, base: str) -> bytearray:
     """The stored chunks a delta builds on, joined (not verified here: what the delta
     makes is, like every chunk). Their total was bounded when the register offered them
     (`delta.max_bases_size`) and the URL is signed with them."""
-    joined = bytearray()
     try:
-        for sha in _delta_bases(base):
-            joined += await store.read_all(owner, sha)
+        return await read_joined(store, owner, _delta_bases(base))
     except FileNotFoundError:
         raise Conflict(
             "the chunk this delta builds on is gone; register the upload again",
             code="base_missing",
         ) from None
-    return joined
 
 
 async def _rebuilt(body: AsyncIterator[bytes], base: bytearray, size: int) -> AsyncIterator[bytes]:

@@ -164,6 +164,15 @@ async def read_verified_chunk(store: BlobStore, owner: str, sha256: str, size: i
     return buf
 
 
+async def read_joined(store: BlobStore, owner: str, shas: Iterable[str]) -> bytearray:
+    """These stored chunks one after the other, unverified (a delta's bases: what is built
+    on them is hashed). FileNotFoundError if one is gone."""
+    joined = bytearray()
+    for sha in shas:
+        joined += await store.read_all(owner, sha)
+    return joined
+
+
 def _hex_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -42,7 +42,12 @@ from app.db.files import (
 )
 from app.files.accounting import charge, check_quota, release
 from app.files.context import FilesContext
-from app.files.integrity import record_stored_chunk, record_stored_chunks, touch_chunks
+from app.files.integrity import (
+    read_joined,
+    record_stored_chunk,
+    record_stored_chunks,
+    touch_chunks,
+)
 from app.files.recovery import finish_commit, finish_commit_tail
 from app.files.schemas import (
     ChunkIn,
@@ -99,11 +104,7 @@ class UploadService:
             sha = c.sha256.lower() if isinstance(c.sha256, str) else ""
             if not SHA256_RE.fullmatch(sha):
                 raise BadRequest(f"chunk {i}: sha256 must be 64 hex digits", code="invalid_chunk")
-            if c.bases is not None and not (
-                len(c.bases) <= delta.MAX_BASES
-                and all(isinstance(b, str) and SHA256_RE.fullmatch(b.lower()) for b in c.bases)
-                and len({b.lower() for b in c.bases}) == len(c.bases)
-            ):
+            if c.bases is not None and not delta.valid_bases([b.lower() for b in c.bases]):
                 raise BadRequest(
                     f"chunk {i}: bases must be at most {delta.MAX_BASES} different SHA-256"
                     " hex digests",
@@ -250,9 +251,7 @@ class UploadService:
             budget -= total
             # Read, cut and dropped chunk by chunk: memory is one chunk's bases at a time.
             try:
-                joined = bytearray()
-                for sha in shas:
-                    joined += await self.store.read_all(scope.owner_id, sha)
+                joined = await read_joined(self.store, scope.owner_id, shas)
             except FileNotFoundError:
                 continue
             cut = await asyncio.to_thread(delta.pieces, joined)

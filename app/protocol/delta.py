@@ -24,6 +24,7 @@ Body, a sequence of records, each a kind byte then big-endian fields:
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Final
@@ -41,6 +42,19 @@ PIECE_MAX: Final = 64 * KIB
 # A chunk names at most this many chunks as its bases: those its bytes overlapped in the
 # version it replaces (an edit moves cut points, so a new chunk can span two old ones).
 MAX_BASES: Final = 4
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def valid_bases(shas: Sequence[str]) -> bool:
+    """Whether a chunk's bases are well-formed: at most MAX_BASES different lowercase
+    SHA-256 hex digests (the register's check and the delta URL's)."""
+    return (
+        len(shas) <= MAX_BASES
+        and len(set(shas)) == len(shas)
+        and all(_SHA256.fullmatch(sha) for sha in shas)
+    )
+
 
 COPY: Final = b"C"
 DATA: Final = b"D"
