@@ -24,7 +24,8 @@ import httpx
 import msgspec
 import zstandard
 
-from app.protocol import ZSTD, compress_if_worth_it
+from app.protocol import MAX_CHUNK_SIZE, ZSTD, compress_if_worth_it
+from client.blobs import BlobTransport
 from client.errors import ApiError, DownloadIncomplete
 
 if TYPE_CHECKING:
@@ -138,13 +139,8 @@ class CofferClient:
                 max_connections=parallel + 4, max_keepalive_connections=parallel + 4
             ),
         )
-        # Chunk URLs may point at another host (S3): a plain client without our token.
-        self.blob_http = httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=parallel + 4, max_keepalive_connections=parallel + 4
-            ),
-        )
+        # Chunk URLs may point at another host (S3): their own pool, never our token.
+        self.blobs = BlobTransport(parallel + 4, timeout)
         # Chunks sent or fetched at once for one file.
         self.parallel = parallel
         # Send JSON bodies zstd-compressed (until a server refuses them with 415).
@@ -159,7 +155,7 @@ class CofferClient:
 
     async def close(self) -> None:
         await self.http.aclose()
-        await self.blob_http.aclose()
+        await self.blobs.close()
 
     async def request(self, method: str, url: str, **kw: Any) -> Any:
         """One API call; the decoded JSON answer (None when empty), or ApiError."""
@@ -347,8 +343,7 @@ class CofferClient:
             packed = await asyncio.to_thread(compress_if_worth_it, data)
             if packed is not None:
                 body, coding = packed, {"Content-Encoding": ZSTD}
-        resp = await self.blob_http.put(url, content=body, headers={**headers, **(coding or {})})
-        raise_for_error(resp)
+        await self.blobs.put(url, body, {**headers, **(coding or {})})
         self.stats.chunks_sent += 1
         self.stats.bytes_sent += len(body)
 
@@ -428,12 +423,12 @@ class CofferClient:
                 raise_for_error(resp)
             yield BatchReader(_Counted(resp, self.stats))
 
-    async def get_chunk(self, url: str) -> bytes:
-        """One chunk's bytes from its read URL (unverified: the caller checks its hash)."""
-        resp = await self.blob_http.get(url)
-        raise_for_error(resp)
-        self.stats.bytes_received += resp.num_bytes_downloaded  # compressed, if it was
-        return resp.content
+    async def get_chunk(self, url: str, size: int = MAX_CHUNK_SIZE) -> bytes:
+        """One chunk's bytes from its read URL (unverified: the caller checks its size and
+        hash; `size`, the chunk's, bounds what a compressed answer may decode to)."""
+        data, wire = await self.blobs.get(url, size)
+        self.stats.bytes_received += wire  # compressed, if it was
+        return data
 
     @asynccontextmanager
     async def content(

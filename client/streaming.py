@@ -154,11 +154,30 @@ class Prefetcher:
             self.drop(job.file_id)
 
     async def _fetch_while_uploading(self, job: Prefetch) -> None:
+        """Fetch each chunk as soon as the server holds it: `parallel` fetchers take
+        chunks from a queue while the upload is looked at every POLL_SECONDS, so a
+        fetcher never waits for the others or for the next look (the device keeps pace
+        with the uploader, and little is left when the commit arrives)."""
         loop = asyncio.get_running_loop()
-        progress_at = loop.time()
         offsets: list[int] = []
+        queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        queued: set[int] = set()
+        fetchers: list[asyncio.Task[None]] = []
         fd = await asyncio.to_thread(os.open, job.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+        def enqueue(ready: list[tuple[int, str]]) -> None:
+            for index, url in ready:
+                if index not in job.have and index not in queued:
+                    queued.add(index)
+                    queue.put_nowait((index, url))
+            if offsets and not fetchers:
+                fetchers.extend(
+                    asyncio.create_task(self._fetcher(job, fd, queue, offsets))
+                    for _ in range(max(1, self.api.parallel))
+                )
+
         try:
+            progress_at, had = loop.time(), -1
             while not job.complete:
                 ready, state = await self._poll(job)
                 if not offsets:
@@ -166,18 +185,24 @@ class Prefetcher:
                     await self._copy_local(job, fd, offsets)
                     if offsets and job.copied:
                         continue  # that took a while: look at the upload again at once
-                todo = [(i, url) for i, url in ready if i not in job.have]
-                if todo:
-                    await self._fetch(job, fd, todo, offsets)
-                    progress_at = loop.time()
+                enqueue(ready)
                 if state == "committed" and not job.complete:
-                    await self._fetch_rest(job, fd, offsets)
+                    # Committed before we had it all: the rest from the file's manifest.
+                    enqueue(await self._rest(job, fd, offsets))
+                    await _drained(queue, fetchers)
                 if job.complete or state != "uploading":
                     break
-                if loop.time() - progress_at > STALL_SECONDS:
+                if len(job.have) != had:
+                    had, progress_at = len(job.have), loop.time()
+                elif loop.time() - progress_at > STALL_SECONDS:
                     raise TimeoutError("the upload made no progress")
+                _raise_failure(fetchers)
                 await asyncio.sleep(POLL_SECONDS)
+            await _drained(queue, fetchers)
         finally:
+            for task in fetchers:
+                task.cancel()
+            await asyncio.gather(*fetchers, return_exceptions=True)
             os.close(fd)
 
     async def _make_durable(self, job: Prefetch) -> None:
@@ -198,9 +223,10 @@ class Prefetcher:
         first poll also learns the whole chunk list."""
         ready: list[tuple[int, str]] = []
         chunks: Chunks = []
-        # Known list: start at the page of the first chunk still missing.
+        # Known list: start at the first chunk still missing (each look costs the server
+        # a lookup and a signed URL per chunk listed: only what is left, not the whole).
         missing = (i for i in range(len(job.chunks)) if i not in job.have)
-        offset: int | None = next(missing, 0) // 1000 * 1000 if job.chunks else 0
+        offset: int | None = next(missing, 0) if job.chunks else 0
         state = "uploading"
         while offset is not None:
             try:
@@ -227,18 +253,17 @@ class Prefetcher:
             job.chunks = chunks
         return ready, state
 
-    async def _fetch_rest(self, job: Prefetch, fd: int, offsets: list[int]) -> None:
-        """Committed before we had it all: the rest from the file's manifest, if the file
-        is still that upload's bytes."""
+    async def _rest(self, job: Prefetch, fd: int, offsets: list[int]) -> list[tuple[int, str]]:
+        """Committed before we had it all: (index, URL) of the chunks still missing, from
+        the file's manifest, if the file is still that upload's bytes (else none)."""
         head, listed = await self.api.manifest(job.file_id)
         if head.get("content_hash") != job.content_hash:
-            return  # replaced meanwhile: nothing of ours to finish
+            return []  # replaced meanwhile: nothing of ours to finish
         if not job.chunks:
             job.chunks = [(c["sha256"], c["size"]) for c in listed]
             await _lay_out(job, fd, offsets)
             await self._copy_local(job, fd, offsets)
-        todo = [(c["index"], c["url"]) for c in listed if c["index"] not in job.have]
-        await self._fetch(job, fd, todo, offsets)
+        return [(c["index"], c["url"]) for c in listed if c["index"] not in job.have]
 
     async def _copy_local(self, job: Prefetch, fd: int, offsets: list[int]) -> None:
         """Copy in every chunk of the upload a synced local file holds (the unchanged
@@ -271,27 +296,54 @@ class Prefetcher:
             # changed chunks arrive, making the file durable is only their fsync.
             await asyncio.gather(asyncio.to_thread(os.fsync, fd), _hash_blocks(job, fd, blocks))
 
-    async def _fetch(
-        self, job: Prefetch, fd: int, todo: list[tuple[int, str]], offsets: list[int]
+    async def _fetcher(
+        self,
+        job: Prefetch,
+        fd: int,
+        queue: asyncio.Queue[tuple[int, str]],
+        offsets: list[int],
     ) -> None:
-        queue = iter(todo)
-
-        async def worker() -> None:
-            for index, url in queue:
-                data = await self.api.get_chunk(url)
+        """Fetch, verify and write chunks from the queue until cancelled."""
+        while True:
+            index, url = await queue.get()
+            try:
+                if index in job.have:
+                    continue
                 sha, size = job.chunks[index]
+                data = await self.api.get_chunk(url, size)
                 if len(data) != size or await asyncio.to_thread(sha256_hex, data) != sha:
                     raise ValueError(f"chunk {index} does not match its hash")
                 await asyncio.to_thread(os.pwrite, fd, data, offsets[index])
                 await _hash_blocks(job, fd, self._wrote(job, index, offsets))
-
-        await asyncio.gather(*(worker() for _ in range(max(1, self.api.parallel))))
+            finally:
+                queue.task_done()
 
     @staticmethod
     def _wrote(job: Prefetch, index: int, offsets: list[int]) -> list[int]:
         """Chunk `index` is in `tmp`: note it; the blocks it completed, to hash."""
         job.have.add(index)
         return job.written(offsets[index], job.chunks[index][1])
+
+
+def _raise_failure(fetchers: list[asyncio.Task[None]]) -> None:
+    """A fetcher that stopped stopped on an error: raise it."""
+    for task in fetchers:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+async def _drained(
+    queue: asyncio.Queue[tuple[int, str]], fetchers: list[asyncio.Task[None]]
+) -> None:
+    """Wait until every queued chunk is fetched (or a fetcher failed: raised)."""
+    if not fetchers:
+        return
+    joined = asyncio.ensure_future(queue.join())
+    try:
+        await asyncio.wait([joined, *fetchers], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        joined.cancel()
+    _raise_failure(fetchers)
 
 
 async def _lay_out(job: Prefetch, fd: int, offsets: list[int]) -> None:

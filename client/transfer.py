@@ -362,13 +362,13 @@ async def _assemble(
                 advance(c["size"])
                 continue
             try:
-                data = await api.get_chunk(c["url"])
+                data = await api.get_chunk(c["url"], c["size"])
             except ApiError as exc:
                 if exc.status != 403:
                     raise
                 # Read URLs live minutes and die when access changes: ask again.
                 data = await api.get_chunk(
-                    await _fresh_chunk_url(api, file_id, i, c["sha256"], expected)
+                    await _fresh_chunk_url(api, file_id, i, c["sha256"], expected), c["size"]
                 )
             if await asyncio.to_thread(sha256_hex, data) != c["sha256"]:
                 raise DownloadCorrupt("a chunk arrived damaged")

@@ -39,6 +39,8 @@ from app.storage.base import BlobStore
 
 log = logging.getLogger("coffer.integrity")
 BATCH = 500
+# States of a chunk whose bytes the store does not (verifiably) hold.
+_BAD_STATES = ["corrupt", "missing", "unverified"]
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -55,18 +57,11 @@ async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: b
     t = now_ms()
     stored = {"state": "stored", "verified": verified, "size": size, "put_ms": t, "used_ms": t}
     coll = StoredChunk.get_pymongo_collection()
-    # A chunk that had gone bad comes back: the files that use it may be whole again.
-    revived = await coll.update_one(
-        {"_id": chunk_id(owner, sha256), "state": {"$in": ["corrupt", "missing", "unverified"]}},
-        {"$set": stored},
-    )
-    if revived.modified_count:
-        log.warning("chunk %s of %s healed by a new upload", sha256, owner)
-        await heal(owner)
-        return
+    # One write in the common case (new, or stored already), as an upload sends hundreds
+    # of chunks: upserted unless it exists in another state, which refuses the insert.
     try:
         await coll.update_one(
-            {"_id": chunk_id(owner, sha256), "state": {"$ne": "deleting"}},
+            {"_id": chunk_id(owner, sha256), "state": {"$nin": [*_BAD_STATES, "deleting"]}},
             {
                 "$set": stored,
                 "$setOnInsert": {
@@ -77,12 +72,22 @@ async def record_stored_chunk(owner: str, sha256: str, size: int, *, verified: b
             },
             upsert=True,
         )
+        return
     except DuplicateKeyError:
-        raise ServiceUnavailable(
-            "this chunk is being garbage-collected; send it again in a second",
-            code="chunk_busy",
-            headers={"Retry-After": "1"},
-        ) from None
+        pass  # it had gone bad, or garbage collection is deleting it
+    # A chunk that had gone bad comes back: the files that use it may be whole again.
+    revived = await coll.update_one(
+        {"_id": chunk_id(owner, sha256), "state": {"$in": _BAD_STATES}}, {"$set": stored}
+    )
+    if revived.modified_count:
+        log.warning("chunk %s of %s healed by a new upload", sha256, owner)
+        await heal(owner)
+        return
+    raise ServiceUnavailable(
+        "this chunk is being garbage-collected; send it again in a second",
+        code="chunk_busy",
+        headers={"Retry-After": "1"},
+    )
 
 
 async def record_stored_chunks(owner: str, sizes: dict[str, int]) -> set[str]:

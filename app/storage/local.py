@@ -15,15 +15,31 @@ import hashlib
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from app.core.errors import BadRequest, InsufficientStorage, PayloadTooLarge
 from app.storage.base import UploadTarget, chunk_key
 from app.storage.signing import signed_blob_url
 
+T = TypeVar("T")
 READ_PIECE = 1024 * 1024
+# A chunk's bytes are hashed and written in slices of this size, off the event loop.
+WRITE_SLICE = 1024 * 1024
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+async def _finished(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) in a worker thread, waited for even when the caller is cancelled (a
+    dropped request): the thread writes to a descriptor the caller closes afterwards."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
 
 
 def sync_filesystem(path: Path) -> None:
@@ -107,31 +123,51 @@ class LocalBlobStore:
             return None
 
     async def write(self, owner: str, sha256: str, size: int, body: AsyncIterator[bytes]) -> None:
-        """Store the body as chunk `sha256` if, and only if, it has that size and hash."""
+        """Store the body as chunk `sha256` if, and only if, it has that size and hash.
+
+        The body's pieces (64 KiB or so) are gathered into slices of WRITE_SLICE bytes,
+        each hashed and written in a worker thread (both release the GIL): the event loop
+        goes on receiving this and other requests meanwhile, and the kernel's page-cache
+        work runs on another core. Measured: the write inline was a fifth of the web
+        process's time while a 256 MiB file streamed between two devices."""
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         hasher = hashlib.sha256()
         received = 0
+        fd = -1
+
+        def put(data: bytearray, last: bool) -> str | None:
+            hasher.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if not last:
+                return None
+            if self.fsync:
+                os.fsync(fd)
+            return hasher.hexdigest()
+
         try:
-            # Page-cache writes of 64 KiB pieces are cheaper inline than via a thread hop.
-            with open(tmp, "wb") as out:  # noqa: ASYNC230
-                async for piece in body:
-                    received += len(piece)
-                    if received > size:
-                        raise PayloadTooLarge(
-                            f"chunk is larger than the {size} bytes registered",
-                            code="size_mismatch",
-                        )
-                    hasher.update(piece)
-                    out.write(piece)
-                if received != size:
-                    raise BadRequest(
-                        f"chunk has {received} bytes, {size} were registered", code="size_mismatch"
+            fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            pending = bytearray()
+            async for piece in body:
+                received += len(piece)
+                if received > size:
+                    raise PayloadTooLarge(
+                        f"chunk is larger than the {size} bytes registered",
+                        code="size_mismatch",
                     )
-                if hasher.hexdigest() != sha256:
-                    raise BadRequest("chunk bytes do not match their SHA-256", code="hash_mismatch")
-                out.flush()
-                if self.fsync:
-                    await asyncio.to_thread(os.fsync, out.fileno())
+                pending += piece
+                if len(pending) >= WRITE_SLICE and received < size:
+                    await _finished(put, pending, False)
+                    pending = bytearray()
+            if received != size:
+                raise BadRequest(
+                    f"chunk has {received} bytes, {size} were registered", code="size_mismatch"
+                )
+            if await _finished(put, pending, True) != sha256:
+                raise BadRequest("chunk bytes do not match their SHA-256", code="hash_mismatch")
+            os.close(fd)
+            fd = -1
             final = self.path(owner, sha256)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
@@ -140,6 +176,8 @@ class LocalBlobStore:
                 raise InsufficientStorage("the server's disk is full") from exc
             raise
         finally:
+            if fd >= 0:
+                os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 

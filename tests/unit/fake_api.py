@@ -184,7 +184,7 @@ class FakeApi:
         data = b"".join(self.server.blobs[c["sha256"]] for c in body["chunks"])
         return self._out(self.server.put_file(body["path"], data))
 
-    async def get_chunk(self, url: str) -> bytes:
+    async def get_chunk(self, url: str, size: int = 0) -> bytes:
         data = self.server.blobs[url.rpartition("/")[2]]
         self.stats.bytes_received += len(data)
         return data

@@ -68,7 +68,7 @@ class FakeApi:
 
         yield pieces()
 
-    async def get_chunk(self, url: str) -> bytes:
+    async def get_chunk(self, url: str, size: int = 0) -> bytes:
         self.fetched.append(url)
         index = int(url.rpartition("/")[2])
         start = index * CHUNK
