@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from pyfastcdc import FastCDC
 
@@ -77,35 +78,119 @@ def content_hash_of_fd(fd: int, size: int) -> str:
     return hasher.hexdigest()
 
 
+class FileHashes(NamedTuple):
+    """What one read of a file found: its content hash, its chunks, the SHA-256 of each of
+    its 4 MiB blocks, and the (size, mtime_ns) it had while read."""
+
+    content_hash: str
+    chunks: Chunks
+    blocks: list[str]
+    size: int
+    mtime_ns: int
+
+
+# A file as last synced: its chunks and its block digests (state), to skip re-hashing the
+# blocks an edit did not touch.
+Previous = tuple[Chunks, list[str]]
+
+
 def file_hashes(path: Path) -> tuple[str, Chunks]:
-    """The file's content hash and its chunk list, in one pass over the bytes (the content
-    hash's blocks are hashed in a second thread while the chunks are cut and hashed; both
-    release the GIL). A file being written meanwhile is read again (three tries), so the
-    two always describe the same bytes (EBUSY if it keeps changing). Blocking: run it in
-    a thread."""
+    """The file's content hash and its chunk list (`hash_file`)."""
+    found = hash_file(path)
+    return found.content_hash, found.chunks
+
+
+def hash_file(path: Path, previous: Previous | None = None) -> FileHashes:
+    """The file's hashes, in one pass over the bytes (cut points, chunk and block hashes
+    on two cores; hashing releases the GIL). With `previous` (the file as last synced),
+    the blocks that only unchanged chunks at their old places cover keep their recorded
+    digests: an edit re-hashes its chunks and the few blocks it touched, not every block
+    twice. A file being written meanwhile is read again (three tries), so all of it
+    describes the same bytes (EBUSY if it keeps changing). Blocking: run it in a thread."""
     for _ in range(3):
         fd = os.open(path, os.O_RDONLY)
         try:
             before = os.fstat(fd)
-            found = _hashes(path, fd, before.st_size)
+            chunks, blocks = _hashes(path, fd, before.st_size, previous)
             after = os.fstat(fd)
         finally:
             os.close(fd)
         same = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
-        if same and sum(size for _, size in found[1]) == before.st_size:
-            return found
+        if same and sum(size for _, size in chunks) == before.st_size:
+            return FileHashes(
+                content_hash(blocks), chunks, blocks, before.st_size, before.st_mtime_ns
+            )
     # Reported and skipped like any local trouble with one file; the next pass retries.
     raise OSError(errno.EBUSY, "it kept changing while it was read", str(path))
 
 
-def _hashes(path: Path, fd: int, size: int) -> tuple[str, Chunks]:
+def _hashes(path: Path, fd: int, size: int, previous: Previous | None) -> tuple[Chunks, list[str]]:
     if size <= BLOCK_SIZE:  # one chunk, one block: most files, one read
         data = os.pread(fd, size, 0)
-        chunks = [(sha256_hex(data), len(data))] if data else []
-        return content_hash(sha for sha, _ in chunks), chunks
-    with ThreadPoolExecutor(1) as pool:
-        blocks = pool.submit(content_hash_of_fd, fd, size)
-        low, avg, high = cdc_sizes(size)
-        cdc = FastCDC(avg, min_size=low, max_size=high)
-        chunks = [(sha256_hex(c.data), c.length) for c in cdc.cut_file(str(path))]
-        return blocks.result(), chunks
+        return ([(sha256_hex(data), len(data))], [sha256_hex(data)]) if data else ([], [])
+    low, avg, high = cdc_sizes(size)
+    cdc = FastCDC(avg, min_size=low, max_size=high)
+    offsets = range(0, size, BLOCK_SIZE)
+    with ThreadPoolExecutor(2) as pool:
+        if not (previous and previous[1]):
+            # The blocks hashed in one thread while the chunks are cut and hashed here.
+            whole = pool.submit(
+                lambda: [_sha256_at(fd, at, min(BLOCK_SIZE, size - at)) for at in offsets]
+            )
+            chunks = [(sha256_hex(c.data), c.length) for c in cdc.cut_file(str(path))]
+            return chunks, whole.result()
+        # Cut here, the chunks hashed by two threads; then only the blocks not known.
+        cuts = [(pool.submit(sha256_hex, c.data), c.length) for c in cdc.cut_file(str(path))]
+        chunks = [(future.result(), length) for future, length in cuts]
+        known = _known_blocks(chunks, previous, size)
+        todo = {
+            b: pool.submit(_sha256_at, fd, at, min(BLOCK_SIZE, size - at))
+            for b, at in enumerate(offsets)
+            if b not in known
+        }
+        return chunks, [known[b] if b in known else todo[b].result() for b in range(len(offsets))]
+
+
+def _sha256_at(fd: int, offset: int, length: int) -> str:
+    return sha256_hex(os.pread(fd, length, offset))
+
+
+def _known_blocks(chunks: Chunks, previous: Previous, size: int) -> dict[int, str]:
+    """Block -> digest, for the blocks made only of chunks found at the same offsets in
+    the file as last synced (the same SHA-256 there: the same bytes)."""
+    old_chunks, old_blocks = previous
+    old_at: set[tuple[int, str]] = set()
+    pos = 0
+    for sha, length in old_chunks:
+        old_at.add((pos, sha))
+        pos += length
+    unmoved = []
+    pos = 0
+    for sha, length in chunks:
+        if (pos, sha) in old_at:
+            unmoved.append((pos, pos + length))
+        pos += length
+    return unmoved_blocks(unmoved, old_blocks, sum(n for _, n in old_chunks), size)
+
+
+def unmoved_blocks(
+    unmoved: list[tuple[int, int]], digests: list[str], old_size: int, new_size: int
+) -> dict[int, str]:
+    """Block -> digest for the blocks of a new file whose bytes all lie in `unmoved`
+    (byte ranges that hold what the same offsets of the old file held) and that have the
+    same length in both files: the same bytes, so the old file's digest."""
+    known: dict[int, str] = {}
+    merged: list[list[int]] = []
+    for start, end in sorted(unmoved):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in merged:
+        for block in range(-(-start // BLOCK_SIZE), len(digests)):
+            lo, hi = block * BLOCK_SIZE, min((block + 1) * BLOCK_SIZE, new_size)
+            if hi > end or lo >= new_size:
+                break
+            if hi - lo == min(BLOCK_SIZE, old_size - lo):
+                known[block] = digests[block]
+    return known

@@ -13,9 +13,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.hashing import Chunks, file_hashes
+from client.hashing import Chunks, file_hashes, hash_file
 from client.ignore import Ignore
-from client.state import Entry
+from client.state import Entry, SyncState
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,11 @@ def lexists(path: Path) -> bool:
 class Scanner:
     """The synced folder on disk, as the sync walks and hashes it."""
 
-    def __init__(self, root: Path, ignore: Ignore) -> None:
+    def __init__(self, root: Path, ignore: Ignore, state: SyncState | None = None) -> None:
         self.root = root
         self.ignore = ignore
+        # Where the block digests of synced files are kept (the sync's state), if any.
+        self.state = state
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -102,4 +104,13 @@ class Scanner:
         mtime changed since the last agreement."""
         if entry is not None and entry.content_hash and unchanged(lf, entry):
             return entry.content_hash, entry.chunks
-        return await asyncio.to_thread(file_hashes, self.path(rel))
+        if self.state is None:
+            return await asyncio.to_thread(file_hashes, self.path(rel))
+        # The file as last synced: its blocks that an edit left alone need no new hash.
+        synced = self.state.block_hashes(rel) if entry is not None and entry.chunks else None
+        previous = (entry.chunks, synced[0]) if entry and entry.chunks and synced else None
+        found = await asyncio.to_thread(hash_file, self.path(rel), previous)
+        # Kept for the next edit; used once the file is recorded as synced at this size
+        # and mtime (SyncState.block_hashes).
+        self.state.put_block_hashes(rel, found.size, found.mtime_ns, found.blocks)
+        return found.content_hash, found.chunks

@@ -38,6 +38,15 @@ CREATE TABLE IF NOT EXISTS chunk_index (
 );
 CREATE INDEX IF NOT EXISTS chunk_index_sha ON chunk_index(sha256);
 CREATE INDEX IF NOT EXISTS chunk_index_path ON chunk_index(path);
+-- The SHA-256 of each 4 MiB block of a synced file (32 bytes each, in order), as it was at
+-- (size, mtime_ns): a device rebuilding an edited file from its own copy takes these for
+-- the blocks that stay where they were instead of hashing them again.
+CREATE TABLE IF NOT EXISTS block_hashes (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    digests BLOB NOT NULL
+);
 """
 SCHEMA_VERSION = 2  # 2: chunk_index
 
@@ -170,6 +179,28 @@ class SyncState:
         below = (path, path + "/", path + "0")  # '0' sorts right after '/'
         self.db.execute("DELETE FROM entries WHERE path=? OR (path > ? AND path < ?)", below)
         self.db.execute("DELETE FROM chunk_index WHERE path=? OR (path > ? AND path < ?)", below)
+        self.db.execute("DELETE FROM block_hashes WHERE path=? OR (path > ? AND path < ?)", below)
+
+    def put_block_hashes(self, path: str, size: int, mtime_ns: int, digests: list[str]) -> None:
+        """The file at `path`, as it is at (size, mtime_ns), has these block digests."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO block_hashes VALUES (?, ?, ?, ?)",
+            (path, size, mtime_ns, b"".join(bytes.fromhex(d) for d in digests)),
+        )
+
+    def block_hashes(self, path: str) -> tuple[list[str], tuple[int, int]] | None:
+        """The block digests of the synced file at `path` and the (size, mtime_ns) they
+        hold for, if recorded for the file as last synced."""
+        row = self.db.execute(
+            "SELECT b.digests, b.size, b.mtime_ns FROM block_hashes b JOIN entries e"
+            " ON e.path = b.path AND e.size = b.size AND e.mtime_ns = b.mtime_ns"
+            " WHERE b.path=?",
+            (path,),
+        ).fetchone()
+        if row is None:
+            return None
+        raw = bytes(row[0])
+        return [raw[i : i + 32].hex() for i in range(0, len(raw), 32)], (row[1], row[2])
 
     def chunk_source(self, sha: str) -> tuple[str, int, tuple[int, int]] | None:
         """A synced local file known to hold this chunk, to copy instead of downloading

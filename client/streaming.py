@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from app.protocol import BLOCK_SIZE, content_hash
 from client.api import CofferClient
 from client.errors import ApiError
-from client.hashing import Chunks, sha256_hex
+from client.hashing import Chunks, sha256_hex, unmoved_blocks
 
 Log = Callable[[str], None]
 
@@ -40,6 +40,10 @@ class ChunkReuse(Protocol):
     def source(self, sha: str) -> Any | None: ...
 
     def copy(self, source: Any, sha: str, size: int, fd: int, dst_offset: int) -> bool: ...
+
+    def copy_run(self, source: Any, size: int, fd: int, dst_offset: int) -> bool: ...
+
+    def blocks(self, path: str) -> tuple[list[str], tuple[int, int]] | None: ...
 
 
 POLL_SECONDS = 0.15  # how often an upload still going is looked at again
@@ -64,6 +68,8 @@ class Prefetch:
     durable_hash: str | None = None
     size: int = 0  # the file's, once the chunk list is known
     copied: int = 0  # chunks copied from local files rather than fetched
+    rel: str = ""  # where the file goes in the synced folder
+    reused_blocks: int = 0  # block digests taken from the local copy's, not hashed
 
     @property
     def complete(self) -> bool:
@@ -100,7 +106,9 @@ class Prefetcher:
         if old is not None and old.upload_id == upload_id:
             return
         self.drop(file_id)
-        job = Prefetch(file_id, upload_id, content_hash, self.tmp_dir / f"stream-{upload_id}.part")
+        job = Prefetch(
+            file_id, upload_id, content_hash, self.tmp_dir / f"stream-{upload_id}.part", rel=rel
+        )
         job.task = asyncio.create_task(self._follow(job, rel))
         self.running[file_id] = job
 
@@ -144,7 +152,8 @@ class Prefetcher:
                 await self._make_durable(job)
                 self.log(
                     f"prefetched {rel} while it was being uploaded"
-                    f" ({job.copied} of {len(job.chunks)} chunks copied from local files)"
+                    f" ({job.copied} of {len(job.chunks)} chunks copied from local files,"
+                    f" {job.reused_blocks} block digests known)"
                 )
         except asyncio.CancelledError:
             raise
@@ -268,8 +277,10 @@ class Prefetcher:
     async def _copy_local(self, job: Prefetch, fd: int, offsets: list[int]) -> None:
         """Copy in every chunk of the upload a synced local file holds (the unchanged
         bulk of a file being edited elsewhere), without waiting for the uploader: the
-        copies in one worker thread (kernel copies), then the blocks they completed hashed
-        two at a time (the critical path of an edit on the receiving side)."""
+        copies in one worker thread (kernel copies, a run of chunks at a time), then the
+        blocks they completed hashed two at a time while the copies go to disk (the
+        critical path of an edit on the receiving side). Blocks that hold exactly the
+        bytes they held in this device's copy of the file take its recorded digests."""
         if self.reuse is None or not offsets:
             return
         reuse = self.reuse
@@ -279,20 +290,42 @@ class Prefetcher:
             for index, (sha, size) in enumerate(job.chunks)
             if index not in job.have and (source := reuse.source(sha)) is not None
         ]
+        old = reuse.blocks(job.rel) if job.rel else None
 
         def copy_all() -> list[int]:
-            return [
-                index
-                for index, source, sha, size in sources
-                if reuse.copy(source, sha, size, fd, offsets[index])
-            ]
+            done: list[int] = []
+            for run in _runs(sources):
+                index, source = run[0][0], run[0][1]
+                if len(run) > 1 and reuse.copy_run(
+                    source, sum(size for *_, size in run), fd, offsets[index]
+                ):
+                    done += [index for index, *_ in run]
+                    continue
+                done += [
+                    i for i, src, sha, size in run if reuse.copy(src, sha, size, fd, offsets[i])
+                ]
+            return done
 
+        copied = await asyncio.to_thread(copy_all)
         blocks: list[int] = []
-        for index in await asyncio.to_thread(copy_all):
+        for index in copied:
             job.copied += 1
             blocks += self._wrote(job, index, offsets)
-        if blocks:
-            # The copies go to disk while their blocks are hashed (two cores): when the
+        if old is not None:
+            # Blocks made only of bytes copied from the same place of this file, as it was
+            # when its block digests were recorded, have those digests: not hashed again.
+            done = set(copied)
+            unmoved = [
+                (offsets[i], offsets[i] + size)
+                for i, (path, at, synced), _, size in sources
+                if i in done and path == job.rel and at == offsets[i] and tuple(synced) == old[1]
+            ]
+            known = unmoved_blocks(unmoved, old[0], old[1][0], job.size)
+            job.blocks.update({b: known[b] for b in blocks if b in known})
+            job.reused_blocks += sum(1 for b in blocks if b in known)
+            blocks = [b for b in blocks if b not in known]
+        if copied:
+            # The copies go to disk while the blocks left are hashed (two cores): when the
             # changed chunks arrive, making the file durable is only their fsync.
             await asyncio.gather(asyncio.to_thread(os.fsync, fd), _hash_blocks(job, fd, blocks))
 
@@ -323,6 +356,27 @@ class Prefetcher:
         """Chunk `index` is in `tmp`: note it; the blocks it completed, to hash."""
         job.have.add(index)
         return job.written(offsets[index], job.chunks[index][1])
+
+
+def _runs(sources: list[tuple[int, Any, str, int]]) -> list[list[tuple[int, Any, str, int]]]:
+    """Chunks to copy, grouped into runs that lie one after the other both in the new
+    file and in the same local file (as synced): one copy each (an edited file is one or
+    two long runs, not hundreds of chunks)."""
+    runs: list[list[tuple[int, Any, str, int]]] = []
+    for entry in sources:
+        index, (path, at, synced), _, _ = entry
+        if runs:
+            last_index, (last_path, last_at, last_synced), _, last_size = runs[-1][-1]
+            if (
+                index == last_index + 1
+                and path == last_path
+                and tuple(synced) == tuple(last_synced)
+                and at == last_at + last_size
+            ):
+                runs[-1].append(entry)
+                continue
+        runs.append([entry])
+    return runs
 
 
 def _raise_failure(fetchers: list[asyncio.Task[None]]) -> None:

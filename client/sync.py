@@ -142,7 +142,7 @@ class Syncer:
         self.device = device
         self.state = SyncState(self.root)
         self.ignore = Ignore(self.root)
-        self.scanner = Scanner(self.root, self.ignore)
+        self.scanner = Scanner(self.root, self.ignore, self.state)
         self.remote = Remote(api, remote_root, self.state, self.ignore)
         self.transfers = Transfers(api, self.root, self.state, log=log, progress=progress)
         self.bulk = Bulk(api, self.root, self.state.dir / "tmp", log)
@@ -1118,6 +1118,9 @@ class Syncer:
         ):
             st = self.local(rel).stat()
             self._record_file(rel, item, LocalFile.of(st), item["content_hash"], streamed.chunks)
+            if streamed.durable_hash is not None:  # every block's digest is known
+                blocks = [streamed.blocks[b] for b in range(len(streamed.blocks))]
+                self.state.put_block_hashes(rel, st.st_size, st.st_mtime_ns, blocks)
             self.report.downloaded.append(rel)
             self.log(f"downloaded {rel} (fetched while it was uploaded)")
             return

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import os
 import stat
+import sys
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -221,6 +223,11 @@ class LocalChunks:
         state's connection is not shared with worker threads)."""
         return self.state.chunk_source(sha)
 
+    def blocks(self, path: str) -> tuple[list[str], tuple[int, int]] | None:
+        """The block digests of the synced file at `path` and the (size, mtime_ns) they
+        hold for (on the event loop's thread, like `source`)."""
+        return self.state.block_hashes(path)
+
     def copy(self, source: ChunkSource, sha: str, size: int, fd: int, dst_offset: int) -> bool:
         """Copy the chunk from the synced local file that holds it into `fd` (blocking).
         The file is trusted without re-reading when its size and mtime are as last synced
@@ -234,13 +241,7 @@ class LocalChunks:
         try:
             st = os.fstat(src)
             if (st.st_size, st.st_mtime_ns) == tuple(synced):
-                done = 0
-                while done < size:
-                    n = os.copy_file_range(src, fd, size - done, offset + done, dst_offset + done)
-                    if n <= 0:
-                        return False
-                    done += n
-                return True
+                return _kernel_copy(src, fd, size, offset, dst_offset)
             self.log(f"re-reading {path}: {(st.st_size, st.st_mtime_ns)} != {tuple(synced)}")
             data = os.pread(src, size, offset)
             if len(data) != size or sha256_hex(data) != sha:
@@ -252,6 +253,54 @@ class LocalChunks:
             return False
         finally:
             os.close(src)
+
+    def copy_run(self, source: ChunkSource, size: int, fd: int, dst_offset: int) -> bool:
+        """Copy `size` bytes (several chunks one after the other) from a synced file, in
+        the kernel, when the file is as last synced (blocking). False: copy them one by
+        one (`copy`), which checks each against its hash."""
+        path, offset, synced = source
+        try:
+            src = os.open(self.root / path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(src)
+            return (st.st_size, st.st_mtime_ns) == tuple(synced) and _kernel_copy(
+                src, fd, size, offset, dst_offset
+            )
+        except OSError:
+            return False
+        finally:
+            os.close(src)
+
+
+def _kernel_copy(src: int, dst: int, size: int, offset: int, dst_offset: int) -> bool:
+    """Copy in the kernel, a slice at a time, each slice's write-back started at once:
+    the fsync that makes the new file durable then waits for little more than the last
+    slice (an edited 256 MiB file: its fsync ran after the copy, 0.13 s on the path)."""
+    done = 0
+    while done < size:
+        step = min(size - done, COPY_SLICE)
+        n = os.copy_file_range(src, dst, step, offset + done, dst_offset + done)
+        if n <= 0:
+            return False
+        start_writeback(dst, dst_offset + done, n)
+        done += n
+    return True
+
+
+COPY_SLICE = 16 * 1024 * 1024
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+if _libc is not None:
+    _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, size: int) -> None:
+    """Have the kernel start writing these bytes to disk now, without waiting (Linux
+    `sync_file_range`; elsewhere nothing: the fsync does it all)."""
+    if _libc is not None:
+        _libc.sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
 
 
 def replace_into_place(tmp: Path, target: Path) -> None:
