@@ -233,17 +233,13 @@ class LocalChunks:
         The file is trusted without re-reading when its size and mtime are as last synced
         (copied in the kernel); otherwise its bytes are hashed first. False: get it from
         the server."""
-        path, offset, synced = source
+        if self.copy_run(source, size, fd, dst_offset):
+            return True
+        path, offset, _ = source
+        self.log(f"re-reading {path}: not as last synced")
         try:
-            src = os.open(self.root / path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(src)
-            if (st.st_size, st.st_mtime_ns) == tuple(synced):
-                return _kernel_copy(src, fd, size, offset, dst_offset)
-            self.log(f"re-reading {path}: {(st.st_size, st.st_mtime_ns)} != {tuple(synced)}")
-            data = os.pread(src, size, offset)
+            with open(self.root / path, "rb") as src:
+                data = os.pread(src.fileno(), size, offset)
             if len(data) != size or sha256_hex(data) != sha:
                 return False
             os.pwrite(fd, data, dst_offset)
@@ -251,13 +247,11 @@ class LocalChunks:
         except OSError as exc:
             self.log(f"cannot copy a chunk of {path} ({exc}); downloading it")
             return False
-        finally:
-            os.close(src)
 
     def copy_run(self, source: ChunkSource, size: int, fd: int, dst_offset: int) -> bool:
-        """Copy `size` bytes (several chunks one after the other) from a synced file, in
-        the kernel, when the file is as last synced (blocking). False: copy them one by
-        one (`copy`), which checks each against its hash."""
+        """Copy `size` bytes (one chunk, or several one after the other) from a synced
+        file, in the kernel, when the file is as last synced (blocking). False: it is not
+        (or is gone): `copy` checks chunk by chunk against the hash."""
         path, offset, synced = source
         try:
             src = os.open(self.root / path, os.O_RDONLY)
