@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.protocol import BLOCK_SIZE
 from client.hashing import Chunks, file_hashes, hash_file
 from client.ignore import Ignore
 from client.state import Entry, SyncState
@@ -104,7 +105,8 @@ class Scanner:
         mtime changed since the last agreement."""
         if entry is not None and entry.content_hash and unchanged(lf, entry):
             return entry.content_hash, entry.chunks
-        if self.state is None:
+        if self.state is None or lf.size <= BLOCK_SIZE:
+            # One block, one chunk: nothing to keep (a bulk pass hashes thousands).
             return await asyncio.to_thread(file_hashes, self.path(rel))
         # The file as last synced: its blocks that an edit left alone need no new hash.
         synced = self.state.block_hashes(rel) if entry is not None and entry.chunks else None
