@@ -33,7 +33,6 @@ from app.protocol import (
     MAX_CHUNK_SIZE,
     MAX_CHUNKS,
     MIB,
-    ContentHasher,
     blocks_aligned,
     content_hash,
 )
@@ -72,10 +71,17 @@ def derived_content_hash(chunks: Sequence[tuple[str, int]]) -> str | None:
 
 def content_hash_of_fd(fd: int, size: int) -> str:
     """The content hash of an open file's first `size` bytes, block by block."""
-    hasher = ContentHasher()
-    for offset in range(0, size, BLOCK_SIZE):
-        hasher.update(os.pread(fd, min(BLOCK_SIZE, size - offset), offset))
-    return hasher.hexdigest()
+    return content_hash(block_digest(fd, block, size) for block in range(block_count(size)))
+
+
+def block_count(size: int) -> int:
+    return -(-size // BLOCK_SIZE)
+
+
+def block_digest(fd: int, block: int, size: int) -> str:
+    """SHA-256 of one content-hash block of an open file of `size` bytes (blocking)."""
+    start = block * BLOCK_SIZE
+    return sha256_hex(os.pread(fd, min(BLOCK_SIZE, size - start), start))
 
 
 class FileHashes(NamedTuple):
@@ -130,29 +136,19 @@ def _hashes(path: Path, fd: int, size: int, previous: Previous | None) -> tuple[
         return ([(sha256_hex(data), len(data))], [sha256_hex(data)]) if data else ([], [])
     low, avg, high = cdc_sizes(size)
     cdc = FastCDC(avg, min_size=low, max_size=high)
-    offsets = range(0, size, BLOCK_SIZE)
+    blocks = range(block_count(size))
     with ThreadPoolExecutor(2) as pool:
         if not (previous and previous[1]):
             # The blocks hashed in one thread while the chunks are cut and hashed here.
-            whole = pool.submit(
-                lambda: [_sha256_at(fd, at, min(BLOCK_SIZE, size - at)) for at in offsets]
-            )
+            whole = pool.submit(lambda: [block_digest(fd, b, size) for b in blocks])
             chunks = [(sha256_hex(c.data), c.length) for c in cdc.cut_file(str(path))]
             return chunks, whole.result()
         # Cut here, the chunks hashed by two threads; then only the blocks not known.
         cuts = [(pool.submit(sha256_hex, c.data), c.length) for c in cdc.cut_file(str(path))]
         chunks = [(future.result(), length) for future, length in cuts]
         known = _known_blocks(chunks, previous, size)
-        todo = {
-            b: pool.submit(_sha256_at, fd, at, min(BLOCK_SIZE, size - at))
-            for b, at in enumerate(offsets)
-            if b not in known
-        }
-        return chunks, [known[b] if b in known else todo[b].result() for b in range(len(offsets))]
-
-
-def _sha256_at(fd: int, offset: int, length: int) -> str:
-    return sha256_hex(os.pread(fd, length, offset))
+        todo = {b: pool.submit(block_digest, fd, b, size) for b in blocks if b not in known}
+        return chunks, [known[b] if b in known else todo[b].result() for b in blocks]
 
 
 def _known_blocks(chunks: Chunks, previous: Previous, size: int) -> dict[int, str]:

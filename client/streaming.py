@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from app.protocol import BLOCK_SIZE, content_hash
 from client.api import CofferClient
 from client.errors import ApiError
-from client.hashing import Chunks, sha256_hex, unmoved_blocks
+from client.hashing import Chunks, block_count, block_digest, sha256_hex, unmoved_blocks
 
 Log = Callable[[str], None]
 
@@ -217,7 +217,7 @@ class Prefetcher:
     async def _make_durable(self, job: Prefetch) -> None:
         """fsync the finished file and note its content hash (from the blocks hashed as
         they were completed), so that taking it is only a rename."""
-        blocks = (job.size + BLOCK_SIZE - 1) // BLOCK_SIZE
+        blocks = block_count(job.size)
         if len(job.blocks) != blocks:
             return  # (cannot happen: every byte was written once) leave it to take()
         fd = await asyncio.to_thread(os.open, job.tmp, os.O_RDONLY)
@@ -418,12 +418,6 @@ async def _hash_blocks(job: Prefetch, fd: int, blocks: list[int], parallel: int 
     for start in range(0, len(blocks), parallel):
         group = blocks[start : start + parallel]
         digests = await asyncio.gather(
-            *(asyncio.to_thread(_hash_block, fd, block, job.size) for block in group)
+            *(asyncio.to_thread(block_digest, fd, block, job.size) for block in group)
         )
         job.blocks.update(zip(group, digests, strict=True))
-
-
-def _hash_block(fd: int, block: int, total: int) -> str:
-    """SHA-256 of one content-hash block of the file (just written: in the page cache)."""
-    start = block * BLOCK_SIZE
-    return sha256_hex(os.pread(fd, min(BLOCK_SIZE, total - start), start))
