@@ -41,14 +41,8 @@ TRACE = bool(os.environ.get("COFFER_SYNC_TRACE"))
 
 def raise_for_error(resp: httpx.Response) -> None:
     """Raise the server's error answer as an ApiError (status, code, message, body)."""
-    if resp.status_code < 400:
-        return
-    try:
-        body = resp.json()
-        err = body.get("error", {})
-    except ValueError:
-        body, err = {}, {}
-    raise ApiError(resp.status_code, err.get("code", "error"), err.get("message", resp.text), body)
+    if resp.status_code >= 400:
+        raise ApiError.from_answer(resp.status_code, resp.content)
 
 
 @dataclass

@@ -19,7 +19,6 @@ the size the caller expects (a small body that expands to gigabytes stops there)
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 
 import aiohttp
@@ -62,7 +61,7 @@ class BlobTransport:
         try:
             async with self._open().put(yarl_url(url), data=body, headers=dict(headers)) as resp:
                 if resp.status >= 400:
-                    raise _api_error(resp.status, await resp.read())
+                    raise ApiError.from_answer(resp.status, await resp.read())
                 await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _transport_error(exc) from exc
@@ -75,7 +74,7 @@ class BlobTransport:
             async with self._open().get(yarl_url(url), headers={"Accept-Encoding": ZSTD}) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise _api_error(resp.status, raw)
+                    raise ApiError.from_answer(resp.status, raw)
                 coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _transport_error(exc) from exc
@@ -101,16 +100,6 @@ def _unzstd(raw: bytes, max_size: int) -> bytes:
         return bytes(out)
     except zstandard.ZstdError as exc:
         raise ApiError(502, "bad_encoding", f"the chunk does not decompress: {exc}", {}) from None
-
-
-def _api_error(status: int, raw: bytes) -> ApiError:
-    try:
-        body = json.loads(raw)
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-    except ValueError:
-        body, err = {}, {}
-    text = raw[:500].decode("utf-8", "replace")
-    return ApiError(status, err.get("code", "error"), err.get("message", text), body)
 
 
 def _transport_error(exc: BaseException) -> httpx.TransportError:

@@ -10,6 +10,7 @@ The CLI maps these to its exit codes (client/cli.py).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,18 @@ class ApiError(ClientError):
         self.body = body
         # Server trouble or load shedding may pass; a refusal (4xx) will not.
         self.retryable = status >= 500 or status == 429
+
+    @classmethod
+    def from_answer(cls, status: int, raw: bytes) -> ApiError:
+        """The error an answer with this status and body stands for: the server's
+        `{"error": {"code", "message"}}`, or the body's text when it is not that."""
+        try:
+            body = json.loads(raw)
+            err = body.get("error", {}) if isinstance(body, dict) else {}
+        except ValueError:
+            body, err = {}, {}
+        text = raw.decode("utf-8", "replace")
+        return cls(status, err.get("code", "error"), err.get("message", text), body)
 
 
 class LocalFileChanged(ClientError):
