@@ -109,8 +109,9 @@ class Scanner:
             # One block, one chunk: nothing to keep (a bulk pass hashes thousands).
             return await asyncio.to_thread(file_hashes, self.path(rel))
         # The file as last synced: its blocks that an edit left alone need no new hash.
-        synced = self.state.block_hashes(rel) if entry is not None and entry.chunks else None
-        previous = (entry.chunks, synced[0]) if entry and entry.chunks and synced else None
+        previous = None
+        if entry is not None and entry.chunks and (synced := self.state.block_hashes(rel)):
+            previous = (entry.chunks, synced[0])
         found = await asyncio.to_thread(hash_file, self.path(rel), previous)
         # Kept for the next edit; used once the file is recorded as synced at this size
         # and mtime (SyncState.block_hashes).
