@@ -6,10 +6,11 @@ Chunks are content-defined (FastCDC): a cut point depends on the bytes around it
 its offset, so an edit changes only the chunks it touches and bytes inserted near the
 start of a file shift the later cut points along with the bytes: the rest of the file is
 the same chunks, already on the server. Sizes (measured; README "Chunking"): at least
-256 KiB, about 1 MiB on average, at most 4 MiB. Smaller chunks would send less around an
-edit but cost a request, a stored file and a record each on the server; a new 256 MiB file
-is about 220 chunks. Files over 8 GiB get proportionally larger chunks (`cdc_sizes`), so
-that even a 50 GiB file stays well under the server's 16,384 chunks. Files up to 4 MiB are
+512 KiB, about 2 MiB on average, at most 8 MiB. An edit goes up as a delta whatever the
+chunk size (`app.protocol.delta`), while every chunk costs a request, a stored file and a
+record on the server: a new 256 MiB file is about 110 chunks. Files over 16 GiB get
+proportionally larger chunks (`cdc_sizes`), so that even a 50 GiB file stays well under
+the server's 16,384 chunks. Files up to 4 MiB are
 one chunk: their one block.
 
 Files are read in slices, never whole: memory stays at a few chunks whatever the size.
@@ -41,14 +42,14 @@ from app.protocol import (
 Chunks = list[tuple[str, int]]
 
 CDC_MIN_SIZE = 256 * KIB
-CDC_AVG_SIZE = 1 * MIB
+CDC_AVG_SIZE = 2 * MIB
 # Chunks per file the average size aims at most (half the server's limit: room for bad luck).
 CDC_TARGET_CHUNKS = MAX_CHUNKS // 2
 
 
 def cdc_sizes(size: int) -> tuple[int, int, int]:
-    """(minimum, average, maximum) chunk size for a file of `size` bytes: 256 KiB / 1 MiB /
-    4 MiB up to 8 GiB; above, the average doubles until the file is at most
+    """(minimum, average, maximum) chunk size for a file of `size` bytes: 512 KiB / 2 MiB /
+    8 MiB up to 16 GiB; above, the average doubles until the file is at most
     CDC_TARGET_CHUNKS average chunks (min a quarter of it, max four times, within the
     server's MAX_CHUNK_SIZE)."""
     avg = CDC_AVG_SIZE
