@@ -175,13 +175,15 @@ def run_worker() -> None:
     from jobs.worker import worker_settings
 
     limit_malloc_arenas()
+    settings = get_settings()
+    os.nice(settings.worker_nice)  # background work yields to serving (settings.worker_nice)
     # Timestamps and Coffer's own notices; arq's line per job (a sweep every 2 s) stays off.
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("coffer").setLevel(logging.INFO)
     # arq's own run_worker, with a worker that survives Redis going away (jobs/outlast.py).
-    OutlastingWorker(**get_kwargs(worker_settings(get_settings()))).run()  # type: ignore[arg-type]
+    OutlastingWorker(**get_kwargs(worker_settings(settings))).run()  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:
