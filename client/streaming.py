@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from app.protocol import BLOCK_SIZE, content_hash
 from client.api import CofferClient
+from client.diskio import write_behind
 from client.errors import ApiError
 from client.hashing import Chunks, block_count, block_digest, sha256_hex, unmoved_blocks
 
@@ -346,7 +347,8 @@ class Prefetcher:
                 data = await self.api.get_chunk(url, size)
                 if len(data) != size or await asyncio.to_thread(sha256_hex, data) != sha:
                     raise ValueError(f"chunk {index} does not match its hash")
-                await asyncio.to_thread(os.pwrite, fd, data, offsets[index])
+                # Its write-back starts now: the fsync before the rename waits for little.
+                await asyncio.to_thread(write_behind, fd, data, offsets[index])
                 await _hash_blocks(job, fd, self._wrote(job, index, offsets))
             finally:
                 queue.task_done()

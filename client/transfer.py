@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import os
 import stat
-import sys
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -32,6 +30,7 @@ from rich.progress import Progress
 
 from app.protocol import delta
 from client.api import CofferClient
+from client.diskio import start_writeback, write_behind
 from client.errors import (
     ApiError,
     DownloadCorrupt,
@@ -242,7 +241,7 @@ class LocalChunks:
                 data = os.pread(src.fileno(), size, offset)
             if len(data) != size or sha256_hex(data) != sha:
                 return False
-            os.pwrite(fd, data, dst_offset)
+            write_behind(fd, data, dst_offset)
             return True
         except OSError as exc:
             self.log(f"cannot copy a chunk of {path} ({exc}); downloading it")
@@ -284,17 +283,6 @@ def _kernel_copy(src: int, dst: int, size: int, offset: int, dst_offset: int) ->
 
 
 COPY_SLICE = 16 * 1024 * 1024
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-if _libc is not None:
-    _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int, offset: int, size: int) -> None:
-    """Have the kernel start writing these bytes to disk now, without waiting (Linux
-    `sync_file_range`; elsewhere nothing: the fsync does it all)."""
-    if _libc is not None:
-        _libc.sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
 
 
 def replace_into_place(tmp: Path, target: Path) -> None:
@@ -415,7 +403,7 @@ async def _assemble(
                 )
             if await asyncio.to_thread(sha256_hex, data) != c["sha256"]:
                 raise DownloadCorrupt("a chunk arrived damaged")
-            await asyncio.to_thread(os.pwrite, fd, data, offsets[i])
+            await asyncio.to_thread(write_behind, fd, data, offsets[i])
             advance(len(data))
 
     await run_all([worker() for _ in range(min(api.parallel, len(described)))])
@@ -439,8 +427,9 @@ async def _stream_content(
     fd: int,
     advance: Advance,
 ) -> None:
-    """Write the version's bytes to `fd`, checking each chunk's hash as it completes."""
-    index = filled = 0
+    """Write the version's bytes to `fd`, checking each chunk's hash as it completes (and
+    starting its write-back: the fsync before the rename then waits for little)."""
+    index = filled = at = 0
     hasher = hashlib.sha256()
     async with api.content(file_id, version) as pieces:
         async for raw in pieces:
@@ -456,6 +445,8 @@ async def _stream_content(
                 if filled == described[index]["size"]:
                     if hasher.hexdigest() != described[index]["sha256"]:
                         raise DownloadCorrupt("a chunk arrived damaged")
+                    start_writeback(fd, at, filled)
+                    at += filled
                     index, filled, hasher = index + 1, 0, hashlib.sha256()
             advance(len(raw))
     if index != len(described):
