@@ -13,18 +13,20 @@ proportionally larger chunks (`cdc_sizes`), so that even a 50 GiB file stays wel
 the server's 16,384 chunks. Files up to 4 MiB are
 one chunk: their one block.
 
-Files are read in slices, never whole: memory stays at a few chunks whatever the size.
+Files are read (not mapped: a file cut short meanwhile must not kill the process) in
+windows of a few chunks, never whole: memory stays at two windows whatever the size.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pyfastcdc import FastCDC
 
@@ -137,19 +139,95 @@ def _hashes(path: Path, fd: int, size: int, previous: Previous | None) -> tuple[
         return ([(sha256_hex(data), len(data))], [sha256_hex(data)]) if data else ([], [])
     low, avg, high = cdc_sizes(size)
     cdc = FastCDC(avg, min_size=low, max_size=high)
-    blocks = range(block_count(size))
-    with ThreadPoolExecutor(2) as pool:
-        if not (previous and previous[1]):
-            # The blocks hashed in one thread while the chunks are cut and hashed here.
-            whole = pool.submit(lambda: [block_digest(fd, b, size) for b in blocks])
-            chunks = [(sha256_hex(c.data), c.length) for c in cdc.cut_file(str(path))]
-            return chunks, whole.result()
-        # Cut here, the chunks hashed by two threads; then only the blocks not known.
-        cuts = [(pool.submit(sha256_hex, c.data), c.length) for c in cdc.cut_file(str(path))]
-        chunks = [(future.result(), length) for future, length in cuts]
-        known = _known_blocks(chunks, previous, size)
-        todo = {b: pool.submit(block_digest, fd, b, size) for b in blocks if b not in known}
-        return chunks, [known[b] if b in known else todo[b].result() for b in blocks]
+    # Cut here; the chunks hashed in one thread, the blocks in another (hashing releases
+    # the GIL). With `previous`, only the blocks not known are hashed, once the chunks are.
+    with ThreadPoolExecutor(1) as chunk_pool, ThreadPoolExecutor(1) as block_pool:
+        whole = None if previous and previous[1] else _BlockHasher()
+        cuts: list[tuple[Future[str], int]] = []
+        pending: dict[int, list[Future[Any]]] = {}
+
+        def done_with(window: int) -> None:
+            wait(pending.pop(window, []))
+
+        for window, data in _chunks(fd, size, cdc, high, done_with):
+            hashing = pending.setdefault(window, [])
+            hashing.append(chunk_pool.submit(sha256_hex, data))
+            cuts.append((hashing[-1], len(data)))
+            if whole is not None:
+                hashing.append(block_pool.submit(whole.feed, data))
+        for window in list(pending):
+            done_with(window)
+        found = [(future.result(), length) for future, length in cuts]
+        if whole is not None:
+            return found, whole.digests()
+        assert previous is not None
+        known = _known_blocks(found, previous, size)
+        blocks = range(block_count(size))
+        pools = (chunk_pool, block_pool)  # the blocks left, on both threads
+        todo = {
+            b: pools[n % 2].submit(block_digest, fd, b, size)
+            for n, b in enumerate(b for b in blocks if b not in known)
+        }
+        return found, [known[b] if b in known else todo[b].result() for b in blocks]
+
+
+def _chunks(
+    fd: int, size: int, cdc: FastCDC, high: int, done_with: Callable[[int], None]
+) -> Iterator[tuple[int, memoryview]]:
+    """(window number, bytes) of each chunk of the file, in order, as they are cut. The
+    file is read in windows of a few maximum chunks. Read, not mapped: a file truncated
+    meanwhile reads short (and `hash_file` tries again) where a mapping would kill the
+    process (SIGBUS). A cut depends only on the bytes from the chunk's start, so the last
+    chunk of a window (it may end only because the window does) is cut again at the head
+    of the next one: the chunks are those of the whole file.
+
+    Two buffers take turns: `done_with(n)` is called before window n's buffer is read
+    into again, and must return only when nothing uses window n's chunks any more.
+    Memory: two windows, 48 MiB at most for files up to 16 GiB."""
+    span = min(3 * high, size)  # two maximum chunks and more: every window makes progress
+    buffers = (bytearray(span), bytearray(span))
+    pos = carry = 0
+    for window in itertools.count():
+        buf, previous = buffers[window % 2], buffers[(window + 1) % 2]
+        done_with(window - 2)
+        # The carried chunk's bytes end the previous window (a full one: not the last).
+        buf[:carry] = memoryview(previous)[span - carry :] if carry else b""
+        got = carry + os.preadv(fd, [memoryview(buf)[carry:]], pos)
+        pos += got - carry
+        view = memoryview(buf)[:got]
+        eof = got < span or pos >= size
+        held = None  # the window's last chunk so far: carried over unless at the end
+        for cut in cdc.cut_buf(view) if got else ():
+            if held is not None:
+                yield window, view[held.offset : held.offset + held.length]
+            held = cut
+        if eof or held is None:
+            if held is not None:
+                yield window, view[held.offset : held.offset + held.length]
+            return
+        carry = held.length
+
+
+class _BlockHasher:
+    """The SHA-256 of each BLOCK_SIZE block of bytes fed in order (the last may be short)."""
+
+    def __init__(self) -> None:
+        self._done: list[str] = []
+        self._hash = hashlib.sha256()
+        self._filled = 0
+
+    def feed(self, data: memoryview) -> None:
+        while data:
+            take = min(BLOCK_SIZE - self._filled, len(data))
+            self._hash.update(data[:take])
+            self._filled += take
+            data = data[take:]
+            if self._filled == BLOCK_SIZE:
+                self._done.append(self._hash.hexdigest())
+                self._hash, self._filled = hashlib.sha256(), 0
+
+    def digests(self) -> list[str]:
+        return self._done + ([self._hash.hexdigest()] if self._filled else [])
 
 
 def _known_blocks(chunks: Chunks, previous: Previous, size: int) -> dict[int, str]:

@@ -14,7 +14,7 @@ import zstandard
 
 from app.core.encoding import accepts_zstd, zstd_stream
 from app.protocol import MAX_CHUNK_SIZE, MAX_CHUNKS, MIB, content_hash, worth_compressing
-from client.hashing import cdc_sizes, file_hashes
+from client.hashing import cdc_sizes, file_hashes, hash_file
 
 GIB = 1024 * MIB
 KIB = 1024
@@ -52,6 +52,54 @@ def test_an_insert_changes_only_the_chunks_around_it(tmp_path: Path) -> None:
     # One or two chunks (at most 8 MiB each), not the 23 MiB after the insert.
     assert len(fresh) <= 2 and sum(fresh) <= 2 * cdc_sizes(len(data))[2] + 100
     assert sum(size for _, size in new) == len(data) + 100
+
+
+@pytest.mark.parametrize(
+    "size",
+    [4 * MIB + 1, 24 * MIB - 1, 24 * MIB, 24 * MIB + 1, 61 * MIB + 12_345],  # windows: 24 MiB
+)
+def test_chunks_and_blocks_are_the_whole_files(tmp_path: Path, size: int) -> None:
+    """Read in windows, cut as if the file were one buffer: the chunks tile the file,
+    each chunk's hash is of its bytes, and the blocks give the content hash."""
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    found = hash_file(path)
+    at = 0
+    for sha, length in found.chunks:
+        assert hashlib.sha256(data[at : at + length]).hexdigest() == sha
+        at += length
+    assert at == size and found.content_hash == content_hash_of(data)
+    low, _, high = cdc_sizes(size)
+    assert all(low <= n <= high for _, n in found.chunks[:-1])
+    assert found.blocks == [
+        hashlib.sha256(data[i : i + 4 * MIB]).hexdigest() for i in range(0, size, 4 * MIB)
+    ]
+
+
+def test_a_file_truncated_while_hashed_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut short under the reader (a program rewriting it in place, `copytruncate`): the
+    hash describes the bytes it has after, and the process lives (a mapped file would
+    have been killed by SIGBUS)."""
+    path = tmp_path / "log"
+    path.write_bytes(os.urandom(64 * MIB))
+    reads = 0
+    real_preadv = os.preadv
+
+    def preadv_then_truncate(fd: int, buffers: list[memoryview], offset: int) -> int:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            os.truncate(path, 10 * MIB)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv_then_truncate)
+    found = hash_file(path)
+    assert reads > 2  # read again after the cut
+    assert found.size == 10 * MIB
+    assert found.content_hash == content_hash_of(path.read_bytes())
 
 
 def content_hash_of(data: bytes) -> str:
