@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     # argon2 runs on its own threads so a flood of logins cannot stall transfers; past
     # `workers + queue` callers at once, logins are refused with 503 + Retry-After.
     password_hash_workers: int = 2
-    # The worker's CPU priority (Unix nice, 0-19): its jobs (hash verification, thumbnails,
-    # scrub, GC, the outbox sweep) yield to request serving on a shared machine. Measured:
+    # How much the worker lowers its CPU priority (added to its Unix nice value, which stops
+    # at 19): its jobs (hash verification, thumbnails, scrub, GC, the outbox sweep) yield to
+    # request serving on a shared machine. Measured:
     # a 256 MiB file's verification (0.5-1 CPU-second) landing during the next transfer
     # slowed it by a fifth at nice 0.
     worker_nice: int = Field(default=5, ge=0, le=19)

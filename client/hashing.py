@@ -9,8 +9,8 @@ the same chunks, already on the server. Sizes (measured; README "Chunking"): at 
 512 KiB, about 2 MiB on average, at most 8 MiB. An edit goes up as a delta whatever the
 chunk size (`app.protocol.delta`), while every chunk costs a request, a stored file and a
 record on the server: a new 256 MiB file is about 110 chunks. Files over 16 GiB get
-proportionally larger chunks (`cdc_sizes`), so that even a 50 GiB file stays well under
-the server's 16,384 chunks. Files up to 4 MiB are
+chunks twice as large (`cdc_sizes`), so that even a 64 GiB file stays under the server's
+16,384 chunks. Files up to 4 MiB are
 one chunk: their one block.
 
 Files are read (not mapped: a file cut short meanwhile must not kill the process) in
@@ -19,12 +19,15 @@ windows of a few chunks, never whole: memory stays at two windows whatever the s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
+import mmap
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,19 +46,23 @@ from app.protocol import (
 # A file's chunk list: (sha256 hex, size) of each chunk, in order.
 Chunks = list[tuple[str, int]]
 
-CDC_MIN_SIZE = 256 * KIB
+CDC_MIN_SIZE = 512 * KIB
 CDC_AVG_SIZE = 2 * MIB
+# pyfastcdc's largest average (and, a quarter of it, its largest minimum): with it cut
+# points fall about 4.9 MiB apart on random bytes, so even the server's largest file
+# (64 GiB) stays under its 16,384 chunks (about 13,400).
+CDC_LARGEST_AVG_SIZE = 4 * MIB
 # Chunks per file the average size aims at most (half the server's limit: room for bad luck).
 CDC_TARGET_CHUNKS = MAX_CHUNKS // 2
 
 
 def cdc_sizes(size: int) -> tuple[int, int, int]:
     """(minimum, average, maximum) chunk size for a file of `size` bytes: 512 KiB / 2 MiB /
-    8 MiB up to 16 GiB; above, the average doubles until the file is at most
-    CDC_TARGET_CHUNKS average chunks (min a quarter of it, max four times, within the
-    server's MAX_CHUNK_SIZE)."""
+    8 MiB up to 16 GiB; above, 1 / 4 / 16 MiB (the average doubles while the file is more
+    than CDC_TARGET_CHUNKS average chunks, up to CDC_LARGEST_AVG_SIZE; min a quarter of
+    it, max four times, within the server's MAX_CHUNK_SIZE)."""
     avg = CDC_AVG_SIZE
-    while size > avg * CDC_TARGET_CHUNKS and avg < MAX_CHUNK_SIZE // 2:
+    while size > avg * CDC_TARGET_CHUNKS and avg < CDC_LARGEST_AVG_SIZE:
         avg *= 2
     return max(CDC_MIN_SIZE, avg // 4), avg, min(MAX_CHUNK_SIZE, avg * 4)
 
@@ -120,7 +127,7 @@ def hash_file(path: Path, previous: Previous | None = None) -> FileHashes:
         fd = os.open(path, os.O_RDONLY)
         try:
             before = os.fstat(fd)
-            chunks, blocks = _hashes(path, fd, before.st_size, previous)
+            chunks, blocks = _hashes(fd, before.st_size, previous)
             after = os.fstat(fd)
         finally:
             os.close(fd)
@@ -133,25 +140,43 @@ def hash_file(path: Path, previous: Previous | None = None) -> FileHashes:
     raise OSError(errno.EBUSY, "it kept changing while it was read", str(path))
 
 
-def _hashes(path: Path, fd: int, size: int, previous: Previous | None) -> tuple[Chunks, list[str]]:
+def _hashes(fd: int, size: int, previous: Previous | None) -> tuple[Chunks, list[str]]:
     if size <= BLOCK_SIZE:  # one chunk, one block: most files, one read
         data = os.pread(fd, size, 0)
         return ([(sha256_hex(data), len(data))], [sha256_hex(data)]) if data else ([], [])
+    with _LARGE_HASHES:
+        return _windowed_hashes(fd, size, previous)
+
+
+# Two large files hashed at once already keep two cores busy; more would only add windows
+# in memory (the scanner and the sync hash in several threads).
+_LARGE_HASHES = threading.BoundedSemaphore(2)
+
+
+def _windowed_hashes(fd: int, size: int, previous: Previous | None) -> tuple[Chunks, list[str]]:
     low, avg, high = cdc_sizes(size)
     cdc = FastCDC(avg, min_size=low, max_size=high)
-    # Cut here; the chunks hashed in one thread, the blocks in another (hashing releases
-    # the GIL). With `previous`, only the blocks not known are hashed, once the chunks are.
-    with ThreadPoolExecutor(1) as chunk_pool, ThreadPoolExecutor(1) as block_pool:
+    # Cut here; hashed on two threads (hashing releases the GIL): a new file's chunks on
+    # one and its blocks (in order) on the other; an edit's chunks on both, then only the
+    # blocks not known from `previous` (the edit's critical path: both threads busy).
+    # Leaving this, the pools wait for their last tasks before the buffers are let go.
+    with (
+        _window_buffers(3 * high) as buffers,
+        ThreadPoolExecutor(1) as chunk_pool,
+        ThreadPoolExecutor(1) as block_pool,
+    ):
         whole = None if previous and previous[1] else _BlockHasher()
+        chunk_pools = (chunk_pool,) if whole is not None else (chunk_pool, block_pool)
         cuts: list[tuple[Future[str], int]] = []
         pending: dict[int, list[Future[Any]]] = {}
 
         def done_with(window: int) -> None:
-            wait(pending.pop(window, []))
+            for future in pending.pop(window, []):
+                future.result()  # a task that failed fails the hash
 
-        for window, data in _chunks(fd, size, cdc, high, done_with):
+        for n, (window, data) in enumerate(_chunks(fd, size, cdc, buffers, done_with)):
             hashing = pending.setdefault(window, [])
-            hashing.append(chunk_pool.submit(sha256_hex, data))
+            hashing.append(chunk_pools[n % len(chunk_pools)].submit(sha256_hex, data))
             cuts.append((hashing[-1], len(data)))
             if whole is not None:
                 hashing.append(block_pool.submit(whole.feed, data))
@@ -172,7 +197,11 @@ def _hashes(path: Path, fd: int, size: int, previous: Previous | None) -> tuple[
 
 
 def _chunks(
-    fd: int, size: int, cdc: FastCDC, high: int, done_with: Callable[[int], None]
+    fd: int,
+    size: int,
+    cdc: FastCDC,
+    buffers: tuple[mmap.mmap, mmap.mmap],
+    done_with: Callable[[int], None],
 ) -> Iterator[tuple[int, memoryview]]:
     """(window number, bytes) of each chunk of the file, in order, as they are cut. The
     file is read in windows of a few maximum chunks. Read, not mapped: a file truncated
@@ -181,20 +210,19 @@ def _chunks(
     chunk of a window (it may end only because the window does) is cut again at the head
     of the next one: the chunks are those of the whole file.
 
-    Two buffers take turns: `done_with(n)` is called before window n's buffer is read
-    into again, and must return only when nothing uses window n's chunks any more.
-    Memory: two windows, 48 MiB at most for files up to 16 GiB."""
-    span = min(3 * high, size)  # two maximum chunks and more: every window makes progress
-    buffers = (bytearray(span), bytearray(span))
+    The two buffers (each at least three maximum chunks: every window makes progress)
+    take turns: `done_with(n)` is called before window n's buffer is read into again, and
+    must return only when nothing uses window n's chunks any more."""
+    span = min(len(buffers[0]), size)
     pos = carry = 0
     for window in itertools.count():
-        buf, previous = buffers[window % 2], buffers[(window + 1) % 2]
+        buf, previous = memoryview(buffers[window % 2]), buffers[(window + 1) % 2]
         done_with(window - 2)
         # The carried chunk's bytes end the previous window (a full one: not the last).
-        buf[:carry] = memoryview(previous)[span - carry :] if carry else b""
-        got = carry + os.preadv(fd, [memoryview(buf)[carry:]], pos)
+        buf[:carry] = memoryview(previous)[span - carry : span]
+        got = carry + _read_into(fd, buf[carry:span], pos)
         pos += got - carry
-        view = memoryview(buf)[:got]
+        view = buf[:got]
         eof = got < span or pos >= size
         held = None  # the window's last chunk so far: carried over unless at the end
         for cut in cdc.cut_buf(view) if got else ():
@@ -206,6 +234,51 @@ def _chunks(
                 yield window, view[held.offset : held.offset + held.length]
             return
         carry = held.length
+
+
+# Window buffers kept between hashes (one pair, two windows of three maximum chunks: 48
+# MiB for files up to 16 GiB; a second hash at once gets a pair of its own): anonymous
+# mappings whose pages are handed back lazily (MADV_FREE: the kernel takes them only when
+# it needs memory). Fresh ones cost a page fault per 4 KiB on first touch, which on a
+# virtual machine was a third of an edit's hashing time.
+_spare_buffers: list[tuple[mmap.mmap, mmap.mmap]] = []
+_spare_lock = threading.Lock()
+
+
+def _private_buffer(size: int) -> mmap.mmap:
+    """Zeroed private memory (a shared mapping cannot be handed back lazily)."""
+    if not hasattr(mmap, "MAP_PRIVATE"):  # Windows
+        return mmap.mmap(-1, size)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+@contextlib.contextmanager
+def _window_buffers(capacity: int) -> Iterator[tuple[mmap.mmap, mmap.mmap]]:
+    with _spare_lock:
+        fits = [pair for pair in _spare_buffers if len(pair[0]) == capacity]
+        pair = fits[0] if fits else (_private_buffer(capacity), _private_buffer(capacity))
+        if fits:
+            _spare_buffers.remove(pair)
+    try:
+        yield pair
+    finally:
+        for buffer in pair:
+            if hasattr(mmap, "MADV_FREE"):
+                buffer.madvise(mmap.MADV_FREE)
+        with _spare_lock:
+            _spare_buffers.append(pair)
+            del _spare_buffers[:-1]  # one pair kept: one large file at a time is usual
+
+
+def _read_into(fd: int, buf: memoryview, pos: int) -> int:
+    """Fill `buf` from offset `pos` of the file; fewer bytes only at its end."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], pos + got)
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 class _BlockHasher:

@@ -427,9 +427,8 @@ async def _stream_content(
     fd: int,
     advance: Advance,
 ) -> None:
-    """Write the version's bytes to `fd`, checking each chunk's hash as it completes (and
-    starting its write-back: the fsync before the rename then waits for little)."""
-    index = filled = at = 0
+    """Write the version's bytes to `fd`, checking each chunk's hash as it completes."""
+    index = filled = 0
     hasher = hashlib.sha256()
     async with api.content(file_id, version) as pieces:
         async for raw in pieces:
@@ -445,8 +444,6 @@ async def _stream_content(
                 if filled == described[index]["size"]:
                     if hasher.hexdigest() != described[index]["sha256"]:
                         raise DownloadCorrupt("a chunk arrived damaged")
-                    start_writeback(fd, at, filled)
-                    at += filled
                     index, filled, hasher = index + 1, 0, hashlib.sha256()
             advance(len(raw))
     if index != len(described):

@@ -61,7 +61,7 @@ def _write_all(fd: int, pieces: list[bytes]) -> None:
             break
 
 
-_IOV_MAX = os.sysconf("SC_IOV_MAX")
+_IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))  # (-1: no stated limit)
 
 
 def sync_filesystem(path: Path) -> None:
