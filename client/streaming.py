@@ -48,6 +48,10 @@ class ChunkReuse(Protocol):
 
 
 POLL_SECONDS = 0.15  # how often an upload still going is looked at again
+# Once the chunk list is known, a look covers this many chunks from the first one not yet
+# being fetched (the uploader sends them about in order, a few dozen a second at most):
+# the server looks up and signs those, not the whole rest of a big file, every time.
+POLL_WINDOW = 64
 STALL_SECONDS = 300.0  # an upload that makes no progress this long is given up
 TAKE_WAIT_SECONDS = 30.0  # how long a download waits for a prefetch to finish
 
@@ -189,7 +193,7 @@ class Prefetcher:
         try:
             progress_at, had = loop.time(), -1
             while not job.complete:
-                ready, state = await self._poll(job)
+                ready, state = await self._poll(job, queued)
                 if not offsets:
                     await _lay_out(job, fd, offsets)
                     await self._copy_local(job, fd, offsets)
@@ -228,22 +232,25 @@ class Prefetcher:
             os.close(fd)
         job.durable_hash = content_hash(job.blocks[b] for b in range(blocks))
 
-    async def _poll(self, job: Prefetch) -> tuple[list[tuple[int, str]], str]:
-        """(index, URL) of every chunk the server holds now, and the upload's state; the
-        first poll also learns the whole chunk list."""
+    async def _poll(
+        self, job: Prefetch, queued: set[int] | frozenset[int] = frozenset()
+    ) -> tuple[list[tuple[int, str]], str]:
+        """(index, URL) of the chunks the server holds now (of all, the first time, which
+        also learns the whole chunk list; then of the POLL_WINDOW chunks from the first
+        one neither written nor `queued`), and the upload's state."""
         ready: list[tuple[int, str]] = []
         chunks: Chunks = []
-        # Known list: start at the first chunk still missing (each look costs the server
-        # a lookup and a signed URL per chunk listed: only what is left, not the whole).
-        missing = (i for i in range(len(job.chunks)) if i not in job.have)
-        offset: int | None = next(missing, 0) if job.chunks else 0
+        # Each look costs the server a lookup and a signed URL per chunk listed.
+        missing = (i for i in range(len(job.chunks)) if i not in job.have and i not in queued)
+        offset: int | None = next(missing, len(job.chunks)) if job.chunks else 0
+        limit = POLL_WINDOW if job.chunks else 1000
         state = "uploading"
         while offset is not None:
             try:
                 page: dict[str, Any] = await self.api.request(
                     "GET",
                     f"/api/upload/{job.upload_id}",
-                    params={"chunk_offset": offset, "chunk_limit": 1000},
+                    params={"chunk_offset": offset, "chunk_limit": limit},
                 )
             except ApiError as exc:
                 if exc.status == 404:
@@ -257,8 +264,8 @@ class Prefetcher:
                 if c.get("url"):
                     ready.append((c["index"], c["url"]))
             offset = page.get("next_chunk_offset")
-            if state != "uploading":
-                break
+            if state != "uploading" or job.chunks:
+                break  # (the window: one page)
         if chunks and not job.chunks:
             job.chunks = chunks
         return ready, state
