@@ -156,7 +156,7 @@ async def test_small_and_larger_files_go_up_in_batches_and_only_missing_chunks_a
     a chunk two files share is PUT once."""
     import os
 
-    big = os.urandom(5 * 1024 * 1024)  # a batch-registered file of several chunks
+    big = os.urandom(12 * 1024 * 1024)  # a batch-registered file of several (8 MiB at most)
     (syncer.root / "big.bin").write_bytes(big)
     (syncer.root / "copy.bin").write_bytes(big)  # same chunks: sent once
     (syncer.root / "mid.bin").write_bytes(os.urandom(1536 * 1024))  # over the inline limit
