@@ -180,11 +180,15 @@ class Prefetcher:
         fd = await asyncio.to_thread(os.open, job.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
 
         def enqueue(ready: list[tuple[int, str]]) -> None:
+            if not offsets:
+                # The chunk list is not known yet (a commit cut the first look short):
+                # nowhere to write; the manifest names what is missing once it is.
+                return
             for index, url in ready:
                 if index not in job.have and index not in queued:
                     queued.add(index)
                     queue.put_nowait((index, url))
-            if offsets and not fetchers:
+            if not fetchers:
                 fetchers.extend(
                     asyncio.create_task(self._fetcher(job, fd, queue, offsets))
                     for _ in range(max(1, self.api.parallel))
@@ -198,7 +202,11 @@ class Prefetcher:
                     await _lay_out(job, fd, offsets)
                     await self._copy_local(job, fd, offsets)
                     if offsets and job.copied:
-                        continue  # that took a while: look at the upload again at once
+                        # That took a while: look at the upload again at once, fetching
+                        # meanwhile what the first look found there (less what was copied:
+                        # later looks see only a window, not the whole list).
+                        enqueue(ready)
+                        continue
                 enqueue(ready)
                 if state == "committed" and not job.complete:
                     # Committed before we had it all: the rest from the file's manifest.
@@ -244,7 +252,7 @@ class Prefetcher:
         missing = (i for i in range(len(job.chunks)) if i not in job.have and i not in queued)
         offset: int | None = next(missing, len(job.chunks)) if job.chunks else 0
         limit = POLL_WINDOW if job.chunks else 1000
-        state = "uploading"
+        state, total = "uploading", 0
         while offset is not None:
             try:
                 page: dict[str, Any] = await self.api.request(
@@ -256,7 +264,7 @@ class Prefetcher:
                 if exc.status == 404:
                     raise RuntimeError("the upload is gone") from exc
                 raise
-            state = page["state"]
+            state, total = page["state"], page["chunk_count"]
             if state == "gone":
                 raise RuntimeError("the upload was abandoned")
             for c in page["chunks"]:
@@ -266,7 +274,8 @@ class Prefetcher:
             offset = page.get("next_chunk_offset")
             if state != "uploading" or job.chunks:
                 break  # (the window: one page)
-        if chunks and not job.chunks:
+        if chunks and not job.chunks and len(chunks) == total:
+            # The whole list (not the pages read before a commit ended the paging).
             job.chunks = chunks
         return ready, state
 
