@@ -6,11 +6,16 @@ import asyncio
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from bson import ObjectId
 from pymongo import MongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 
+from app.db.files import FileNode
 from app.files.maintenance.retention import empty_trash, thin_versions
+from app.files.recovery import finish_pending_op
 from tests.conftest import User, content_hash
 from tests.stack import Stack
 
@@ -204,3 +209,53 @@ async def test_the_trash_empties_itself_after_retention(
     assert await empty_trash(datetime.now(UTC), timedelta(days=30)) >= 1
     trash = await asyncio.to_thread(lambda: alice.http.get("/api/trash").json()["items"])
     assert [i["id"] for i in trash if i["id"] in (old["id"], recent["id"])] == [recent["id"]]
+
+
+async def test_a_folder_trash_finished_twice_at_once_counts_once(
+    alice: User, stack: Stack, db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request and the worker's sweep may both carry a folder's trash to what is in it
+    at the same moment: the owner's usage drops by the folder's bytes once, not twice."""
+    for name in ("a.txt", "sub/b.txt"):
+        await asyncio.to_thread(alice.upload, f"/Race/{name}", b"x" * 1000)
+    await asyncio.to_thread(alice.upload, "/kept.txt", b"k" * 10)
+    folder_id = next(
+        i["id"]
+        for i in await asyncio.to_thread(lambda: alice.http.get("/api/file").json()["items"])
+        if i["name"] == "Race"
+    )
+    # The trash's commit point on the folder, as the request writes it, and nothing more
+    # yet (a crash here leaves the same): its files are still live, counted in usage.
+    with MongoClient(stack.env["MONGODB_URL"]) as mongo:
+        mongo.coffer.files.update_one(
+            {"_id": ObjectId(folder_id)},
+            {
+                "$set": {
+                    "deleted_at": datetime.now(UTC),
+                    "live_key": f"trash:{folder_id}",
+                    "trash_root_id": folder_id,
+                    "trash_root": True,
+                    "pending_op": {"op": "trash"},
+                },
+                "$inc": {"rev": 1},
+            },
+        )
+    folder = await FileNode.get(ObjectId(folder_id))
+    assert folder is not None
+    # Both runners have found the live files before either trashes them.
+    both_found = asyncio.Barrier(2)
+    bulk_write = AsyncCollection.bulk_write
+
+    async def after_both_found(self: AsyncCollection[Any], *args: Any, **kwargs: Any) -> Any:
+        await both_found.wait()
+        return await bulk_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "bulk_write", after_both_found)
+    await asyncio.wait_for(
+        asyncio.gather(finish_pending_op(folder), finish_pending_op(folder)), timeout=30
+    )
+    monkeypatch.undo()
+    me = await asyncio.to_thread(lambda: alice.http.get("/api/me").json())
+    assert me["usage_bytes"] == 10
+    trash = await asyncio.to_thread(lambda: alice.http.get("/api/trash").json()["items"])
+    assert [i["id"] for i in trash] == [folder_id]

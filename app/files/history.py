@@ -17,25 +17,12 @@ from app.core.query import match
 from app.db.files import ChunkMapPage, FileNode, FileVersion, delete_chunk_maps
 from app.files.accounting import RESTORED, charge, release, withdraw_read_urls
 from app.files.context import FilesContext
-from app.files.recovery import finish_pending_op
+from app.files.recovery import finish_pending_op, trashed_size
 from app.files.schemas import FileOut, TrashItemOut, TrashListOut, VersionOut
 from app.files.scope import Caller, node_by_path, open_node, own_scope, parse_id, reload
 from app.files.tree import FILES, TreeService
 from app.files.uploads import UploadService
 from app.protocol import FILE_RESTORED
-
-
-async def _trashed_size(node: FileNode) -> int:
-    """Bytes of the committed files a restore of `node` brings back."""
-    if node.kind == "file":
-        return node.size if node.committed else 0
-    total = 0
-    async for doc in FileNode.get_pymongo_collection().find(
-        match(trash_root_id=str(node.id)), {"kind": 1, "size": 1, "committed": 1}
-    ):
-        if doc.get("kind") == "file" and doc.get("committed"):
-            total += doc.get("size", 0)
-    return total
 
 
 def version_out(version: FileVersion) -> VersionOut:
@@ -207,7 +194,7 @@ class HistoryService:
         }
         # What comes back counts against the quota again: charged before the commit point
         # (refused with 507 if it no longer fits), given back if the restore loses a race.
-        size = await _trashed_size(node)
+        size = await trashed_size(node)
         claim = await charge(scope, [(str(node.id), RESTORED, size)])
         try:
             restored, change = await self.tree.compare_and_set(

@@ -83,11 +83,8 @@ async def finish_pending_op(folder: FileNode) -> None:
     elif op["op"] == "trash":
         # The live descendants, by live_key as for a move.
         query = match(owner_id=folder.owner_id, live_key=paths.subtree_range(folder.path_key))
-        freed = 0
         batch = []
-        async for doc in col.find(query, {"kind": 1, "size": 1, "committed": 1}):
-            if doc.get("kind") == "file" and doc.get("committed"):
-                freed += doc.get("size", 0)
+        async for doc in col.find(query, {"_id": 1}):
             batch.append(
                 UpdateOne(
                     {"_id": doc["_id"], "deleted_at": None},
@@ -105,11 +102,31 @@ async def finish_pending_op(folder: FileNode) -> None:
                 batch = []
         if batch:
             await col.bulk_write(batch, ordered=False)
-        await add_usage(folder.owner_id, -freed)
     elif op["op"] == "restore":
         await _restore_descendants(folder, op)
     # Clear the marker unless the folder changed again since (then its new op stands).
-    await col.update_one({"_id": folder.id, "rev": folder.rev}, {"$set": {"pending_op": None}})
+    cleared = await col.update_one(
+        {"_id": folder.id, "rev": folder.rev, "pending_op.op": op["op"]},
+        {"$set": {"pending_op": None}},
+    )
+    if op["op"] == "trash" and cleared.modified_count:
+        # Counted once, by whoever cleared the marker (the request and the worker's sweep
+        # may both run this): what the trash took, every descendant being in it by now.
+        await add_usage(folder.owner_id, -await trashed_size(folder))
+
+
+async def trashed_size(node: FileNode) -> int:
+    """Bytes of the committed files in the trash with `node` (what trashing it took from
+    the owner's usage, and what restoring it brings back)."""
+    if node.kind == "file":
+        return node.size if node.committed else 0
+    total = 0
+    async for doc in FileNode.get_pymongo_collection().find(
+        match(trash_root_id=str(node.id)), {"kind": 1, "size": 1, "committed": 1}
+    ):
+        if doc.get("kind") == "file" and doc.get("committed"):
+            total += doc.get("size", 0)
+    return total
 
 
 async def _restore_descendants(folder: FileNode, op: dict[str, Any]) -> None:
