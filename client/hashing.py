@@ -39,6 +39,7 @@ from app.protocol import (
     MAX_CHUNK_SIZE,
     MAX_CHUNKS,
     MIB,
+    ContentHasher,
     blocks_aligned,
     content_hash,
 )
@@ -143,7 +144,8 @@ def hash_file(path: Path, previous: Previous | None = None) -> FileHashes:
 def _hashes(fd: int, size: int, previous: Previous | None) -> tuple[Chunks, list[str]]:
     if size <= BLOCK_SIZE:  # one chunk, one block: most files, one read
         data = os.pread(fd, size, 0)
-        return ([(sha256_hex(data), len(data))], [sha256_hex(data)]) if data else ([], [])
+        digest = sha256_hex(data)
+        return ([(digest, len(data))], [digest]) if data else ([], [])
     with _LARGE_HASHES:
         return _windowed_hashes(fd, size, previous)
 
@@ -165,7 +167,7 @@ def _windowed_hashes(fd: int, size: int, previous: Previous | None) -> tuple[Chu
         ThreadPoolExecutor(1) as chunk_pool,
         ThreadPoolExecutor(1) as block_pool,
     ):
-        whole = None if previous and previous[1] else _BlockHasher()
+        whole = None if previous and previous[1] else ContentHasher()
         chunk_pools = (chunk_pool,) if whole is not None else (chunk_pool, block_pool)
         cuts: list[tuple[Future[str], int]] = []
         pending: dict[int, list[Future[Any]]] = {}
@@ -179,12 +181,12 @@ def _windowed_hashes(fd: int, size: int, previous: Previous | None) -> tuple[Chu
             hashing.append(chunk_pools[n % len(chunk_pools)].submit(sha256_hex, data))
             cuts.append((hashing[-1], len(data)))
             if whole is not None:
-                hashing.append(block_pool.submit(whole.feed, data))
+                hashing.append(block_pool.submit(whole.update, data))
         for window in list(pending):
             done_with(window)
         found = [(future.result(), length) for future, length in cuts]
         if whole is not None:
-            return found, whole.digests()
+            return found, whole.block_digests()
         assert previous is not None
         known = _known_blocks(found, previous, size)
         blocks = range(block_count(size))
@@ -279,28 +281,6 @@ def _read_into(fd: int, buf: memoryview, pos: int) -> int:
             break
         got += n
     return got
-
-
-class _BlockHasher:
-    """The SHA-256 of each BLOCK_SIZE block of bytes fed in order (the last may be short)."""
-
-    def __init__(self) -> None:
-        self._done: list[str] = []
-        self._hash = hashlib.sha256()
-        self._filled = 0
-
-    def feed(self, data: memoryview) -> None:
-        while data:
-            take = min(BLOCK_SIZE - self._filled, len(data))
-            self._hash.update(data[:take])
-            self._filled += take
-            data = data[take:]
-            if self._filled == BLOCK_SIZE:
-                self._done.append(self._hash.hexdigest())
-                self._hash, self._filled = hashlib.sha256(), 0
-
-    def digests(self) -> list[str]:
-        return self._done + ([self._hash.hexdigest()] if self._filled else [])
 
 
 def _known_blocks(chunks: Chunks, previous: Previous, size: int) -> dict[int, str]:

@@ -73,11 +73,11 @@ def blocks_aligned(chunk_sizes: Iterable[int]) -> bool:
 
 
 class ContentHasher:
-    """The content hash of bytes fed in order, in any pieces (memory: one block digest
-    per 4 MiB, nothing of the bytes)."""
+    """The content hash of bytes fed in order, in any pieces, and the SHA-256 of each of
+    their blocks (memory: one block digest per 4 MiB, nothing of the bytes)."""
 
     def __init__(self) -> None:
-        self._outer = hashlib.sha256()
+        self._blocks: list[bytes] = []
         self._block = hashlib.sha256()
         self._in_block = 0
 
@@ -89,15 +89,17 @@ class ContentHasher:
             self._in_block += take
             view = view[take:]
             if self._in_block == BLOCK_SIZE:
-                self._outer.update(self._block.digest())
+                self._blocks.append(self._block.digest())
                 self._block = hashlib.sha256()
                 self._in_block = 0
 
+    def block_digests(self) -> list[str]:
+        """The SHA-256 (hex) of each block so far, the last one short if it is."""
+        last = [self._block.digest()] if self._in_block else []
+        return [digest.hex() for digest in self._blocks + last]
+
     def hexdigest(self) -> str:
-        outer = self._outer.copy()
-        if self._in_block:
-            outer.update(self._block.digest())
-        return outer.hexdigest()
+        return content_hash(self.block_digests())
 
 
 # Event types of the change feed.
