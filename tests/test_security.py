@@ -126,6 +126,25 @@ def test_forty_concurrent_password_guesses_get_at_most_ten_tries(base_url: str) 
     assert late.status_code == 429 and int(late.headers["retry-after"]) > 0
 
 
+def test_guesses_just_before_a_new_window_still_lock_the_login(
+    base_url: str, mongo: MongoClient
+) -> None:
+    """Forty wrong guesses counted in the window that just ended (as when a burst lands in
+    the last second before a boundary): the next window does not open at zero."""
+    victim = User(base_url)
+    window = 15 * 60
+    ended = int(time.time() // window) - 1
+    mongo.coffer.rate_limits.insert_one(
+        {"_id": f"login:127.0.0.1:{victim.username.casefold()}:{ended}", "attempts": 41}
+    )
+    r = httpx.post(
+        f"{base_url}/api/auth/token",
+        json={"username": victim.username, "password": victim.password, "device_name": "x"},
+    )
+    assert r.status_code == 429, r.text
+    assert int(r.headers["retry-after"]) > 0
+
+
 def test_thirty_concurrent_link_password_guesses_get_at_most_five_tries(
     alice: User, base_url: str, no_link_throttle: None
 ) -> None:

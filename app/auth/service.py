@@ -89,12 +89,14 @@ async def authenticate(
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise Unauthorized("wrong username or password", code="bad_credentials")
     key = f"{address}:{username.casefold()}"
-    wait = await take_attempt("login", key, settings.login_attempts, settings.login_window_seconds)
-    if wait:
+    attempt = await take_attempt(
+        "login", key, settings.login_attempts, settings.login_window_seconds
+    )
+    if attempt.wait:
         raise TooManyRequests(
             "too many wrong passwords; try again later",
             code="rate_limited",
-            headers={"Retry-After": str(wait)},
+            headers={"Retry-After": str(attempt.wait)},
         )
     user = await User.find_one(match(username_key=username.casefold()))
     # Unknown users are checked against a dummy hash, so timing reveals nothing.
@@ -103,7 +105,7 @@ async def authenticate(
     )
     if user is None or not ok:
         raise Unauthorized("wrong username or password", code="bad_credentials")
-    await give_back("login", key, settings.login_window_seconds)
+    await give_back(attempt)
     return user
 
 

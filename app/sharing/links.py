@@ -189,10 +189,10 @@ class LinkService:
         LinkProblem) past the throttle. Counted before it is checked, so concurrent
         guesses cannot slip past the limit; a right password gives its try back."""
         s = self.settings
-        wait = await take_attempt(
+        attempt = await take_attempt(
             "linkpw", address, s.link_password_attempts, s.link_password_window_seconds
         )
-        if wait:
+        if wait := attempt.wait:
             raise LinkProblem(
                 429,
                 "Too many attempts",
@@ -204,7 +204,7 @@ class LinkService:
             opened.link.password_hash, password[:MAX_LINK_PASSWORD]
         ):
             return None
-        await give_back("linkpw", address, s.link_password_window_seconds)
+        await give_back(attempt)
         expires = int(time.time()) + UNLOCK_SECONDS
         return f"{opened.link.id}.{expires}.{self._unlock_signature(opened.link, expires)}"
 

@@ -182,13 +182,13 @@ class FileRequests:
         """Store the body as a new file in the link's folder; its size. Nothing is stored
         unless every check passes and the whole declared length arrived."""
         settings = self.links.settings
-        wait = await take_attempt(
+        attempt = await take_attempt(
             THROTTLE_SCOPE,
             f"{opened.link.id}:{address}",
             settings.file_request_uploads,
             settings.file_request_window_seconds,
         )
-        if wait:
+        if wait := attempt.wait:
             raise TooManyRequests(
                 f"too many files at once; wait {wait} s",
                 code="throttled",

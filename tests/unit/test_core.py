@@ -10,6 +10,7 @@ from app.core import paths
 from app.core.errors import BadRequest, RangeNotSatisfiable
 from app.core.http import ByteRange, cross_site, parse_range
 from app.core.query import match
+from app.core.ratelimit import sliding_wait
 
 
 @pytest.mark.parametrize(
@@ -149,3 +150,25 @@ def test_which_requests_are_idle_by_design() -> None:
     ]
     for scope, idle in table:
         assert idle_by_design(scope) is idle, scope
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "elapsed", "expected"),
+    [
+        (0, 1, 0, 0),  # first try
+        (0, 10, 899, 0),  # the limit itself is allowed
+        (0, 11, 100, 800 + 82),  # this window alone is over: it ends, then fades
+        (0, 11, 899.9, 1 + 82),  # Retry-After rounds up: never 0 for a refusal
+        (41, 1, 1, 702),  # a burst just before the boundary still counts right after it
+        (41, 1, 702.5, 0),  # ... until it has faded: 41 * (1 - 702.5/900) + 1 <= 10
+        (20, 1, 500, 0),  # 20 * 4/9 + 1 fits
+        (10, 1, 90, 0),  # 10 * 0.9 + 1 = 10: allowed
+        (10, 1, 89, 1),  # 10 * (1 - 89/900) + 1 > 10: wait for it to fade
+        (5, 5, 0, 0),  # 5 + 5 = 10
+        (5, 6, 0, 180),  # 5 * (1 - t/900) <= 4 at t = 180
+    ],
+)
+def test_attempts_are_limited_over_a_sliding_window(
+    previous: int, current: int, elapsed: float, expected: int
+) -> None:
+    assert sliding_wait(previous, current, elapsed, window=900, limit=10) == expected
