@@ -3,7 +3,7 @@
 When a device begins a large upload, the server tells the others (`upload.started`, with
 the upload's id). Each of them then follows the upload (`GET /api/upload/{id}`: its chunk
 list, with a read URL for every chunk the server already holds) and writes the chunks it
-can get, verified, into a temporary file in `.coffer/tmp/`. Nothing appears under the real
+can get into a temporary file in `.coffer/tmp/`. Nothing appears under the real
 name: when the commit's `file.created` / `file.updated` arrives, the download takes the
 temporary file if it holds that version (same content hash) and renames it into place;
 whatever is still missing then is fetched first. Chunks this device already holds (any
@@ -12,7 +12,10 @@ file instead of fetched, at once, before the uploader has sent anything. The fil
 content hash is computed while
 the chunks arrive (each 4 MiB block as soon as the chunks covering it are written, read
 back from the page cache), and a finished prefetch is fsynced in the background: by the
-time the commit is announced, usually only the rename is left. An upload that is
+time the commit is announced, usually only the rename is left. That content hash is the
+check: the file is taken only if it is the committed one, so a fetched chunk is not hashed
+on its own as well (a wrong chunk, which the server's own checks make unlikely, costs the
+prefetch, and the download fetches the file again, verifying each chunk). An upload that is
 abandoned (the server answers "gone", or it stops progressing) is dropped with its
 temporary file; so is a prefetch that another event supersedes.
 """
@@ -30,7 +33,7 @@ from app.protocol import BLOCK_SIZE, content_hash
 from client.api import CofferClient
 from client.diskio import write_behind
 from client.errors import ApiError
-from client.hashing import Chunks, block_count, block_digest, sha256_hex, unmoved_blocks
+from client.hashing import Chunks, block_count, block_digest, unmoved_blocks
 
 Log = Callable[[str], None]
 
@@ -126,8 +129,8 @@ class Prefetcher:
         job.tmp.unlink(missing_ok=True)
 
     async def take(self, file_id: str, content_hash: str) -> Prefetch | None:
-        """The finished prefetch of this file's version (its chunks all in `tmp`, each
-        verified), now the caller's to check, move into place or delete; None when there
+        """The finished prefetch of this file's version (its chunks all in `tmp`), now the
+        caller's to check (its content hash), move into place or delete; None when there
         is none for these bytes (any other prefetch of the file is dropped)."""
         job = self.running.get(file_id)
         if job is None:
@@ -353,16 +356,17 @@ class Prefetcher:
         queue: asyncio.Queue[tuple[int, str]],
         offsets: list[int],
     ) -> None:
-        """Fetch, verify and write chunks from the queue until cancelled."""
+        """Fetch and write chunks from the queue until cancelled (not hashed one by one:
+        the blocks they complete are, and the whole file must have the committed hash)."""
         while True:
             index, url = await queue.get()
             try:
                 if index in job.have:
                     continue
-                sha, size = job.chunks[index]
+                size = job.chunks[index][1]
                 data = await self.api.get_chunk(url, size)
-                if len(data) != size or await asyncio.to_thread(sha256_hex, data) != sha:
-                    raise ValueError(f"chunk {index} does not match its hash")
+                if len(data) != size:
+                    raise ValueError(f"chunk {index} has {len(data)} bytes, not {size}")
                 # Its write-back starts now: the fsync before the rename waits for little.
                 await asyncio.to_thread(write_behind, fd, data, offsets[index])
                 await _hash_blocks(job, fd, self._wrote(job, index, offsets))

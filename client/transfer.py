@@ -517,7 +517,7 @@ class Transfers:
     async def finish_prefetched(
         self, rel: str, tmp: Path, chunks: Chunks, content_hash: str, durable_hash: str | None
     ) -> bool:
-        """Move a file streamed into `tmp` (each chunk verified as it came) to `rel`, once
+        """Move a file streamed into `tmp` to `rel`, once
         the whole file has the content hash the server committed and is durable; False
         (and `tmp` removed) if it does not. `durable_hash`: the prefetch already hashed
         and fsynced it."""

@@ -52,8 +52,23 @@ async def version_chunks(version: FileVersion) -> list[tuple[str, int]]:
     return chunks
 
 
-async def hash_from_store(store: BlobStore, owner: str, chunks: list[tuple[str, int]]) -> str:
-    """The content hash of the stored bytes (each chunk read verified; one in memory)."""
+async def hash_from_store(
+    store: BlobStore, owner: str, chunks: list[tuple[str, int]], expected: str | None = None
+) -> str:
+    """The content hash of the stored bytes (one chunk in memory at a time).
+
+    With the hash the uploader claimed (`expected`), the chunks are read unverified first:
+    bytes that give the claimed content hash are the bytes the uploader hashed (a damaged
+    or wrong chunk would change it), so checking each chunk against its own SHA-256 too
+    would only hash everything twice. When they do not give it, every chunk is read again,
+    verified, so a damaged chunk is found and marked (CorruptData) rather than taken for a
+    false claim. Without a claim, each chunk is verified as it is read."""
+    if expected is not None:
+        hasher = ContentHasher()
+        for sha, _size in chunks:
+            hasher.update(await store.read_all(owner, sha))
+        if hasher.hexdigest() == expected:
+            return expected
     hasher = ContentHasher()
     for sha, size in chunks:
         hasher.update(await read_verified_chunk(store, owner, sha, size))
@@ -67,7 +82,7 @@ async def settle_hash_at_commit(
     it is small enough; refuse a claim they do not match. Bigger ones stay unverified."""
     if version.hash_verified or version.size > limit:
         return
-    actual = await hash_from_store(store, version.owner_id, chunks)
+    actual = await hash_from_store(store, version.owner_id, chunks, version.claimed_hash)
     if version.claimed_hash is not None and actual != version.claimed_hash:
         raise BadRequest(
             "the uploaded bytes do not have the content_hash given for them",
@@ -86,7 +101,8 @@ async def verify_pending_hashes(store: BlobStore, tree: TreeService, limit: int 
         await FileVersion.find(match(hash_verified=False, state="committed")).limit(limit).to_list()
     )
     for version in versions:
-        actual = await hash_from_store(store, version.owner_id, await version_chunks(version))
+        chunks = await version_chunks(version)
+        actual = await hash_from_store(store, version.owner_id, chunks, version.content_hash)
         node = await FileNode.get(PydanticObjectId(version.file_id))
         if node is not None and node.head_version_id == str(version.id):
             if actual == node.content_hash:

@@ -72,6 +72,12 @@ class BlobStore(Protocol):
         """The whole stored chunk (chunks are at most 16 MiB)."""
         ...
 
+    async def read_checked(self, owner: str, sha256: str) -> tuple[bytes, bool]:
+        """The whole stored chunk, and True if the store can vouch for its bytes without
+        them being hashed again (it wrote and hashed them moments ago, and nothing has
+        touched them since)."""
+        ...
+
     async def delete(self, owner: str, sha256: str) -> None: ...
 
     def list_chunks(self, owner: str) -> AsyncIterator[tuple[str, int]]:
