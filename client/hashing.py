@@ -5,13 +5,12 @@ whatever the chunks).
 Chunks are content-defined (FastCDC): a cut point depends on the bytes around it, not on
 its offset, so an edit changes only the chunks it touches and bytes inserted near the
 start of a file shift the later cut points along with the bytes: the rest of the file is
-the same chunks, already on the server. Sizes (measured; README "Chunking"): at least
-512 KiB, about 2 MiB on average, at most 8 MiB. An edit goes up as a delta whatever the
-chunk size (`app.protocol.delta`), while every chunk costs a request, a stored file and a
-record on the server: a new 256 MiB file is about 110 chunks. Files over 16 GiB get
-chunks twice as large (`cdc_sizes`), so that even a 64 GiB file stays under the server's
-16,384 chunks. Files up to 4 MiB are
-one chunk: their one block.
+the same chunks, already on the server. Sizes (measured; README "Content-defined chunks"):
+at least 1 MiB, about 4 MiB on average (cut points fall about 4.9 MiB apart on random
+bytes), at most 16 MiB. An edit goes up as a delta whatever the chunk size
+(`app.protocol.delta`), while every chunk costs a request each way, a stored file and a
+record on the server: a new 256 MiB file is about 55 chunks, and the server's largest file
+(64 GiB) about 13,400, under its 16,384. Files up to 4 MiB are one chunk: their one block.
 
 Files are read (not mapped: a file cut short meanwhile must not kill the process) in
 windows of a few chunks, never whole: memory stays at two windows whatever the size.
@@ -35,9 +34,7 @@ from pyfastcdc import FastCDC
 
 from app.protocol import (
     BLOCK_SIZE,
-    KIB,
     MAX_CHUNK_SIZE,
-    MAX_CHUNKS,
     MIB,
     ContentHasher,
     blocks_aligned,
@@ -47,25 +44,10 @@ from app.protocol import (
 # A file's chunk list: (sha256 hex, size) of each chunk, in order.
 Chunks = list[tuple[str, int]]
 
-CDC_MIN_SIZE = 512 * KIB
-CDC_AVG_SIZE = 2 * MIB
-# pyfastcdc's largest average (and, a quarter of it, its largest minimum): with it cut
-# points fall about 4.9 MiB apart on random bytes, so even the server's largest file
-# (64 GiB) stays under its 16,384 chunks (about 13,400).
-CDC_LARGEST_AVG_SIZE = 4 * MIB
-# Chunks per file the average size aims at most (half the server's limit: room for bad luck).
-CDC_TARGET_CHUNKS = MAX_CHUNKS // 2
-
-
-def cdc_sizes(size: int) -> tuple[int, int, int]:
-    """(minimum, average, maximum) chunk size for a file of `size` bytes: 512 KiB / 2 MiB /
-    8 MiB up to 16 GiB; above, 1 / 4 / 16 MiB (the average doubles while the file is more
-    than CDC_TARGET_CHUNKS average chunks, up to CDC_LARGEST_AVG_SIZE; min a quarter of
-    it, max four times, within the server's MAX_CHUNK_SIZE)."""
-    avg = CDC_AVG_SIZE
-    while size > avg * CDC_TARGET_CHUNKS and avg < CDC_LARGEST_AVG_SIZE:
-        avg *= 2
-    return max(CDC_MIN_SIZE, avg // 4), avg, min(MAX_CHUNK_SIZE, avg * 4)
+# (minimum, average, maximum) chunk size, for every file. The average is pyfastcdc's
+# largest (and the minimum, a quarter of it, its largest minimum); the maximum is the
+# server's MAX_CHUNK_SIZE.
+CDC_SIZES: tuple[int, int, int] = (1 * MIB, 4 * MIB, MAX_CHUNK_SIZE)
 
 
 def sha256_hex(data: bytes | memoryview) -> str:
@@ -156,14 +138,14 @@ _LARGE_HASHES = threading.BoundedSemaphore(2)
 
 
 def _windowed_hashes(fd: int, size: int, previous: Previous | None) -> tuple[Chunks, list[str]]:
-    low, avg, high = cdc_sizes(size)
+    low, avg, high = CDC_SIZES
     cdc = FastCDC(avg, min_size=low, max_size=high)
     # Cut here; hashed on two threads (hashing releases the GIL): a new file's chunks on
     # one and its blocks (in order) on the other; an edit's chunks on both, then only the
     # blocks not known from `previous` (the edit's critical path: both threads busy).
     # Leaving this, the pools wait for their last tasks before the buffers are let go.
     with (
-        _window_buffers(3 * high) as buffers,
+        _window_buffers(2 * high) as buffers,
         ThreadPoolExecutor(1) as chunk_pool,
         ThreadPoolExecutor(1) as block_pool,
     ):
@@ -212,7 +194,9 @@ def _chunks(
     chunk of a window (it may end only because the window does) is cut again at the head
     of the next one: the chunks are those of the whole file.
 
-    The two buffers (each at least three maximum chunks: every window makes progress)
+    The two buffers (each at least two maximum chunks: a window holds the chunk carried
+    over, at most one maximum chunk, and at least one more that ends in it, so every
+    window yields a chunk)
     take turns: `done_with(n)` is called before window n's buffer is read into again, and
     must return only when nothing uses window n's chunks any more."""
     span = min(len(buffers[0]), size)
@@ -238,8 +222,8 @@ def _chunks(
         carry = held.length
 
 
-# Window buffers kept between hashes (one pair, two windows of three maximum chunks: 48
-# MiB for files up to 16 GiB; a second hash at once gets a pair of its own): anonymous
+# Window buffers kept between hashes (one pair, two windows of two maximum chunks: 64 MiB;
+# a second hash at once gets a pair of its own): anonymous
 # mappings whose pages are handed back lazily (MADV_FREE: the kernel takes them only when
 # it needs memory). Fresh ones cost a page fault per 4 KiB on first touch, which on a
 # virtual machine was a third of an edit's hashing time.

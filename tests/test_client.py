@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.hashing import cdc_sizes, file_hashes
+from client.hashing import CDC_SIZES, file_hashes
 from tests.conftest import User
 from tests.stack import Stack
 from tests.test_faults import kill9_and_restart
@@ -255,7 +255,7 @@ def test_a_change_uploads_only_changed_chunks_and_downloads_only_missing_ones(
     downloads the changed chunks whole."""
     a, b, _ = devices
     data = bytearray(os.urandom(40 * MIB))
-    high = cdc_sizes(len(data))[2]  # the largest chunk (8 MiB): the bounds below are < 40
+    high = CDC_SIZES[2]  # the largest chunk (16 MiB)
     (a.folder / "video.raw").write_bytes(data)
     assert a.sync_once()["bytes_sent"] == 40 * MIB
     assert b.sync_once()["bytes_received"] == 40 * MIB

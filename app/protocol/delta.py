@@ -95,8 +95,9 @@ def max_records(size: int) -> int:
 
 def max_bases_size(size: int) -> int:
     """The most bytes of bases a chunk of `size` bytes may be built on (what its range
-    overlapped is at most itself plus an old chunk at each end: the sync client's chunks
-    of files up to 16 GiB are at most 8 MiB); more is not offered (the chunk goes whole)."""
+    overlapped is itself plus an old chunk at each end: the sync client's chunks average
+    4 MiB, 16 MiB at most); more is not offered (the chunk goes whole). The server holds
+    the bases in memory while it rebuilds the chunk: at most 64 MiB."""
     return 3 * size + 16 * 1024 * KIB
 
 

@@ -15,37 +15,25 @@ import zstandard
 from pyfastcdc import FastCDC
 
 from app.core.encoding import accepts_zstd, zstd_stream
-from app.protocol import MAX_CHUNK_SIZE, MAX_CHUNKS, MIB, content_hash, worth_compressing
+from app.protocol import MAX_CHUNKS, MIB, MIN_CHUNK_SIZE, content_hash, worth_compressing
 from app.settings import Settings
-from client.hashing import cdc_sizes, file_hashes, hash_file
+from client.hashing import CDC_SIZES, file_hashes, hash_file
 
 GIB = 1024 * MIB
 KIB = 1024
 
 
-@pytest.mark.parametrize(
-    ("size", "expected"),
-    [
-        (5 * MIB, (512 * KIB, 2 * MIB, 8 * MIB)),
-        (256 * MIB, (512 * KIB, 2 * MIB, 8 * MIB)),
-        (16 * GIB, (512 * KIB, 2 * MIB, 8 * MIB)),
-        (16 * GIB + 1, (1 * MIB, 4 * MIB, 16 * MIB)),
-        (50 * GIB, (1 * MIB, 4 * MIB, 16 * MIB)),
-        (200 * GIB, (1 * MIB, 4 * MIB, 16 * MIB)),  # as large as pyfastcdc cuts
-    ],
-)
-def test_chunk_sizes_grow_with_the_file(size: int, expected: tuple[int, int, int]) -> None:
-    low, avg, high = cdc_sizes(size)
-    assert (low, avg, high) == expected
-    assert low <= avg <= high <= MAX_CHUNK_SIZE
-    FastCDC(avg, min_size=low, max_size=high)  # sizes the chunker takes (it refuses more)
+def test_the_chunk_sizes_are_ones_the_chunker_and_the_server_take() -> None:
+    low, avg, high = CDC_SIZES
+    assert MIN_CHUNK_SIZE <= low <= avg <= high <= Settings.model_fields["max_chunk_size"].default
+    FastCDC(avg, min_size=low, max_size=high)  # it refuses sizes it cannot cut with
 
 
 def test_the_largest_file_fits_the_chunk_limit() -> None:
     """The server's largest file (64 GiB) cut with its sizes: the mean chunk measured on
     random bytes (seeded: the same bytes every run) puts it under MAX_CHUNKS."""
     largest = Settings.model_fields["max_file_size"].default
-    low, avg, high = cdc_sizes(largest)
+    low, avg, high = CDC_SIZES
     rng = random.Random(16)
     sample = b"".join(rng.randbytes(MIB) for _ in range(512))
     lengths = [c.length for c in FastCDC(avg, min_size=low, max_size=high).cut_buf(sample)]
@@ -62,14 +50,15 @@ def test_an_insert_changes_only_the_chunks_around_it(tmp_path: Path) -> None:
     hash_after, new = file_hashes(after)
     assert hash_before == content_hash_of(data) and hash_after != hash_before
     fresh = [size for sha, size in new if sha not in {s for s, _ in old}]
-    # One or two chunks (at most 8 MiB each), not the 23 MiB after the insert.
-    assert len(fresh) <= 2 and sum(fresh) <= 2 * cdc_sizes(len(data))[2] + 100
+    # One or two chunks (at most 16 MiB each), not the 23 MiB after the insert.
+    assert len(fresh) <= 2 and sum(fresh) <= 2 * CDC_SIZES[2] + 100
     assert sum(size for _, size in new) == len(data) + 100
 
 
 @pytest.mark.parametrize(
     "size",
-    [4 * MIB + 1, 24 * MIB - 1, 24 * MIB, 24 * MIB + 1, 61 * MIB + 12_345],  # windows: 24 MiB
+    # Windows of 32 MiB: a file in one, just over one, over two and over three.
+    [4 * MIB + 1, 32 * MIB - 1, 32 * MIB, 32 * MIB + 1, 61 * MIB + 12_345, 97 * MIB + 7],
 )
 def test_chunks_and_blocks_are_the_whole_files(tmp_path: Path, size: int) -> None:
     """Read in windows, cut as if the file were one buffer: the chunks tile the file,
@@ -83,7 +72,7 @@ def test_chunks_and_blocks_are_the_whole_files(tmp_path: Path, size: int) -> Non
         assert hashlib.sha256(data[at : at + length]).hexdigest() == sha
         at += length
     assert at == size and found.content_hash == content_hash_of(data)
-    low, _, high = cdc_sizes(size)
+    low, _, high = CDC_SIZES
     assert all(low <= n <= high for _, n in found.chunks[:-1])
     assert found.blocks == [
         hashlib.sha256(data[i : i + 4 * MIB]).hexdigest() for i in range(0, size, 4 * MIB)
