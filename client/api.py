@@ -24,7 +24,7 @@ import httpx
 import msgspec
 import zstandard
 
-from app.protocol import MAX_CHUNK_SIZE, ZSTD, compress_if_worth_it
+from app.protocol import ZSTD, compress_if_worth_it
 from client.blobs import BlobTransport
 from client.errors import ApiError, DownloadIncomplete
 
@@ -417,12 +417,12 @@ class CofferClient:
                 raise_for_error(resp)
             yield BatchReader(_Counted(resp, self.stats))
 
-    async def get_chunk(self, url: str, size: int = MAX_CHUNK_SIZE) -> bytes:
-        """One chunk's bytes from its read URL (unverified: the caller checks its size and
-        hash; `size`, the chunk's, bounds what a compressed answer may decode to)."""
-        data, wire = await self.blobs.get(url, size)
+    async def get_chunk_pieces(self, url: str, size: int) -> list[bytes]:
+        """One chunk's bytes from its read URL, as the pieces they came in (unverified: the
+        caller checks their size, and their hash; never more than `size` bytes)."""
+        pieces, wire = await self.blobs.get_pieces(url, size)
         self.stats.bytes_received += wire  # compressed, if it was
-        return data
+        return pieces
 
     @asynccontextmanager
     async def content(

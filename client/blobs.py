@@ -26,7 +26,7 @@ import httpx
 import zstandard
 from yarl import URL
 
-from app.protocol import MAX_CHUNK_SIZE, ZSTD
+from app.protocol import ZSTD
 from client.errors import ApiError
 
 
@@ -66,23 +66,33 @@ class BlobTransport:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _transport_error(exc) from exc
 
-    async def get(self, url: str, max_size: int = MAX_CHUNK_SIZE) -> tuple[bytes, int]:
-        """A chunk's bytes (decoded) and the bytes that crossed the wire, unverified: the
-        caller checks size and hash. A compressed answer is decoded to at most one byte
-        more than `max_size` (enough for that check to fail), whatever it claims."""
+    async def get_pieces(self, url: str, size: int) -> tuple[list[bytes], int]:
+        """A chunk's bytes (decoded) as the pieces they arrived in, and the bytes that
+        crossed the wire; unverified, like `get`, but never more than `size` (a 502
+        `bad_chunk`). The pieces are not joined: a buffer of the chunk's size would be one
+        more copy of every byte, in memory freshly mapped for it (a page fault per 4 KiB)."""
         try:
             async with self._open().get(yarl_url(url), headers={"Accept-Encoding": ZSTD}) as resp:
-                raw = await resp.read()
                 if resp.status >= 400:
-                    raise ApiError.from_answer(resp.status, raw)
+                    raise ApiError.from_answer(resp.status, await resp.read())
                 coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+                if coding == ZSTD:
+                    raw = await resp.read()
+                    pieces, wire = [_unzstd(raw, size)], len(raw)
+                elif coding in ("", "identity"):
+                    pieces, wire = [], 0
+                    async for piece in resp.content.iter_any():
+                        pieces.append(piece)
+                        wire += len(piece)
+                        if wire > size:
+                            break
+                else:
+                    raise ApiError(502, "bad_encoding", f"the server sent a {coding} body", {})
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _transport_error(exc) from exc
-        if coding == ZSTD:
-            return _unzstd(raw, max_size), len(raw)
-        if coding not in ("", "identity"):
-            raise ApiError(502, "bad_encoding", f"the server sent a {coding} body", {})
-        return raw, len(raw)
+        if sum(len(piece) for piece in pieces) > size:
+            raise ApiError(502, "bad_chunk", "the server sent more bytes than the chunk has", {})
+        return pieces, wire
 
 
 def yarl_url(url: str) -> URL:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 if _libc is not None:
@@ -21,12 +22,14 @@ def start_writeback(fd: int, offset: int, size: int) -> None:
         _libc.sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
 
 
-def write_behind(fd: int, data: bytes, offset: int) -> None:
-    """Write all of `data` at `offset` (blocking; a short write is resumed) and start its
-    write-back."""
-    view = memoryview(data)
+def write_behind(fd: int, data: bytes | Sequence[bytes], offset: int) -> None:
+    """Write all of `data` (bytes, or pieces of them one after the other: a body as it came
+    off the socket, never joined) at `offset` (blocking; a short write is resumed) and
+    start its write-back."""
     at = offset
-    while view:
-        written = os.pwrite(fd, view, at)
-        view, at = view[written:], at + written
-    start_writeback(fd, offset, len(data))
+    for piece in [data] if isinstance(data, bytes) else data:
+        view = memoryview(piece)
+        while view:
+            written = os.pwrite(fd, view, at)
+            view, at = view[written:], at + written
+    start_writeback(fd, offset, at - offset)

@@ -50,8 +50,12 @@ Chunks = list[tuple[str, int]]
 CDC_SIZES: tuple[int, int, int] = (1 * MIB, 4 * MIB, MAX_CHUNK_SIZE)
 
 
-def sha256_hex(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
+def sha256_hex(*pieces: bytes | memoryview) -> str:
+    """SHA-256 (hex) of these bytes, one piece after the other."""
+    hasher = hashlib.sha256()
+    for piece in pieces:
+        hasher.update(piece)
+    return hasher.hexdigest()
 
 
 def derived_content_hash(chunks: Sequence[tuple[str, int]]) -> str | None:

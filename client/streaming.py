@@ -364,11 +364,11 @@ class Prefetcher:
                 if index in job.have:
                     continue
                 size = job.chunks[index][1]
-                data = await self.api.get_chunk(url, size)
-                if len(data) != size:
-                    raise ValueError(f"chunk {index} has {len(data)} bytes, not {size}")
+                pieces = await self.api.get_chunk_pieces(url, size)
+                if (got := sum(len(piece) for piece in pieces)) != size:
+                    raise ValueError(f"chunk {index} has {got} bytes, not {size}")
                 # Its write-back starts now: the fsync before the rename waits for little.
-                await asyncio.to_thread(write_behind, fd, data, offsets[index])
+                await asyncio.to_thread(write_behind, fd, pieces, offsets[index])
                 await _hash_blocks(job, fd, self._wrote(job, index, offsets))
             finally:
                 queue.task_done()

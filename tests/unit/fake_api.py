@@ -184,10 +184,10 @@ class FakeApi:
         data = b"".join(self.server.blobs[c["sha256"]] for c in body["chunks"])
         return self._out(self.server.put_file(body["path"], data))
 
-    async def get_chunk(self, url: str, size: int = 0) -> bytes:
+    async def get_chunk_pieces(self, url: str, size: int = 0) -> list[bytes]:
         data = self.server.blobs[url.rpartition("/")[2]]
         self.stats.bytes_received += len(data)
-        return data
+        return [data[:1000], data[1000:]]  # the pieces they came in
 
     @asynccontextmanager
     async def content(self, file_id: str, version: int | None = None) -> AsyncIterator[Any]:

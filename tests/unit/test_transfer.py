@@ -68,11 +68,12 @@ class FakeApi:
 
         yield pieces()
 
-    async def get_chunk(self, url: str, size: int = 0) -> bytes:
+    async def get_chunk_pieces(self, url: str, size: int = 0) -> list[bytes]:
         self.fetched.append(url)
         index = int(url.rpartition("/")[2])
         start = index * CHUNK
-        return self.sent[start : start + len(self.pieces[index])]
+        chunk = self.sent[start : start + len(self.pieces[index])]
+        return [chunk[:777], chunk[777:]]  # the pieces they came in
 
 
 def data(n: int = 5 * CHUNK + 123) -> bytes:
