@@ -154,3 +154,26 @@ def test_a_file_rewritten_while_it_is_sent_is_not_committed(alice: User, tmp_pat
         asyncio.run(send_it())
     listed = alice.http.get("/api/file", params={"path": "/"}).json()["items"]
     assert "draft.bin" not in [i["name"] for i in listed]
+
+
+def test_a_chunk_gone_before_the_commit_is_asked_for_again(alice: User, stack: Stack) -> None:
+    """A claimed hash is checked at commit over the stored chunks: one deleted from the
+    store meanwhile is reported (never a 500), marked missing, and the next commit asks
+    for it; sent again, the file commits with its hash verified."""
+    data = os.urandom(5 * MIB + 7)
+    chunks = cut(len(data), [2 * MIB])
+    reg = send(alice, "/gone.bin", data, chunks, content_hash=content_hash(data))
+    o, n = chunks[1]
+    sha = manifest(data[o : o + n], n)["chunks"][0]["sha256"]
+    (stack.root / "blobs" / "chunks" / alice.id / sha[:2] / sha).unlink()
+
+    first = commit(alice, reg)
+    assert first.status_code == 502 and first.json()["error"]["code"] == "corrupt_data"
+    again = commit(alice, reg)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "missing_chunks"
+    assert [m["index"] for m in again.json()["error"]["missing"]] == [1]
+    resent = send(alice, "/gone.bin", data, chunks, content_hash=content_hash(data))
+    done = commit(alice, resent)
+    assert done.status_code == 200, done.text
+    assert done.json()["hash_verified"] and done.json()["content_hash"] == content_hash(data)
+    assert alice.http.get(f"/api/file/{done.json()['id']}/content").content == data

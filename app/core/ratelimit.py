@@ -49,21 +49,28 @@ class Attempt:
 
 
 def sliding_wait(previous: int, current: int, elapsed: float, window: float, limit: int) -> int:
-    """Seconds until `current` attempts in this window (this one included), with `previous`
-    in the window before, fit under `limit` over the last `window` seconds; 0 if they do now.
+    """Seconds until an attempt may go ahead (0: this one, now): `current` attempts in this
+    window (this one included), `previous` in the window before, `elapsed` seconds into
+    this one, at most `limit` over the last `window` seconds.
 
     The previous window counts for the part of it still inside the sliding window,
-    `previous * (1 - elapsed / window)`. Refused attempts stay counted, so a caller who
-    keeps trying keeps waiting.
+    `previous * (1 - elapsed / window)`. A refused attempt stays counted, so the wait is
+    the one the *retry* needs (its own attempt included): a client that waits what it
+    is told gets in on its next try, and one that keeps trying keeps waiting.
     """
     if previous * (1 - elapsed / window) + current <= limit:
         return 0
-    if current <= limit:
-        # Wait for the previous window to fade: previous * (1 - t / window) <= limit - current.
-        fade_until = window * (1 - (limit - current) / previous)
-        return max(1, math.ceil(fade_until - elapsed))
-    # This window alone is over: it must end, then fade as the previous one.
-    return math.ceil(window - elapsed) + max(1, math.ceil(window * (1 - limit / current)))
+    retry = current + 1
+    if retry <= limit:
+        # The retry fits once the previous window has faded enough, if it does so before
+        # this window ends: previous * (1 - t / window) + retry <= limit.
+        fade_until = window * (1 - (limit - retry) / previous)
+        if fade_until < window:
+            return max(1, math.ceil(fade_until - elapsed))
+    # Not in this window: in the next, this one's attempts fade as the previous window's,
+    # with the retry the only one counted: current * (1 - t / window) + 1 <= limit.
+    fade_next = window * (1 - (limit - 1) / current) if current > limit - 1 else 0.0
+    return max(1, math.ceil(window - elapsed + fade_next))
 
 
 async def take_attempt(scope: str, key: str, limit: int, window_seconds: int) -> Attempt:

@@ -157,18 +157,44 @@ def test_which_requests_are_idle_by_design() -> None:
     [
         (0, 1, 0, 0),  # first try
         (0, 10, 899, 0),  # the limit itself is allowed
-        (0, 11, 100, 800 + 82),  # this window alone is over: it ends, then fades
-        (0, 11, 899.9, 1 + 82),  # Retry-After rounds up: never 0 for a refusal
-        (41, 1, 1, 702),  # a burst just before the boundary still counts right after it
+        (0, 11, 100, 800 + 164),  # this window alone is over: it ends, then fades
+        (0, 11, 899.9, 164),  # at the very end of it: the fade, in the next window
+        (41, 1, 1, 724),  # a burst just before the boundary still counts right after it
         (41, 1, 702.5, 0),  # ... until it has faded: 41 * (1 - 702.5/900) + 1 <= 10
         (20, 1, 500, 0),  # 20 * 4/9 + 1 fits
         (10, 1, 90, 0),  # 10 * 0.9 + 1 = 10: allowed
-        (10, 1, 89, 1),  # 10 * (1 - 89/900) + 1 > 10: wait for it to fade
+        (10, 1, 89, 91),  # the retry is a second attempt: 10 * (1 - t/900) + 2 <= 10
         (5, 5, 0, 0),  # 5 + 5 = 10
-        (5, 6, 0, 180),  # 5 * (1 - t/900) <= 4 at t = 180
+        (5, 6, 0, 360),  # 5 * (1 - t/900) + 7 <= 10 at t = 360
     ],
 )
 def test_attempts_are_limited_over_a_sliding_window(
     previous: int, current: int, elapsed: float, expected: int
 ) -> None:
     assert sliding_wait(previous, current, elapsed, window=900, limit=10) == expected
+
+
+@pytest.mark.parametrize(
+    ("burst", "at"),
+    [(41, 899.0), (41, 0.0), (11, 100.0), (20, 450.0), (12, 899.5), (10, 300.0)],
+)
+def test_a_client_that_waits_as_told_gets_in_on_its_next_try(burst: int, at: float) -> None:
+    """`burst` wrong guesses at `at` seconds into a window, all counted (refused ones too);
+    then someone who retries exactly when Retry-After says is let in on that try."""
+    window, limit = 900, 10
+    counts: dict[int, int] = {}
+
+    def attempt(t: float) -> int:
+        bucket = int(t // window)
+        counts[bucket] = counts.get(bucket, 0) + 1
+        return sliding_wait(
+            counts.get(bucket - 1, 0), counts[bucket], t - bucket * window, window, limit
+        )
+
+    t = at
+    waits = [attempt(t) for _ in range(burst)]
+    assert waits[:limit] == [0] * min(limit, burst)  # the first ten are tried
+    if burst <= limit:
+        return
+    t += waits[-1]
+    assert attempt(t) == 0
