@@ -29,6 +29,9 @@ from yarl import URL
 from app.protocol import ZSTD
 from client.errors import ApiError
 
+# An error answer's body is read this far, no further (a JSON error is a few hundred bytes).
+ERROR_BODY_MAX = 64 * 1024
+
 
 class BlobTransport:
     """A pool of keep-alive connections for chunk URLs (made on first use: aiohttp needs
@@ -61,38 +64,51 @@ class BlobTransport:
         try:
             async with self._open().put(yarl_url(url), data=body, headers=dict(headers)) as resp:
                 if resp.status >= 400:
-                    raise ApiError.from_answer(resp.status, await resp.read())
-                await resp.read()
+                    raw = await _at_most(resp, ERROR_BODY_MAX)
+                    raise ApiError.from_answer(resp.status, raw or b"")
+                await _at_most(resp, ERROR_BODY_MAX)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _transport_error(exc) from exc
 
     async def get_pieces(self, url: str, size: int) -> tuple[list[bytes], int]:
         """A chunk's bytes (decoded) as the pieces they arrived in, and the bytes that
-        crossed the wire; unverified, like `get`, but never more than `size` (a 502
-        `bad_chunk`). The pieces are not joined: a buffer of the chunk's size would be one
-        more copy of every byte, in memory freshly mapped for it (a page fault per 4 KiB)."""
+        crossed the wire; unverified: the caller checks their size and hash. Never more
+        than `size` bytes are kept, whatever the server sends (more: a 502 `bad_chunk`; a
+        compressed body is at most `size` too: the server compresses only what shrinks).
+        The pieces are not joined: a buffer of the chunk's size would be one more copy of
+        every byte, in memory freshly mapped for it (a page fault per 4 KiB)."""
+        too_many = ApiError(502, "bad_chunk", "the server sent more bytes than the chunk has", {})
         try:
             async with self._open().get(yarl_url(url), headers={"Accept-Encoding": ZSTD}) as resp:
                 if resp.status >= 400:
-                    raise ApiError.from_answer(resp.status, await resp.read())
+                    raw = await _at_most(resp, ERROR_BODY_MAX)
+                    raise ApiError.from_answer(resp.status, raw or b"")
                 coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-                if coding == ZSTD:
-                    raw = await resp.read()
-                    pieces, wire = [_unzstd(raw, size)], len(raw)
-                elif coding in ("", "identity"):
-                    pieces, wire = [], 0
-                    async for piece in resp.content.iter_any():
-                        pieces.append(piece)
-                        wire += len(piece)
-                        if wire > size:
-                            break
-                else:
+                if coding not in ("", "identity", ZSTD):
                     raise ApiError(502, "bad_encoding", f"the server sent a {coding} body", {})
+                pieces, wire = [], 0
+                async for piece in resp.content.iter_any():
+                    pieces.append(piece)
+                    wire += len(piece)
+                    if wire > size:
+                        raise too_many
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _transport_error(exc) from exc
-        if sum(len(piece) for piece in pieces) > size:
-            raise ApiError(502, "bad_chunk", "the server sent more bytes than the chunk has", {})
+        if coding == ZSTD:
+            pieces = [_unzstd(b"".join(pieces), size)]
+            if len(pieces[0]) > size:
+                raise too_many
         return pieces, wire
+
+
+async def _at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, if it is at most `limit` bytes (None past that: it is not read on)."""
+    body = bytearray()
+    async for piece in resp.content.iter_any():
+        body += piece
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def yarl_url(url: str) -> URL:

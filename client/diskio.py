@@ -5,15 +5,34 @@ Elsewhere the fsync does it all."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 if _libc is not None:
     _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 _SYNC_FILE_RANGE_WRITE = 2
+
+
+async def to_the_end(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) in a worker thread, waited for even when the caller is cancelled. For
+    work that writes through a file descriptor the caller closes once cancelled: a thread
+    still writing then would write into (or truncate) whatever file is opened next under
+    the same number."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
 
 
 def start_writeback(fd: int, offset: int, size: int) -> None:
@@ -22,12 +41,14 @@ def start_writeback(fd: int, offset: int, size: int) -> None:
         _libc.sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
 
 
-def write_behind(fd: int, data: bytes | Sequence[bytes], offset: int) -> None:
+def write_behind(
+    fd: int, data: bytes | bytearray | memoryview | Sequence[bytes], offset: int
+) -> None:
     """Write all of `data` (bytes, or pieces of them one after the other: a body as it came
     off the socket, never joined) at `offset` (blocking; a short write is resumed) and
     start its write-back."""
     at = offset
-    for piece in [data] if isinstance(data, bytes) else data:
+    for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
         view = memoryview(piece)
         while view:
             written = os.pwrite(fd, view, at)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from app.protocol import BLOCK_SIZE, content_hash
 from client.api import CofferClient
-from client.diskio import write_behind
+from client.diskio import to_the_end, write_behind
 from client.errors import ApiError
 from client.hashing import Chunks, block_count, block_digest, unmoved_blocks
 
@@ -326,7 +326,7 @@ class Prefetcher:
                 ]
             return done
 
-        copied = await asyncio.to_thread(copy_all)
+        copied = await to_the_end(copy_all)
         blocks: list[int] = []
         for index in copied:
             job.copied += 1
@@ -368,7 +368,7 @@ class Prefetcher:
                 if (got := sum(len(piece) for piece in pieces)) != size:
                     raise ValueError(f"chunk {index} has {got} bytes, not {size}")
                 # Its write-back starts now: the fsync before the rename waits for little.
-                await asyncio.to_thread(write_behind, fd, pieces, offsets[index])
+                await to_the_end(write_behind, fd, pieces, offsets[index])
                 await _hash_blocks(job, fd, self._wrote(job, index, offsets))
             finally:
                 queue.task_done()
@@ -431,7 +431,7 @@ async def _lay_out(job: Prefetch, fd: int, offsets: list[int]) -> None:
         offsets.append(pos)
         pos += size
     job.size = pos
-    await asyncio.to_thread(os.ftruncate, fd, pos)
+    await to_the_end(os.ftruncate, fd, pos)
 
 
 async def _hash_blocks(job: Prefetch, fd: int, blocks: list[int], parallel: int = 2) -> None:

@@ -30,7 +30,7 @@ from rich.progress import Progress
 
 from app.protocol import delta
 from client.api import CofferClient
-from client.diskio import start_writeback, write_behind
+from client.diskio import start_writeback, to_the_end, write_behind
 from client.errors import (
     ApiError,
     DownloadCorrupt,
@@ -387,7 +387,7 @@ async def _assemble(
             i = queue.get_nowait()
             c = described[i]
             source = reuse.source(c["sha256"])
-            if source and await asyncio.to_thread(
+            if source and await to_the_end(
                 reuse.copy, source, c["sha256"], c["size"], fd, offsets[i]
             ):
                 advance(c["size"])
@@ -403,7 +403,7 @@ async def _assemble(
                 )
             if await asyncio.to_thread(sha256_hex, *pieces) != c["sha256"]:
                 raise DownloadCorrupt("a chunk arrived damaged")
-            await asyncio.to_thread(write_behind, fd, pieces, offsets[i])
+            await to_the_end(write_behind, fd, pieces, offsets[i])
             advance(c["size"])
 
     await run_all([worker() for _ in range(min(api.parallel, len(described)))])

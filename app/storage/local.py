@@ -34,11 +34,14 @@ WRITE_SLICE = 1024 * 1024
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 # A chunk this process wrote, hashing it as it went, is served without hashing it again
 # for this long, as long as its file is the one written and unchanged (same inode, size,
-# mtime and ctime): hashing it again would hash the same page-cache pages that were just
-# hashed (rot on disk is only read back once they are evicted, long after). This is the
-# chunk a device following an upload fetches moments after it is stored: one SHA-256 pass
-# of the server's two for every streamed byte. At most FRESH_ENTRIES are remembered.
-FRESH_SECONDS = 60.0
+# mtime and ctime; on kernels before 6.13 timestamps are coarse, so a rewrite in place
+# within a few milliseconds of the write could go unseen, and only something outside
+# Coffer rewrites a chunk in place). Hashing it again would almost always hash the same
+# page-cache pages that were just hashed: rot on the disk is read back only if those
+# pages were evicted within these seconds. This is the chunk a device following an upload
+# fetches moments after it is stored: one SHA-256 pass of the server's two for every
+# streamed byte. At most FRESH_ENTRIES are remembered.
+FRESH_SECONDS = 10.0
 FRESH_ENTRIES = 8192
 FileIdentity = tuple[int, int, int, int, int]
 

@@ -42,6 +42,10 @@ async def gzipped(request: web.Request) -> web.Response:
     return web.Response(body=b"x", headers={"Content-Encoding": "gzip"})
 
 
+async def loud(request: web.Request) -> web.Response:
+    return web.Response(status=403, body=b"x" * (8 * 1024 * 1024))  # not read to the end
+
+
 async def gone(request: web.Request) -> web.Response:
     error = {"error": {"code": "bad_signature", "message": "expired"}}
     return web.Response(status=403, body=json.dumps(error), content_type="application/json")
@@ -56,6 +60,7 @@ async def base_url() -> AsyncIterator[str]:
         ("bomb", bomb),
         ("gzipped", gzipped),
         ("gone", gone),
+        ("loud", loud),
     ):
         app.router.add_get(f"/{name}", handler)
     server = TestServer(app)
@@ -74,6 +79,8 @@ async def base_url() -> AsyncIterator[str]:
         ("plain", len(BODY) - 1, None, "bad_chunk"),  # more than the chunk: never kept
         ("packed", len(TEXT), TEXT, None),  # decoded
         ("bomb", 4 * 1024 * 1024, None, "bad_chunk"),  # stops at the chunk's size
+        ("packed", 1000, None, "bad_chunk"),  # compressed, yet larger than the chunk
+        ("loud", 10, None, "error"),  # an error answer is read so far, no further
         ("gzipped", 10, None, "bad_encoding"),
         ("gone", 10, None, "bad_signature"),
     ],

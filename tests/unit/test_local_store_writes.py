@@ -76,6 +76,6 @@ async def test_a_chunk_just_written_is_vouched_for_until_touched(
     monkeypatch.setattr(local, "FRESH_SECONDS", 0.0)
     assert not (await writer.read_checked(owner, sha))[1]
     # Deleted: forgotten.
-    monkeypatch.setattr(local, "FRESH_SECONDS", 60.0)
+    monkeypatch.setattr(local, "FRESH_SECONDS", 10.0)
     await writer.delete(owner, sha)
     assert (owner, sha) not in writer._written
