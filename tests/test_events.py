@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from bson import ObjectId
-from pymongo import MongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, MongoClient, ReturnDocument
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from app.core.counters import incremented
 from app.db.events import Event, EventCounter
 from app.db.outbox import EVENT_FIELDS
 from app.events.feed import ChangeFeed, append_event
@@ -418,3 +419,28 @@ def test_sweeper_delivers_a_change_a_crashed_writer_left(alice: User, stack: Sta
         assert delivered() == 1
     moved = [e for e in feed(alice, 0, limit=1000)["events"] if e["path"] == "/crashed-rename.txt"]
     assert len(moved) == 1 and moved[0]["old_path"] == "/crash.txt"
+
+
+async def test_first_events_for_a_new_recipient_at_once_each_get_a_seq(stack: Stack) -> None:
+    """Many first increments of a counter that does not exist yet, at once, from several
+    connections (the worker fans out several changes to a new recipient in parallel):
+    every one gets a document back and its own number. The replica-set pass once answered
+    a lost upsert race with no document, and the fan-out died on it."""
+    clients = [AsyncMongoClient(stack.env["MONGODB_URL"]) for _ in range(4)]
+    try:
+        for _round in range(5):
+            key = f"race-{ObjectId()}"
+            got = await asyncio.gather(
+                *(
+                    incremented(client.coffer.event_counters, key, "seq")
+                    for client in clients
+                    for _ in range(5)
+                )
+            )
+            seqs = [doc["seq"] for doc in got]
+            assert len(set(seqs)) == 20
+            final = await clients[0].coffer.event_counters.find_one({"_id": key})
+            assert final is not None and final["seq"] >= max(seqs) >= 20
+    finally:
+        for client in clients:
+            await client.close()

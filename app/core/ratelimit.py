@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from beanie import Document
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel
 
 from app.core.clock import now
+from app.core.counters import incremented
 
 
 class RateCounter(Document):
@@ -79,12 +80,7 @@ async def take_attempt(scope: str, key: str, limit: int, window_seconds: int) ->
     bucket = int(t // window_seconds)
     elapsed = t - bucket * window_seconds
     coll = RateCounter.get_pymongo_collection()
-    counter = await coll.find_one_and_update(
-        {"_id": f"{scope}:{key}:{bucket}"},
-        {"$inc": {"attempts": 1}},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
+    counter = await incremented(coll, f"{scope}:{key}:{bucket}", "attempts")
     if counter.get("expires_at") is None:
         # A separate write: nx-27017's find_one_and_update upsert drops $setOnInsert.
         # Kept through the next window, which reads it as its previous one.

@@ -26,11 +26,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
 from app import protocol
 from app.core.clock import epoch_ms, iso, now
+from app.core.counters import incremented
 from app.core.failpoints import failpoint
 from app.core.query import match
 from app.db.events import HOLE, Event, EventCounter
@@ -78,13 +79,7 @@ async def append_event(
         return None
     counters = EventCounter.get_pymongo_collection()
     while True:
-        counter = await counters.find_one_and_update(
-            {"_id": recipient},
-            {"$inc": {"seq": 1}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        seq = counter["seq"]
+        seq = (await incremented(counters, recipient, "seq"))["seq"]
         try:
             await Event(
                 recipient_id=recipient,
@@ -123,12 +118,8 @@ async def append_events(recipient: str, deliveries: list[tuple[str, dict[str, An
     was slow) is appended again with a new seq. Returns how many were added."""
     if not deliveries:
         return 0
-    counter = await EventCounter.get_pymongo_collection().find_one_and_update(
-        {"_id": recipient},
-        {"$inc": {"seq": len(deliveries)}},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
+    counters = EventCounter.get_pymongo_collection()
+    counter = await incremented(counters, recipient, "seq", len(deliveries))
     first = counter["seq"] - len(deliveries) + 1
     # Plain documents (a batch appends thousands: no model to build per event).
     docs = [
