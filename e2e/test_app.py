@@ -127,8 +127,14 @@ def test_move_and_share_a_selection(people: Callable[..., Person]) -> None:
     dialog.get_by_label("Username").fill(bob.username)
     dialog.get_by_role("button", name="Share", exact=True).click()
     expect(dialog).to_be_hidden()
-    shared = bob.api("GET", "/api/shared")["items"]
-    assert sorted(i["name"] for i in shared) == ["a.txt", "b.txt"]
+    # Access is granted at once; "Shared with me" is derived by the worker, moments later.
+    deadline = time.monotonic() + 30
+    while True:
+        shared = sorted(i["name"] for i in bob.api("GET", "/api/shared")["items"])
+        if shared == ["a.txt", "b.txt"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert shared == ["a.txt", "b.txt"]
     page.once("dialog", lambda d: d.accept("/Inbox"))
     page.locator("#selection-bar").get_by_role("button", name="Move").click()
     expect(row(page, "a.txt")).to_have_count(0)
