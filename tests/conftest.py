@@ -115,6 +115,20 @@ class User:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def events(self, cursor: int = 0) -> list[dict]:
+        """The user's feed after `cursor`, every page, as a device reads it: a page ends
+        early at a seq not written yet (a hole the server fills after a moment), and
+        `has_more` says to read on."""
+        out: list[dict] = []
+        while True:
+            r = self.http.get("/api/file/events", params={"cursor": cursor, "limit": 1000})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            out += body["events"]
+            cursor = body["cursor"]
+            if not body["has_more"]:
+                return out
+
     def register(
         self, path: str, data: bytes, chunk_size: int = 64 * 1024, **extra
     ) -> httpx.Response:

@@ -357,10 +357,10 @@ def test_worker_down_then_up_delivers_everything(alice: User, bob: User, stack: 
             assert share.status_code == 201
         # Access is granted at once (it reads the ACL), and the owner's devices hear at once.
         assert bob.http.get(f"/api/file/{folders[0]['id']}").status_code == 200
-        types = [e["type"] for e in feed(alice, 0, limit=1000)["events"]]
+        types = [e["type"] for e in alice.events()]
         assert types.count("share.added") == 3
         # The recipient's events and "Shared with me" wait for the worker.
-        assert [e for e in feed(bob, 0)["events"] if e["type"] == "share.added"] == []
+        assert [e for e in bob.events() if e["type"] == "share.added"] == []
         with MongoClient(stack.env["MONGODB_URL"]) as mongo:
             assert (
                 mongo.coffer.acl.count_documents({"owner_id": alice.id, "outbox_pending": True})
@@ -370,8 +370,10 @@ def test_worker_down_then_up_delivers_everything(alice: User, bob: User, stack: 
         worker.start()
     # Generous: a worker's start (imports, connecting, the index check) on a loaded 2-core
     # machine with the replica-set server next to it; the wait ends as soon as they arrive.
+    # Read as a device does, every page: three first deliveries at once to a feed that does
+    # not exist yet can leave a seq hole (app/core/counters.py), which ends a page early.
     assert _wait_until(
-        lambda: len([e for e in feed(bob, 0)["events"] if e["type"] == "share.added"]) == 3,
+        lambda: len([e for e in bob.events() if e["type"] == "share.added"]) == 3,
         timeout=45,
     )
     shared = bob.http.get("/api/shared").json()["items"]
@@ -417,7 +419,7 @@ def test_sweeper_delivers_a_change_a_crashed_writer_left(alice: User, stack: Sta
         stack.procs["worker"].start()
         time.sleep(3)  # a sweep after the restart
         assert delivered() == 1
-    moved = [e for e in feed(alice, 0, limit=1000)["events"] if e["path"] == "/crashed-rename.txt"]
+    moved = [e for e in alice.events() if e["path"] == "/crashed-rename.txt"]
     assert len(moved) == 1 and moved[0]["old_path"] == "/crash.txt"
 
 

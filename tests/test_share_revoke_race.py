@@ -18,16 +18,6 @@ from tests.conftest import User, manifest
 from tests.stack import Stack
 
 
-def feed(user: User, cursor: int) -> list[dict]:
-    events: list[dict] = []
-    while True:
-        body = user.http.get("/api/file/events", params={"cursor": cursor}).json()
-        events += body["events"]
-        cursor = body["cursor"]
-        if not body["has_more"]:
-            return events
-
-
 def test_a_late_fan_out_after_a_revoke_is_never_shown(stack: Stack, base_url: str) -> None:
     owner, viewer = User(base_url), User(base_url)
     team = owner.http.post("/api/folder", json={"path": "/Team"}).json()
@@ -36,7 +26,7 @@ def test_a_late_fan_out_after_a_revoke_is_never_shown(stack: Stack, base_url: st
     )
     assert r.status_code == 201
     deadline = time.monotonic() + 15
-    while not any(e["type"] == "share.added" for e in feed(viewer, 0)):
+    while not any(e["type"] == "share.added" for e in viewer.events(0)):
         assert time.monotonic() < deadline, "share.added never arrived"
         time.sleep(0.1)
     cursor = viewer.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
@@ -63,7 +53,7 @@ def test_a_late_fan_out_after_a_revoke_is_never_shown(stack: Stack, base_url: st
     finally:
         slow.stop()
 
-    events = feed(viewer, cursor)
+    events = viewer.events(cursor)
     types = [(e["type"], e["path"]) for e in events]
     assert ("share.removed", "/Team") in types, types
     removed_at = types.index(("share.removed", "/Team"))

@@ -33,16 +33,6 @@ def shared_items(user: User) -> list[dict]:
     return r.json()["items"]
 
 
-def events(user: User, cursor: int = 0) -> list[dict]:
-    out = []
-    while True:
-        body = user.http.get("/api/file/events", params={"cursor": cursor, "limit": 1000}).json()
-        out += body["events"]
-        cursor = body["cursor"]
-        if not body["has_more"]:
-            return out
-
-
 def upload_into(user: User, parent_id: str, name: str, data: bytes) -> dict:
     """Upload as `user` into a folder by id (the way a share recipient does)."""
     reg = user.http.post("/api/file", json={"parent_id": parent_id, "name": name, **manifest(data)})
@@ -131,7 +121,7 @@ def test_editor_uploads_count_against_the_owner_and_reach_the_owners_devices(
     assert alice.http.get("/api/me").json()["usage_bytes"] == alice_before + len(data)
     assert bob.http.get("/api/me").json()["usage_bytes"] == bob_before
     # Alice's devices hear of it, with bob as the actor.
-    created = [e for e in events(alice, alice_cursor) if e["file_id"] == f["id"]]
+    created = [e for e in alice.events(alice_cursor) if e["file_id"] == f["id"]]
     assert [(e["type"], e["path"], e["actor"]) for e in created] == [
         ("file.created", "/Team/plans/q3.bin", bob.username)
     ]
@@ -205,7 +195,7 @@ def test_revoke_takes_effect_on_the_next_request(alice: User, bob: User) -> None
     before = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     share(alice, folder["id"], bob.username, "editor")
     assert bob.http.get(f"/api/file/{f['id']}").status_code == 200
-    wait_for(lambda: any(e["type"] == "share.added" for e in events(bob, before)))
+    wait_for(lambda: any(e["type"] == "share.added" for e in bob.events(before)))
     assert shared_items(bob)
     cursor = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     assert alice.http.delete(f"/api/file/{folder['id']}/share/{bob.username}").status_code == 204
@@ -213,7 +203,7 @@ def test_revoke_takes_effect_on_the_next_request(alice: User, bob: User) -> None
     assert bob.http.get(f"/api/file/{f['id']}/content").status_code == 404
     assert bob.http.get("/api/file", params={"id": folder["id"]}).status_code == 404
     assert bob.http.patch(f"/api/file/{f['id']}", json={"name": "b.txt"}).status_code == 404
-    removed = wait_for(lambda: [e for e in events(bob, cursor) if e["type"] == "share.removed"])
+    removed = wait_for(lambda: [e for e in bob.events(cursor) if e["type"] == "share.removed"])
     assert [(e["file_id"], e["path"], e["owner"]) for e in removed] == [
         (folder["id"], "/Revoked", alice.username)
     ]
@@ -221,7 +211,7 @@ def test_revoke_takes_effect_on_the_next_request(alice: User, bob: User) -> None
     # Later changes in the folder no longer reach bob.
     alice.upload("/Revoked/after.txt", b"after")
     time.sleep(0.5)
-    assert [e for e in events(bob, cursor) if e["type"] != "share.removed"] == []
+    assert [e for e in bob.events(cursor) if e["type"] != "share.removed"] == []
     # Revoking again, sharing with yourself or with nobody: clear errors.
     assert alice.http.delete(f"/api/file/{folder['id']}/share/{bob.username}").status_code == 404
     assert share(alice, folder["id"], alice.username).status_code == 400
@@ -239,7 +229,7 @@ def test_a_recipients_feed_holds_exactly_what_they_may_see(
     alice.http.post("/api/folder", json={"path": "/Work/Private"})
     cursor = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     share(alice, shared["id"], bob.username, "viewer")
-    wait_for(lambda: any(e["type"] == "share.added" for e in events(bob, cursor)))
+    wait_for(lambda: any(e["type"] == "share.added" for e in bob.events(cursor)))
 
     a = alice.upload("/Work/Shared/a.txt", b"a1")
     alice.upload("/Work/Private/secret.txt", b"s")
@@ -256,10 +246,10 @@ def test_a_recipients_feed_holds_exactly_what_they_may_see(
 
     got = wait_for(
         lambda: (lambda evs: evs if evs and evs[-1]["path"] == "/Shared/renamed" else None)(
-            [e for e in events(bob, cursor) if e["type"] != "share.added"]
+            [e for e in bob.events(cursor) if e["type"] != "share.added"]
         )
     )
-    assert got, events(bob, cursor)
+    assert got, bob.events(cursor)
     assert [(e["type"], e["path"], e.get("old_path")) for e in got] == [
         ("file.created", "/Shared/a.txt", None),
         ("file.updated", "/Shared/a.txt", None),
@@ -271,7 +261,7 @@ def test_a_recipients_feed_holds_exactly_what_they_may_see(
         ("file.deleted", "/Shared/sub/doomed.txt", None),
         ("file.moved", "/Shared/renamed", "/Shared/sub"),
     ]
-    assert all("Private" not in (e["path"] + (e.get("old_path") or "")) for e in events(bob, 0))
+    assert all("Private" not in (e["path"] + (e.get("old_path") or "")) for e in bob.events(0))
 
     # Replay: a path -> id map built from the events equals a fresh recursive listing.
     state: dict[str, str] = {"/Shared": shared["id"]}
@@ -306,10 +296,10 @@ def test_trashing_a_folder_above_a_share_removes_it_for_the_recipient(
     before = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     share(alice, inner["id"], bob.username, "viewer")
     # "Shared with me" is derived before the event is appended: wait for the event itself.
-    wait_for(lambda: any(e["type"] == "share.added" for e in events(bob, before)))
+    wait_for(lambda: any(e["type"] == "share.added" for e in bob.events(before)))
     cursor = bob.http.get("/api/file/events", params={"cursor": "latest"}).json()["cursor"]
     assert alice.http.delete(f"/api/file/{outer['id']}").status_code == 204
-    gone = wait_for(lambda: events(bob, cursor))
+    gone = wait_for(lambda: bob.events(cursor))
     assert [(e["type"], e["file_id"], e["path"]) for e in gone] == [
         ("file.deleted", inner["id"], "/Inner")
     ]
