@@ -18,7 +18,6 @@ from pymongo import MongoClient
 from tests.conftest import User, content_hash, manifest
 from tests.stack import Stack
 from tests.test_faults import run_in_worker
-from tests.test_sharing import events as feed
 
 
 def inline(path: str, data: bytes, **extra: object) -> dict:
@@ -64,7 +63,7 @@ def test_a_batch_of_small_files_commits_in_one_request(alice: User) -> None:
     assert len(listed) == 30
     some = results[7]["file"]
     assert alice.http.get(f"/api/file/{some['id']}/content").content == files[some["path"]]
-    events = feed(alice, cursor)
+    events = alice.events(cursor)
     created = [e["path"] for e in events if e["type"] == "file.created" and e["kind"] == "file"]
     assert sorted(created) == sorted(files)
     seqs = [e["seq"] for e in events]
@@ -204,7 +203,7 @@ def test_a_batch_into_a_shared_folder_reaches_the_recipient_with_their_paths(
     assert results[0]["file"]["path"] == "/Team/n000.txt"
     events = []
     for _ in range(50):
-        events = [e for e in feed(bob, cursor) if e["type"] == "file.created"]
+        events = [e for e in bob.events(cursor) if e["type"] == "file.created"]
         if len(events) == 50:
             break
     assert sorted(e["path"] for e in events) == [f"/Team/n{i:03}.txt" for i in range(50)]
@@ -237,7 +236,7 @@ def test_batch_folders_make_trees_at_once_and_fail_alone(alice: User, bob: User)
         results[3]["file"]["path"] == "/Src/pkg2/sub/deep"
         and results[3]["file"]["kind"] == "folder"
     )
-    made = [e["path"] for e in feed(alice, cursor) if e["type"] == "file.created"]
+    made = [e["path"] for e in alice.events(cursor) if e["type"] == "file.created"]
     assert sorted(made) == sorted(
         p for i in range(20) for p in (f"/Src/pkg{i}", f"/Src/pkg{i}/sub", f"/Src/pkg{i}/sub/deep")
     )
@@ -355,7 +354,7 @@ def test_kill9_web_mid_batch_leaves_each_file_whole_or_absent(stack: Stack, step
     # Every file announced exactly once, whichever process delivered it.
     deadline = time.monotonic() + 20
     while True:
-        created = [e["path"] for e in feed(main, cursor) if e["type"] == "file.created"]
+        created = [e["path"] for e in main.events(cursor) if e["type"] == "file.created"]
         if len([p for p in created if p.startswith("/crash/f")]) >= 100:
             break
         assert time.monotonic() < deadline, f"{len(created)} events"

@@ -12,7 +12,6 @@ import pytest
 from tests.conftest import User, content_hash, manifest
 from tests.stack import Stack
 from tests.test_faults import run_in_worker
-from tests.test_sharing import events
 
 MIB = 1024 * 1024
 
@@ -124,7 +123,7 @@ def test_a_large_file_is_verified_by_the_worker_and_a_wrong_claim_corrected(
     fixed = alice.http.get(f"/api/file/{lie.json()['id']}").json()
     assert fixed["hash_verified"] and fixed["content_hash"] == content_hash(data2)
     assert fixed["version"] == 1
-    updates = [e for e in events(alice, cursor) if e["type"] == "file.updated"]
+    updates = [e for e in alice.events(cursor) if e["type"] == "file.updated"]
     assert [(e["path"], e["content_hash"]) for e in updates] == [("/lie.bin", content_hash(data2))]
     history = alice.http.get(f"/api/file/{lie.json()['id']}/versions").json()
     assert history[0]["content_hash"] == content_hash(data2)

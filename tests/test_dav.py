@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import User, content_hash, manifest
-from tests.test_sharing import events, share, shared_items, wait_for
+from tests.test_sharing import share, shared_items, wait_for
 
 MIB = 1024 * 1024
 DAV = "{DAV:}"
@@ -99,7 +99,7 @@ def test_a_put_is_a_version_with_history_and_reaches_the_feed(alice: User) -> No
     assert (item["name"], item["version"], item["size"]) == ("report.bin", 2, len(second))
     versions = alice.http.get(f"/api/file/{item['id']}/versions").json()
     assert [v["size"] for v in versions] == [len(second), len(first)]
-    seen = [(e["type"], e["path"]) for e in events(alice, cursor)]
+    seen = [(e["type"], e["path"]) for e in alice.events(cursor)]
     assert seen == [
         ("file.created", "/Docs"),
         ("file.created", "/Docs/report.bin"),
