@@ -30,7 +30,7 @@ from rich.progress import Progress
 
 from app.protocol import delta
 from client.api import CofferClient
-from client.diskio import start_writeback, to_the_end, write_behind
+from client.diskio import copy_behind, to_the_end, write_behind
 from client.errors import (
     ApiError,
     DownloadCorrupt,
@@ -258,31 +258,13 @@ class LocalChunks:
             return False
         try:
             st = os.fstat(src)
-            return (st.st_size, st.st_mtime_ns) == tuple(synced) and _kernel_copy(
+            return (st.st_size, st.st_mtime_ns) == tuple(synced) and copy_behind(
                 src, fd, size, offset, dst_offset
             )
         except OSError:
             return False
         finally:
             os.close(src)
-
-
-def _kernel_copy(src: int, dst: int, size: int, offset: int, dst_offset: int) -> bool:
-    """Copy in the kernel, a slice at a time, each slice's write-back started at once:
-    the fsync that makes the new file durable then waits for little more than the last
-    slice (an edited 256 MiB file: its fsync ran after the copy, 0.13 s on the path)."""
-    done = 0
-    while done < size:
-        step = min(size - done, COPY_SLICE)
-        n = os.copy_file_range(src, dst, step, offset + done, dst_offset + done)
-        if n <= 0:
-            return False
-        start_writeback(dst, dst_offset + done, n)
-        done += n
-    return True
-
-
-COPY_SLICE = 16 * 1024 * 1024
 
 
 def replace_into_place(tmp: Path, target: Path) -> None:

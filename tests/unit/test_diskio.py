@@ -1,5 +1,6 @@
-"""Writing received bytes (client/diskio.py): every shape of data lands at its offset, and
-a cancelled caller does not close a file while a thread still writes through it."""
+"""Writing received bytes (client/diskio.py): every shape of data lands at its offset, a
+kernel copy of a range spans several slices, and a cancelled caller does not close a file
+while a thread still writes through it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from client.diskio import to_the_end, write_behind
+from client.diskio import COPY_SLICE, copy_behind, to_the_end, write_behind
 
 DATA = os.urandom(200_000)
 
@@ -54,3 +55,31 @@ async def test_a_cancelled_caller_waits_for_the_thread_it_started() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert finished.is_set()
+
+
+@pytest.mark.parametrize("size", [0, 1, COPY_SLICE, COPY_SLICE + 12_345])
+def test_a_kernel_copy_lands_the_range_at_its_offset(tmp_path: Path, size: int) -> None:
+    source = os.urandom(size + 3_000)
+    (tmp_path / "src").write_bytes(source)
+    (tmp_path / "dst").write_bytes(b"d" * 100)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_RDWR)
+    try:
+        assert copy_behind(src, dst, size, 1_000, 50)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (tmp_path / "dst").read_bytes() == b"d" * 50 + source[1_000 : 1_000 + size] + (
+        b"d" * max(0, 50 - size)
+    )
+
+
+def test_a_kernel_copy_from_a_short_source_says_so(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(b"s" * 1_000)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
+    try:
+        assert not copy_behind(src, dst, 2_000, 0, 0)
+    finally:
+        os.close(src)
+        os.close(dst)
