@@ -62,6 +62,7 @@ from pymongo import MongoClient  # noqa: E402
 from pymongo.database import Database  # noqa: E402
 
 from app.db.events import HOLE  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from bench import soak_devices  # noqa: E402
 from bench.soak_chart import render  # noqa: E402
 from bench.soak_client import Balancer  # noqa: E402
@@ -83,8 +84,10 @@ def start_stack(root: Path, webs: int, workers: int) -> tuple[Stack, list[str], 
     worker_names = []
     for i in range(workers):
         name = "worker" if i == 0 else f"worker{i + 1}"
-        if i == 0:
-            stack.start_worker()
+        if i == 0:  # with the scrub every ten minutes, as deployed
+            stack.start_worker(
+                COFFER_SCRUB_RUN_SECONDS=str(Settings.model_fields["scrub_run_seconds"].default)
+            )
         else:  # Stack names its one worker "worker"; more share its command and env
             stack._proc(name, [sys.executable, "-m", "app.cli", "worker"], None).start()
         worker_names.append(name)

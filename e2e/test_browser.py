@@ -109,8 +109,9 @@ def test_sharing_shows_up_live_and_changes_follow_without_reload(
     expect(a.locator(".toast")).to_have_count(0)  # the sharer is not told of their own share
     dialog.get_by_role("button", name="Close").click()
 
-    # Bob's open page shows the share without a reload, with a toast.
-    expect(row(b, "Team")).to_be_visible(timeout=3000)
+    # Bob's open page shows the share without a reload, with a toast (the worker derives
+    # the share first: it runs at a lower priority, so the wait is generous).
+    expect(row(b, "Team")).to_be_visible(timeout=30_000)
     expect(b.locator(".toast")).to_contain_text(f"{alice.username} shared Team with you")
     shot(b, "shared-with-me")
     row(b, "Team").get_by_role("link", name="Team", exact=True).click()
@@ -120,21 +121,21 @@ def test_sharing_shows_up_live_and_changes_follow_without_reload(
     drop_file(a, "minutes.txt", 2048, 3)
     expect(upload_row(a, "minutes.txt").locator(".status")).to_have_text("done")
     started = time.monotonic()
-    expect(row(b, "minutes.txt")).to_be_visible(timeout=2000)
+    expect(row(b, "minutes.txt")).to_be_visible(timeout=10_000)
     print(f"new row on the other user's page after {time.monotonic() - started:.2f}s")
     # Rows update in place: a keyboard user's focus and the untouched row's DOM node
     # survive the next live change.
     b.get_by_role("link", name="Download minutes.txt").focus()
     b.evaluate("document.activeElement.closest('tr').dataset.marked = 'still me'")
     drop_file(a, "agenda.txt", 1024, 5)
-    expect(row(b, "agenda.txt")).to_be_visible(timeout=2000)
+    expect(row(b, "agenda.txt")).to_be_visible(timeout=10_000)
     assert b.evaluate("document.activeElement.getAttribute('aria-label')") == (
         "Download minutes.txt"
     )
     expect(row(b, "minutes.txt")).to_have_attribute("data-marked", "still me")
     a.on("dialog", lambda d: d.accept())
     row(a, "minutes.txt").get_by_role("button", name="Delete minutes.txt").click()
-    expect(row(b, "minutes.txt")).to_have_count(0, timeout=2000)
+    expect(row(b, "minutes.txt")).to_have_count(0, timeout=10_000)
 
 
 def test_public_link_with_password_then_revoked(
@@ -237,12 +238,12 @@ def test_live_updates_fall_back_to_long_poll_when_websockets_are_blocked(
     expect(watcher.locator("body")).to_have_attribute("data-feed", "poll", timeout=10_000)
     digest_page = alice.page
     drop_file(digest_page, "from-another-tab.txt", 1000, 9)
-    expect(row(watcher, "from-another-tab.txt")).to_be_visible(timeout=3000)
+    expect(row(watcher, "from-another-tab.txt")).to_be_visible(timeout=10_000)
     digest_page.on("dialog", lambda d: d.accept())
     row(digest_page, "from-another-tab.txt").get_by_role(
         "button", name="Delete from-another-tab.txt"
     ).click()
-    expect(row(watcher, "from-another-tab.txt")).to_have_count(0, timeout=3000)
+    expect(row(watcher, "from-another-tab.txt")).to_have_count(0, timeout=10_000)
 
 
 def test_restore_an_earlier_version_and_a_deleted_file(
@@ -352,7 +353,7 @@ def test_a_folder_of_many_small_files_uploads_in_batches_with_one_progress_row(
     expect(upload_row(b, "video.bin").locator(".status")).to_have_text("done", timeout=30_000)
     assert sum("/api/batch/upload" in url for url in posts) == 1
     assert sum(url.endswith("/api/file") for url in posts) == 1  # only the large file
-    expect(row(a, "Drop")).to_be_visible(timeout=3000)  # live on Alice's open page
+    expect(row(a, "Drop")).to_be_visible(timeout=10_000)  # live on Alice's open page
 
     got: dict[str, bytes] = {}
     cursor = None
@@ -384,7 +385,7 @@ def test_a_file_put_over_webdav_appears_in_the_open_listing(
         base_url=f"{alice.base_url}/dav", auth=(alice.username, alice.password), timeout=30
     ) as dav:
         assert dav.put("/from-finder.txt", content=b"dropped in Finder").status_code == 201
-        expect(row(page, "from-finder.txt")).to_be_visible(timeout=5000)
+        expect(row(page, "from-finder.txt")).to_be_visible(timeout=10_000)
         expect(row(page, "from-finder.txt").locator("td.size")).to_have_text("17 B")
         assert dav.delete("/from-finder.txt").status_code == 204
-        expect(row(page, "from-finder.txt")).to_have_count(0, timeout=5000)
+        expect(row(page, "from-finder.txt")).to_have_count(0, timeout=10_000)

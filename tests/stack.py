@@ -145,8 +145,12 @@ class Stack:
         return proc
 
     def start_worker(self, **extra_env: str) -> Proc:
-        """The worker; `extra_env` e.g. COFFER_FAILPOINTS to pause it at a step."""
-        env = {**self.env, **extra_env}
+        """The worker; `extra_env` e.g. COFFER_FAILPOINTS to pause it at a step.
+
+        Its scrub every ten minutes is off unless asked for (COFFER_SCRUB_RUN_SECONDS): it
+        starts by the wall clock and would move the scrub's cursor under a test that scrubs
+        on purpose (those run the job with their own budget)."""
+        env = {"COFFER_SCRUB_RUN_SECONDS": "0", **self.env, **extra_env}
         return self._proc("worker", [sys.executable, "-m", "app.cli", "worker"], None, env).start()
 
     def start_web(self, name: str = "web", port: int | None = None, **extra_env: str) -> Proc:

@@ -26,7 +26,8 @@ def test_a_recipient_leaves_a_share_and_nothing_moves(alice: User, bob: User) ->
     assert [i["name"] for i in listed] == ["plan.txt"]
     assert alice.http.get(f"/api/file/{folder['id']}/share").json()["items"] == []
     # Bob's devices hear of it like of a revoke (and remove their copy of the share).
-    gone = [e for e in bob.events(cursor) if e["type"] == "share.removed"]
+    # ("Shared with me" is derived first, the event appended right after.)
+    gone = wait_for(lambda: [e for e in bob.events(cursor) if e["type"] == "share.removed"])
     assert len(gone) == 1 and gone[0]["file_id"] == folder["id"]
     assert gone[0]["owner"] == alice.username
     # Leaving again, or leaving what was never shared, says so; ids reveal nothing.

@@ -67,7 +67,10 @@ def test_a_batch_of_small_files_commits_in_one_request(alice: User) -> None:
     created = [e["path"] for e in events if e["type"] == "file.created" and e["kind"] == "file"]
     assert sorted(created) == sorted(files)
     seqs = [e["seq"] for e in events]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # in order, no gaps
+    # In order. Not always gap-free: a sweep that overlapped a slow write may have
+    # delivered some of them first, and the writer's seqs for those are then filled with
+    # placeholders readers never see.
+    assert seqs == sorted(set(seqs))
     assert alice.http.get("/api/me").json()["usage_bytes"] == sum(map(len, files.values()))
 
     # The same bytes again change nothing (no new version); new bytes are a new version.
@@ -201,11 +204,13 @@ def test_a_batch_into_a_shared_folder_reaches_the_recipient_with_their_paths(
     results = upload_batch(bob, files)
     assert {r["status"] for r in results} == {"committed"}
     assert results[0]["file"]["path"] == "/Team/n000.txt"
+    # Bob is the uploader here, alice the owner: bob's events come from the background
+    # fan-out that follows the answer.
+    deadline = time.monotonic() + 30
     events = []
-    for _ in range(50):
+    while len(events) < 50 and time.monotonic() < deadline:
         events = [e for e in bob.events(cursor) if e["type"] == "file.created"]
-        if len(events) == 50:
-            break
+        time.sleep(0.05)
     assert sorted(e["path"] for e in events) == [f"/Team/n{i:03}.txt" for i in range(50)]
     owner_view = alice.http.get("/api/file", params={"path": "/Work/Team"}).json()["items"]
     assert len(owner_view) == 50 and alice.http.get("/api/me").json()["usage_bytes"] > 0

@@ -148,7 +148,8 @@ async def test_fan_out_is_idempotent(alice: User, db: None) -> None:
 async def test_no_reader_skips_a_seq_under_concurrency(db: None) -> None:
     """Many writers and readers at once: every reader sees every event once, in order."""
     recipient = str(ObjectId())
-    reader_feed = ChangeFeed(Hub(None), EventRegistry())
+    # Readers wait for the slow writer however busy the machine is (no hole is filled).
+    reader_feed = ChangeFeed(Hub(None), EventRegistry(), hole_grace_seconds=60)
     writers, per_writer, readers = 8, 40, 6
     total = writers * per_writer
     # A slow writer: takes a seq now, inserts its event only after the others are done.
@@ -244,7 +245,9 @@ def test_websocket_backlog_then_live(alice: User, base_url: str) -> None:
         f = alice.upload("/ws-b/live.txt", b"x" * 1000)
         live = recv_event(ws)
         assert live["type"] == "file.created" and live["file_id"] == f["id"]
-        assert time.monotonic() - t0 < 1.0
+        # Pushed, not found by the 10 s safety poll (the upload itself is three requests on
+        # a server that may be busy).
+        assert time.monotonic() - t0 < 5.0
         last = live["seq"]
     # Reconnect from the last seq: nothing missed, nothing repeated.
     alice.http.post("/api/folder", json={"path": "/ws-c"})
@@ -294,8 +297,9 @@ def test_events_cross_web_instances(alice: User, stack: Stack) -> None:
             alice.http.post("/api/folder", json={"path": f"/multi-{i}"}).raise_for_status()
             assert recv_event(ws)["path"] == f"/multi-{i}"
             latencies.append(time.monotonic() - t0)
-    # Without pub/sub the other instance would only notice on its 10 s safety poll.
-    assert max(latencies) < 1.0, latencies
+    # Without pub/sub the other instance would only notice on its 10 s safety poll (every
+    # 0.5 s until it has subscribed, just after it started).
+    assert statistics.median(latencies) < 1.0 and max(latencies) < 5, latencies
 
 
 def _pending_markers(stack: Stack, owner: str) -> int:

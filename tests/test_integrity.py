@@ -54,7 +54,7 @@ async def full_scrub(store: LocalBlobStore) -> dict[str, int]:
     return total
 
 
-def wait_damaged(user: User, file_id: str, expected: bool, timeout: float = 5) -> dict:
+def wait_damaged(user: User, file_id: str, expected: bool, timeout: float = 15) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         f = user.http.get(f"/api/file/{file_id}").json()

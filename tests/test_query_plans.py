@@ -141,7 +141,7 @@ def drive_hot_paths(base: str) -> None:
     ok(a.post(f"/api/file/{shared['id']}/share", json={"username": bob.username, "role": "editor"}))
     ok(a.get(f"/api/file/{shared['id']}/share"))
     team_file = alice.upload("/Team/notes.md", b"# notes\n")
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while not bob.http.get("/api/shared").json()["items"]:
         assert time.monotonic() < deadline, "the share never reached bob"
         time.sleep(0.1)

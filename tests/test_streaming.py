@@ -43,8 +43,9 @@ def slow_commits() -> Iterator[Stack]:
 
 @pytest.fixture
 def slow_chunks() -> Iterator[Stack]:
-    """Each chunk PUT waits 0.3 s: an upload can be cut off half-way, for sure."""
-    yield from stack_pausing("chunk.put=0.3")
+    """Each chunk PUT waits 1 s: an upload can be cut off half-way, for sure, even when the
+    receiver is slow to start its stream on a busy machine."""
+    yield from stack_pausing("chunk.put=1")
 
 
 def streams(device: Device) -> list[Path]:

@@ -23,6 +23,7 @@ from pymongo import MongoClient
 
 from tests.conftest import User
 from tests.stack import Stack
+from tests.test_integrity import wait_damaged
 from tests.test_links import anonymous, fresh_throttle, link  # noqa: F401 (a fixture)
 
 CHUNK = 64 * 1024
@@ -305,7 +306,7 @@ def test_damaged_files_are_left_out_with_a_note(alice: User, stack: Stack) -> No
     good = os.urandom(CHUNK)
     alice.upload("/D/good.bin", good)
     lost = os.urandom(CHUNK + 10)
-    alice.upload("/D/lost.bin", lost)
+    lost_id = alice.upload("/D/lost.bin", lost)["id"]
     blob = next((stack.root / "blobs").rglob(sha(lost[:CHUNK])))
     blob.unlink()
     d = alice.http.get("/api/file", params={"path": "/"}).json()["items"][0]
@@ -314,7 +315,7 @@ def test_damaged_files_are_left_out_with_a_note(alice: User, stack: Stack) -> No
     assert sha(archive.read("D/good.bin")) == sha(good)
     assert b"D/lost.bin" in archive.read("COFFER-ERRORS.txt")
     # Once the server knows, the file is flagged damaged and skipped before any read.
-    time.sleep(0.5)
+    assert wait_damaged(alice, lost_id, True)["damaged"] is True
     archive = read_zip(alice.http.get(f"/api/file/{d['id']}/zip"))
     assert b"D/lost.bin: its data is damaged" in archive.read("COFFER-ERRORS.txt")
 
