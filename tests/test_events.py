@@ -363,8 +363,12 @@ def test_worker_down_then_up_delivers_everything(alice: User, bob: User, stack: 
         assert bob.http.get(f"/api/file/{folders[0]['id']}").status_code == 200
         types = [e["type"] for e in alice.events()]
         assert types.count("share.added") == 3
-        # The recipient's events and "Shared with me" wait for the worker.
+        # The recipient's events wait for the worker; "Shared with me" follows the ACL at
+        # once, as access does.
         assert [e for e in bob.events() if e["type"] == "share.added"] == []
+        listed = bob.http.get("/api/shared").json()["items"]
+        assert sorted(i["path"] for i in listed) == [f"/no-worker-{i}" for i in range(3)]
+        assert {(i["owner"], i["role"]) for i in listed} == {(alice.username, "viewer")}
         with MongoClient(stack.env["MONGODB_URL"]) as mongo:
             assert (
                 mongo.coffer.acl.count_documents({"owner_id": alice.id, "outbox_pending": True})
@@ -382,6 +386,30 @@ def test_worker_down_then_up_delivers_everything(alice: User, bob: User, stack: 
     )
     shared = bob.http.get("/api/shared").json()["items"]
     assert sorted(i["path"] for i in shared) == [f"/no-worker-{i}" for i in range(3)]
+
+
+def test_a_revoke_is_unlisted_at_once_while_the_worker_is_down(
+    alice: User, bob: User, stack: Stack
+) -> None:
+    kept, revoked = (alice.http.post("/api/folder", json={"path": p}).json() for p in ("/k", "/r"))
+    for folder in (kept, revoked):
+        r = alice.http.post(
+            f"/api/file/{folder['id']}/share", json={"username": bob.username, "role": "editor"}
+        )
+        assert r.status_code == 201
+    assert _wait_until(lambda: len(bob.http.get("/api/shared").json()["items"]) == 2, 30)
+    cursor = bob.events()[-1]["seq"]
+    worker = stack.procs["worker"]
+    worker.stop()
+    try:
+        r = alice.http.delete(f"/api/file/{revoked['id']}/share/{bob.username}")
+        assert r.status_code == 204
+        assert bob.http.get(f"/api/file/{revoked['id']}").status_code == 404
+        assert [i["path"] for i in bob.http.get("/api/shared").json()["items"]] == ["/k"]
+    finally:
+        worker.start()
+    assert _wait_until(lambda: any(e["type"] == "share.removed" for e in bob.events(cursor)), 45)
+    assert [i["path"] for i in bob.http.get("/api/shared").json()["items"]] == ["/k"]
 
 
 def test_sweeper_delivers_a_change_a_crashed_writer_left(alice: User, stack: Stack) -> None:

@@ -3,12 +3,16 @@
 Run by the fan-out of a share change (normally in the worker) before the recipient's
 `share.added` event is appended, so a client that reacts to the event finds the item.
 Idempotent: it copies the grant's current state, whatever order retries run in.
+
+Readers use `shared_with`: the view with the grant changes not derived yet laid over it,
+so the list follows the ACL at once, as access does, even while the worker is down.
 """
 
 from __future__ import annotations
 
 from beanie import PydanticObjectId
 
+from app.core.query import match
 from app.db.accounts import User
 from app.db.sharing import Share, SharedWithMe
 
@@ -36,3 +40,36 @@ async def derive_shared_with_me(share_id: str) -> None:
         },
         upsert=True,
     )
+
+
+async def shared_with(recipient_id: str) -> list[SharedWithMe]:
+    """The recipient's "Shared with me" rows, with the grant changes whose fan-out has not
+    run yet (the worker down or behind) applied: a new grant listed, a revoked one gone.
+
+    Access reads the ACL, so without this a share would open but not be listed (or be
+    listed but not open) until the worker caught up. The recipient's events still wait
+    for the fan-out, which derives the row first: a device that hears `share.added` finds
+    the item, and one that listed it early applies the event as a no-op."""
+    rows = {
+        r.file_id: r for r in await SharedWithMe.find(match(recipient_id=recipient_id)).to_list()
+    }
+    pending = await Share.find(match(user_id=recipient_id, outbox_pending=True)).to_list()
+    owner_ids = [PydanticObjectId(g.owner_id) for g in pending if g.role is not None]
+    owners: dict[str, str] = {}
+    if owner_ids:
+        found = await User.find({"_id": {"$in": owner_ids}}).to_list()
+        owners = {str(u.id): u.username for u in found}
+    for grant in pending:
+        if grant.role is None:
+            rows.pop(grant.file_id, None)
+            continue
+        rows[grant.file_id] = SharedWithMe(
+            id=f"{recipient_id}:{grant.file_id}",
+            recipient_id=recipient_id,
+            file_id=grant.file_id,
+            owner_id=grant.owner_id,
+            owner=owners.get(grant.owner_id, "?"),
+            role=grant.role,
+            shared_at=grant.created_at,
+        )
+    return list(rows.values())

@@ -45,6 +45,8 @@ class Share(Document):
             IndexModel([("owner_id", ASCENDING), ("role", ASCENDING)]),
             IndexModel([("file_id", ASCENDING)]),
             IndexModel([("user_id", ASCENDING), ("role", ASCENDING)]),
+            # A recipient's grant changes not derived yet (app/acl/derived.shared_with).
+            IndexModel([("user_id", ASCENDING), ("outbox_pending", ASCENDING)]),
             IndexModel([("outbox_pending", ASCENDING), ("outbox.at", ASCENDING)]),
         ]
 

@@ -31,12 +31,13 @@ import msgspec
 from bson import ObjectId
 
 from app.acl.access import Access
+from app.acl.derived import shared_with
 from app.core import paths
 from app.core.errors import BadRequest
 from app.core.query import match
 from app.db.accounts import User
 from app.db.files import FileNode, MaintenanceState
-from app.db.sharing import ROLE_RANK, Share, SharedWithMe
+from app.db.sharing import ROLE_RANK, Share
 from app.files.schemas import FileOut
 from app.files.scope import Caller, Scope, own_scope
 
@@ -140,7 +141,7 @@ class SearchService:
         may lag a revoke), so no ancestor walk is needed per share."""
         sources = [Source(OWN, own_scope(caller), None)]
         me = caller.user_id
-        rows = await SharedWithMe.find(match(recipient_id=me)).to_list()
+        rows = await shared_with(me)
         if not rows:
             return sources
         grant_ids = [f"{r.file_id}:{me}" for r in rows]

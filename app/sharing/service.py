@@ -15,12 +15,13 @@ from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
 
 from app.acl.access import Access
+from app.acl.derived import shared_with
 from app.core.clock import iso, now
 from app.core.errors import BadRequest, Conflict, NotFound
 from app.core.query import match
 from app.db.accounts import User
 from app.db.files import FileNode
-from app.db.sharing import ROLES, Share, SharedWithMe
+from app.db.sharing import ROLES, Share
 from app.events.changes import make_change
 from app.events.feed import ChangeFeed
 from app.files.accounting import withdraw_read_urls
@@ -158,8 +159,9 @@ class SharingService:
         return [grant_out(g) for g in sorted(grants, key=lambda g: g.username.casefold())]
 
     async def shared_with_me(self, caller: Caller) -> list[SharedItemOut]:
-        """From the derived view (what to list); file details are read fresh."""
-        rows = await SharedWithMe.find(match(recipient_id=caller.user_id)).to_list()
+        """From the derived view (what to list, app/acl/derived.shared_with); file details
+        are read fresh."""
+        rows = await shared_with(caller.user_id)
         if not rows:
             return []
         nodes = {
