@@ -109,9 +109,9 @@ def test_shift_click_three_files_and_download_them_as_a_zip(
     page.get_by_label("Select all").click()
     expect(page.locator("#selection-count")).to_have_text("5 selected")
     page.locator("#selection-bar").get_by_role("button", name="Delete").click()
-    expect(page.locator("tr.item")).to_have_count(0)
+    expect(page.locator("tr.item")).to_have_count(0, timeout=15_000)  # a request per item
     page.locator(".toast").get_by_role("button", name="Undo").click()
-    expect(page.locator("tr.item")).to_have_count(5)
+    expect(page.locator("tr.item")).to_have_count(5, timeout=15_000)
 
 
 def test_move_and_share_a_selection(people: Callable[..., Person]) -> None:
@@ -137,7 +137,9 @@ def test_move_and_share_a_selection(people: Callable[..., Person]) -> None:
     assert shared == ["a.txt", "b.txt"]
     page.once("dialog", lambda d: d.accept("/Inbox"))
     page.locator("#selection-bar").get_by_role("button", name="Move").click()
+    # One move request per item, one after the other: b.txt leaves the listing last.
     expect(row(page, "a.txt")).to_have_count(0)
+    expect(row(page, "b.txt")).to_have_count(0, timeout=15_000)
     expect(row(page, "c.txt")).to_be_visible()
     inbox = alice.api("GET", "/api/file?path=/Inbox")["items"]
     assert sorted(i["name"] for i in inbox) == ["a.txt", "b.txt"]
@@ -224,7 +226,7 @@ def test_storage_meter_and_activity_follow_changes_live(people: Callable[..., Pe
     page.locator("#activity summary").click()
     expect(page.locator("#activity")).to_contain_text("No changes here yet.")
     put_files(alice, {"/Team/big.bin": b"x" * 250_000})
-    expect(page.locator("#storage")).to_contain_text("250.0 KB used")
+    expect(page.locator("#storage")).to_contain_text("250.0 KB used", timeout=15_000)
     item = page.locator("#activity li").first
     expect(item).to_contain_text(f"{alice.username} added big.bin")
     # Bob adds a file to the shared folder: it counts against Alice's storage and her open

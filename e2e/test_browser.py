@@ -76,8 +76,8 @@ def test_register_drag_a_20mib_file_into_a_folder_and_download_it(
     digest = drop_file(page, "holiday.raw", 20 * MIB, 7)
     upload = upload_row(page, "holiday.raw")
     expect(upload.locator("progress")).to_have_attribute("value", "100", timeout=30_000)
-    expect(upload.locator(".status")).to_have_text("done")
-    expect(row(page, "holiday.raw").locator("td.size")).to_have_text("21.0 MB")
+    expect(upload.locator(".status")).to_have_text("done", timeout=30_000)
+    expect(row(page, "holiday.raw").locator("td.size")).to_have_text("21.0 MB", timeout=15_000)
     shot(page, "files-uploaded")
     with page.expect_download() as info:
         row(page, "holiday.raw").get_by_role("link", name="Download holiday.raw").click()
@@ -111,8 +111,11 @@ def test_sharing_shows_up_live_and_changes_follow_without_reload(
 
     # Bob's open page shows the share without a reload, with a toast (the worker derives
     # the share first: it runs at a lower priority, so the wait is generous).
-    expect(row(b, "Team")).to_be_visible(timeout=30_000)
-    expect(b.locator(".toast")).to_contain_text(f"{alice.username} shared Team with you")
+    # The toast first: it shows for 6 s, from the event, before the listing is fetched.
+    expect(b.locator(".toast")).to_contain_text(
+        f"{alice.username} shared Team with you", timeout=30_000
+    )
+    expect(row(b, "Team")).to_be_visible(timeout=15_000)
     shot(b, "shared-with-me")
     row(b, "Team").get_by_role("link", name="Team", exact=True).click()
     expect(b.get_by_text("This folder is empty")).to_be_visible()
@@ -202,7 +205,9 @@ def test_an_interrupted_upload_resumes_sending_only_missing_chunks(
     stored: list[str] = []
     page.on("requestfinished", lambda r: stored.append(r.url) if r.method == "PUT" else None)
     drop_file(page, "video.mov", 20 * MIB, 5)  # 5 chunks of 4 MiB
-    expect(upload_row(page, "video.mov").locator(".status")).to_contain_text("8.4 MB of 21.0 MB")
+    expect(upload_row(page, "video.mov").locator(".status")).to_contain_text(
+        "8.4 MB of 21.0 MB", timeout=30_000
+    )
     deadline = time.monotonic() + 10
     while len(stored) < 2 and time.monotonic() < deadline:
         page.wait_for_timeout(20)  # the two chunks let through reach the server
@@ -217,7 +222,7 @@ def test_an_interrupted_upload_resumes_sending_only_missing_chunks(
     puts: list[str] = []
     page.on("request", lambda r: puts.append(r.url) if r.method == "PUT" else None)
     digest = drop_file(page, "video.mov", 20 * MIB, 5)
-    expect(upload_row(page, "video.mov").locator(".status")).to_have_text("done")
+    expect(upload_row(page, "video.mov").locator(".status")).to_have_text("done", timeout=30_000)
     assert len(sent) == 2 and len(puts) == 3  # only the three chunks never stored
     file_id = row(page, "video.mov").get_attribute("data-id")
     body = alice.context.request.get(f"/api/file/{file_id}/content").body()
