@@ -221,6 +221,26 @@ def test_revoke_takes_effect_on_the_next_request(alice: User, bob: User) -> None
     assert share(alice, folder["id"], bob.username, "admin").status_code == 400
 
 
+def test_a_share_granted_again_after_a_revoke_is_listed_newest_first(
+    alice: User, bob: User
+) -> None:
+    older, again = (alice.http.post("/api/folder", json={"path": p}).json() for p in ("/O", "/A"))
+    assert share(alice, older["id"], bob.username).status_code == 201
+    assert share(alice, again["id"], bob.username).status_code == 201
+    assert wait_for(lambda: len(shared_items(bob)) == 2)
+    assert alice.http.delete(f"/api/file/{again['id']}/share/{bob.username}").status_code == 204
+    assert wait_for(lambda: len(shared_items(bob)) == 1)
+    # Granted again (its grant written over the revoked one's tombstone), as editor now.
+    assert share(alice, again["id"], bob.username, "editor").status_code == 201
+    listed = wait_for(
+        lambda: (
+            [(i["path"], i["role"]) for i in shared_items(bob)]
+            == [("/A", "editor"), ("/O", "viewer")]
+        )
+    )
+    assert listed, shared_items(bob)
+
+
 def test_a_recipients_feed_holds_exactly_what_they_may_see(
     alice: User, bob: User, base_url: str
 ) -> None:

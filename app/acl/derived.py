@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from beanie import PydanticObjectId
 
+from app.core.clock import as_utc
 from app.core.query import match
 from app.db.accounts import User
 from app.db.sharing import Share, SharedWithMe
@@ -50,10 +51,12 @@ async def shared_with(recipient_id: str) -> list[SharedWithMe]:
     listed but not open) until the worker caught up. The recipient's events still wait
     for the fan-out, which derives the row first: a device that hears `share.added` finds
     the item, and one that listed it early applies the event as a no-op."""
+    # The pending changes first: a change is marked done only after its row is derived, so
+    # whatever was done before this read is in the rows read next.
+    pending = await Share.find(match(user_id=recipient_id, outbox_pending=True)).to_list()
     rows = {
         r.file_id: r for r in await SharedWithMe.find(match(recipient_id=recipient_id)).to_list()
     }
-    pending = await Share.find(match(user_id=recipient_id, outbox_pending=True)).to_list()
     owner_ids = [PydanticObjectId(g.owner_id) for g in pending if g.role is not None]
     owners: dict[str, str] = {}
     if owner_ids:
@@ -70,6 +73,6 @@ async def shared_with(recipient_id: str) -> list[SharedWithMe]:
             owner_id=grant.owner_id,
             owner=owners.get(grant.owner_id, "?"),
             role=grant.role,
-            shared_at=grant.created_at,
+            shared_at=as_utc(grant.created_at),
         )
     return list(rows.values())
