@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -16,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import User, content_hash, manifest
+from tests.stack import Stack
 from tests.test_sharing import share, shared_items, wait_for
 
 MIB = 1024 * 1024
@@ -73,6 +76,24 @@ def test_litmus_passes_every_suite(alice: User) -> None:
     failed = [line for line in done.stdout.splitlines() if "FAIL" in line]
     assert failed == [], "\n".join(failed)
     assert all("100.0%" in line for line in summaries), "\n".join(summaries)
+
+
+def test_last_modified_is_the_same_moment_whatever_the_servers_time_zone(stack: Stack) -> None:
+    """A web instance in New York: GET's Last-Modified and PROPFIND's getlastmodified name
+    the moment the file was written (nx-27017 hands back a commit's time as naive)."""
+    stack.start_web("web-new-york", TZ="America/New_York")
+    user = User(stack.url("web-new-york"))
+    before = datetime.now(UTC).replace(microsecond=0)
+    user.upload("/when.txt", b"now")
+    after = datetime.now(UTC)
+    try:
+        with dav(user) as client:
+            got = parsedate_to_datetime(client.get("/when.txt").headers["last-modified"])
+            props = propfind(client, "/when.txt", "0")["/dav/when.txt"]
+        listed = parsedate_to_datetime(props["getlastmodified"])
+        assert before <= got <= after and listed == got, (before, got, listed, after)
+    finally:
+        stack.procs["web-new-york"].stop()
 
 
 def test_a_put_is_a_version_with_history_and_reaches_the_feed(alice: User) -> None:
