@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -287,6 +288,11 @@ def test_a_lost_device_can_be_cut_off_and_a_password_change_ends_every_other_ses
     ]
     mine = next(d for d in items if d["current"])
     assert mine["name"] == "pytest" and mine["address"] == "127.0.0.1" and mine["last_used_at"]
+
+    def last_use(device: dict) -> datetime:
+        return datetime.fromisoformat(device["last_used_at"] or device["created_at"])
+
+    assert [last_use(d) for d in items] == sorted(map(last_use, items), reverse=True)
     lost = next(d for d in items if d["name"] == "laptop")
 
     # Ids are not secrets: someone else's device id is simply not found.

@@ -254,8 +254,13 @@ async def _credentials(user_id: str) -> list[ApiToken | BrowserSession]:
 
 async def list_devices(principal: Principal) -> list[dict[str, object]]:
     """Every device token and browser session of the caller, newest use first."""
+    docs = sorted(
+        await _credentials(str(principal.user.id)),
+        key=lambda d: as_utc(d.last_used_at or d.created_at),
+        reverse=True,
+    )
     out = []
-    for doc in await _credentials(str(principal.user.id)):
+    for doc in docs:
         is_token = isinstance(doc, ApiToken)
         out.append(
             {
@@ -268,7 +273,7 @@ async def list_devices(principal: Principal) -> list[dict[str, object]]:
                 "current": doc.id == principal.credential_id,
             }
         )
-    return sorted(out, key=lambda d: str(d["last_used_at"] or d["created_at"]), reverse=True)
+    return out
 
 
 async def revoke_device(principal: Principal, public_id: str) -> list[str]:
