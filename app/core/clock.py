@@ -7,6 +7,9 @@ finer than that is stored as epoch milliseconds as well.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 
 def now() -> datetime:
@@ -29,3 +32,9 @@ def as_utc(dt: datetime) -> datetime:
 def iso(dt: datetime) -> str:
     """ISO-8601 in UTC with a `Z`, as every API answer shows times."""
     return as_utc(dt).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# A stored datetime as models read it: aware UTC. nx-27017 hands back a datetime that a
+# top-level `$set` wrote as its string form without a zone, which parses naive; compared,
+# sorted or turned into a timestamp next to aware ones it raises or takes local time.
+Instant = Annotated[datetime, AfterValidator(as_utc)]

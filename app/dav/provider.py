@@ -35,7 +35,6 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 
 from app.acl.access import resolve_access
 from app.core import paths
-from app.core.clock import as_utc
 from app.core.errors import CofferError
 from app.core.http import ByteRange
 from app.core.query import match
@@ -280,13 +279,11 @@ class CofferResource:
     def get_ref_url(self) -> str:
         return ref_url(self.scope.owner_id, self.place.tree_path, self.is_collection)
 
-    # as_utc: nx-27017 hands back a datetime a top-level `$set` wrote (a commit's
-    # modified_at) as naive, which `.timestamp()` would take for local time.
     def get_creation_date(self) -> float | None:
-        return as_utc(self.node.created_at).timestamp() if self.node is not None else None
+        return self.node.created_at.timestamp() if self.node is not None else None
 
     def get_last_modified(self) -> float | None:
-        return as_utc(self.node.modified_at).timestamp() if self.node is not None else None
+        return self.node.modified_at.timestamp() if self.node is not None else None
 
     def get_display_name(self) -> str:
         return self.node.name if self.node is not None else ""

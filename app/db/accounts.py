@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from beanie import Document
 from pymongo import ASCENDING, IndexModel
+
+from app.core.clock import Instant
 
 
 class User(Document):
@@ -15,7 +16,7 @@ class User(Document):
     password_hash: str
     quota_bytes: int = 0  # 0 = unlimited
     usage_bytes: int = 0
-    created_at: datetime
+    created_at: Instant
     # Bumped when access to the user's files is taken away (a share revoked, a file purged):
     # signed chunk-read URLs carry it, so those handed out before stop working at once.
     url_epoch: int = 0
@@ -39,10 +40,10 @@ class BrowserSession(Document):
     id: str  # sha256 of the cookie value
     user_id: str
     csrf_token: str
-    created_at: datetime
-    expires_at: datetime
+    created_at: Instant
+    expires_at: Instant
     # Shown in the device list (recorded at most once a minute).
-    last_used_at: datetime | None = None
+    last_used_at: Instant | None = None
     last_address: str | None = None
     user_agent: str | None = None
 
@@ -57,8 +58,8 @@ class ApiToken(Document):
     id: str  # sha256 of the bearer token
     user_id: str
     device_name: str
-    created_at: datetime
-    last_used_at: datetime | None = None
+    created_at: Instant
+    last_used_at: Instant | None = None
     last_address: str | None = None
 
     class Settings:

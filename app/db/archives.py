@@ -8,10 +8,10 @@ other token, and the ticket is bound to the user who made it.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from beanie import Document
 from pymongo import ASCENDING, IndexModel
+
+from app.core.clock import Instant
 
 
 class ZipTicket(Document):
@@ -19,10 +19,10 @@ class ZipTicket(Document):
     user_id: str
     ids: list[str]  # the selected file and folder ids, in the order given
     name: str  # the archive's file name, ".zip" included
-    created_at: datetime
+    created_at: Instant
     # When the URL stops working; compared in Python (the embedded server compares
     # datetimes by whole seconds, which is precise enough here anyway).
-    expires_at: datetime
+    expires_at: Instant
 
     class Settings:
         name = "zip_tickets"

@@ -7,10 +7,10 @@ integer. Two unique indexes make delivery exactly-once: (recipient, seq) and
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from beanie import Document
 from pymongo import ASCENDING, IndexModel
+
+from app.core.clock import Instant
 
 # An event type that fills a sequence hole left by a writer that died between taking a
 # seq and writing its event. Never shown to clients; cursors simply move past it.
@@ -40,7 +40,7 @@ class Event(Document):
     # change (see EventRegistry.gate): a change that reaches the feed after its
     # share.removed must not bring the file back.
     via: list[str] | None = None
-    at: datetime
+    at: Instant
     # nx-27017 compares datetimes only to the whole second; `since` lookups use this.
     at_ms: int = 0
 

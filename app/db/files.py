@@ -20,6 +20,7 @@ from beanie import Document
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from typing_extensions import TypedDict
 
+from app.core.clock import Instant
 from app.db.outbox import Change
 
 PAGE_SIZE = 1024
@@ -70,9 +71,9 @@ class FileNode(Document):
     head_version_id: str | None = None
     # Bumped by every change: the compare-and-set token for concurrent writers.
     rev: int = 0
-    created_at: datetime
-    modified_at: datetime
-    deleted_at: datetime | None = None
+    created_at: Instant
+    modified_at: Instant
+    deleted_at: Instant | None = None
     trash_root_id: str | None = None
     # True on the item a user deleted (what the trash lists), not on what was inside it.
     trash_root: bool = False
@@ -133,8 +134,8 @@ class FileVersion(Document):
     author_device: str | None = None
     restored_from: int | None = None  # made by restoring this earlier version
     damaged: bool = False  # uses a chunk marked corrupt or missing
-    created_at: datetime
-    committed_at: datetime | None = None
+    created_at: Instant
+    committed_at: Instant | None = None
     # The content hash is derived from the chunk list when the chunks are the 4 MiB blocks;
     # otherwise it is the uploader's claim (`claimed_hash`) until the server has hashed the
     # stored bytes: at commit for files up to `verify_hash_at_commit_max`, else in the
@@ -197,7 +198,7 @@ class StoredChunk(Document):
     # "unverified": a blob found in the store with no record (see gc.py).
     state: Literal["stored", "corrupt", "missing", "deleting", "unverified"] = "stored"
     verified: bool = False
-    created_at: datetime
+    created_at: Instant
     # When the chunk was last PUT (epoch ms; nx-27017 compares datetimes by the second):
     # a share editor's upload may skip only chunks PUT since it began.
     put_ms: int = 0
@@ -228,8 +229,8 @@ class UploadSession(Document):
     created_ms: int = 0
     # Kept after commit (until expiry) so that a retried commit is answered, not 404.
     committed: bool = False
-    created_at: datetime
-    expires_at: datetime
+    created_at: Instant
+    expires_at: Instant
 
     class Settings:
         name = "upload_sessions"

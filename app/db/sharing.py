@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from beanie import Document
 from pymongo import ASCENDING, IndexModel
 
+from app.core.clock import Instant
 from app.db.outbox import Change
 
 Role = Literal["viewer", "editor"]
@@ -33,8 +33,8 @@ class Share(Document):
     username: str
     role: Role | None  # None: revoked (a tombstone that carries the share.removed event)
     granted_by: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: Instant
+    updated_at: Instant
     rev: int = 0  # compare-and-set token, like FileNode.rev
     outbox: Change | None = None
     outbox_pending: bool = False
@@ -58,7 +58,7 @@ class SharedWithMe(Document):
     owner_id: str
     owner: str  # owner's username
     role: Role
-    shared_at: datetime
+    shared_at: Instant
 
     class Settings:
         name = "shared_with_me"
@@ -71,7 +71,7 @@ class ShareLink(Document):
     nonce: str  # hex; token = HMAC(secret, nonce)
     token_hash: str  # sha256 of the token: how a request finds its link
     password_hash: str | None = None
-    expires_at: datetime | None = None
+    expires_at: Instant | None = None
     allow_download: bool = True
     # A file request: visitors may only add files to the folder (never list or read it),
     # each at most `max_bytes` (None: only the owner's quota limits them).
@@ -81,7 +81,7 @@ class ShareLink(Document):
     views: int = 0
     downloads: int = 0
     received_bytes: int = 0  # file requests: bytes of the files committed through the link
-    created_at: datetime
+    created_at: Instant
 
     class Settings:
         name = "share_links"

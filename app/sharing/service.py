@@ -16,7 +16,7 @@ from pymongo.errors import DuplicateKeyError
 
 from app.acl.access import Access
 from app.acl.derived import shared_with
-from app.core.clock import as_utc, iso, now
+from app.core.clock import iso, now
 from app.core.errors import BadRequest, Conflict, NotFound
 from app.core.query import match
 from app.db.accounts import User
@@ -171,9 +171,7 @@ class SharingService:
             ).to_list()
         }
         items = []
-        # as_utc: nx-27017 hands back a datetime written by a top-level `$set` (a re-grant's
-        # `created_at`, copied into the row) as a naive one.
-        for row in sorted(rows, key=lambda r: as_utc(r.shared_at), reverse=True):
+        for row in sorted(rows, key=lambda r: r.shared_at, reverse=True):
             node = nodes.get(row.file_id)
             if node is None:
                 continue  # in the owner's trash
