@@ -10,12 +10,25 @@ so the list follows the ACL at once, as access does, even while the worker is do
 
 from __future__ import annotations
 
+from typing import Any
+
 from beanie import PydanticObjectId
 
-from app.core.clock import as_utc
 from app.core.query import match
 from app.db.accounts import User
 from app.db.sharing import Share, SharedWithMe
+
+
+def _row_fields(grant: Share, owner: str) -> dict[str, Any]:
+    """A live grant's "Shared with me" row (`owner`: the owner's username)."""
+    return {
+        "recipient_id": grant.user_id,
+        "file_id": grant.file_id,
+        "owner_id": grant.owner_id,
+        "owner": owner,
+        "role": grant.role,
+        "shared_at": grant.created_at,
+    }
 
 
 async def derive_shared_with_me(share_id: str) -> None:
@@ -29,16 +42,7 @@ async def derive_shared_with_me(share_id: str) -> None:
     owner = await User.get(PydanticObjectId(grant.owner_id))
     await SharedWithMe.get_pymongo_collection().update_one(
         {"_id": row_id},
-        {
-            "$set": {
-                "recipient_id": grant.user_id,
-                "file_id": grant.file_id,
-                "owner_id": grant.owner_id,
-                "owner": owner.username if owner else "?",
-                "role": grant.role,
-                "shared_at": grant.created_at,
-            }
-        },
+        {"$set": _row_fields(grant, owner.username if owner else "?")},
         upsert=True,
     )
 
@@ -68,11 +72,6 @@ async def shared_with(recipient_id: str) -> list[SharedWithMe]:
             continue
         rows[grant.file_id] = SharedWithMe(
             id=f"{recipient_id}:{grant.file_id}",
-            recipient_id=recipient_id,
-            file_id=grant.file_id,
-            owner_id=grant.owner_id,
-            owner=owners.get(grant.owner_id, "?"),
-            role=grant.role,
-            shared_at=as_utc(grant.created_at),
+            **_row_fields(grant, owners.get(grant.owner_id, "?")),
         )
     return list(rows.values())
