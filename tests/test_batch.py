@@ -18,6 +18,7 @@ from pymongo import MongoClient
 from tests.conftest import User, content_hash, manifest
 from tests.stack import Stack
 from tests.test_faults import run_in_worker
+from tests.test_sharing import wait_for
 
 
 def inline(path: str, data: bytes, **extra: object) -> dict:
@@ -204,13 +205,14 @@ def test_a_batch_into_a_shared_folder_reaches_the_recipient_with_their_paths(
     results = upload_batch(bob, files)
     assert {r["status"] for r in results} == {"committed"}
     assert results[0]["file"]["path"] == "/Team/n000.txt"
+
     # Bob is the uploader here, alice the owner: bob's events come from the background
     # fan-out that follows the answer.
-    deadline = time.monotonic() + 30
-    events = []
-    while len(events) < 50 and time.monotonic() < deadline:
-        events = [e for e in bob.events(cursor) if e["type"] == "file.created"]
-        time.sleep(0.05)
+    def created() -> list[dict]:
+        return [e for e in bob.events(cursor) if e["type"] == "file.created"]
+
+    wait_for(lambda: len(created()) == 50)
+    events = created()
     assert sorted(e["path"] for e in events) == [f"/Team/n{i:03}.txt" for i in range(50)]
     owner_view = alice.http.get("/api/file", params={"path": "/Work/Team"}).json()["items"]
     assert len(owner_view) == 50 and alice.http.get("/api/me").json()["usage_bytes"] > 0

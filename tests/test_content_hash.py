@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import httpx
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from tests.conftest import User, content_hash, manifest
 from tests.stack import Stack
 from tests.test_faults import run_in_worker
+from tests.test_sharing import wait_for
 
 MIB = 1024 * 1024
 
@@ -126,11 +126,9 @@ def test_a_large_file_is_verified_by_the_worker_and_a_wrong_claim_corrected(
     assert fixed["version"] == 1
     # Announced once. (The worker's own verification every 10 s may have been the one that
     # corrected it, its event appended just after the file: so wait for it a moment.)
-    deadline = time.monotonic() + 15
-    updates = []
-    while not updates and time.monotonic() < deadline:
-        updates = [e for e in alice.events(cursor) if e["type"] == "file.updated"]
-        time.sleep(0.05)
+    updates = wait_for(
+        lambda: [e for e in alice.events(cursor) if e["type"] == "file.updated"], timeout=15
+    )
     assert [(e["path"], e["content_hash"]) for e in updates] == [("/lie.bin", content_hash(data2))]
     history = alice.http.get(f"/api/file/{lie.json()['id']}/versions").json()
     assert history[0]["content_hash"] == content_hash(data2)
